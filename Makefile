@@ -1,0 +1,32 @@
+# make run: a daemon on ./lifelong-home with the embedded model. make test: the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOME_DIR ?= lifelong-home
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test venv bench-ingest clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements/cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements/cpu.txt
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+run: venv
+	test -f $(HOME_DIR)/lifelong.toml || $(VENV)/bin/lifelong init --home $(HOME_DIR)
+	exec $(VENV)/bin/lifelong run --home $(HOME_DIR)
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench-ingest: venv
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m bench.ingest
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
