@@ -1,0 +1,286 @@
+"""lifelong.toml: typed, validated config with `LIFELONG_<SECTION>__<KEY>` env overrides.
+
+Every section is a frozen, keyword-only pydantic model that refuses unknown keys; any error is
+raised as `ConfigError` naming the dotted key (or the env var it came from).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from registry.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "LIFELONG_"
+STRATEGY_PARTS = ("finetune", "replay", "ewc", "lora", "lwf")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """"2s", "15m", "24h", "1.5d" or a number of seconds -> seconds as float."""
+    if isinstance(value, bool):
+        return value  # let the float check refuse it
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"not a duration: {value!r} (use e.g. \"30s\", \"15m\", \"24h\")")
+        return float(match.group(1)) * _UNITS[match.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ModelConfig(Section):
+    base: str = Field(default="embedded:minilm", min_length=1)
+    max_length: int = Field(default=128, ge=8, le=8192)
+
+
+class InboxConfig(Section):
+    path: str = Field(default="inbox", min_length=1)
+    settle_seconds: Duration = 2.0
+    eval_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    on_bad_rows: Literal["reject", "skip"] = "reject"
+    max_file_bytes: int = Field(default=1 << 30, gt=0)
+    labels: list[str | int] = Field(default_factory=list)
+    polling: bool = False
+    rescan_seconds: Duration = 30.0
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, labels: list[str | int]) -> list[str | int]:
+        names = [str(label) for label in labels]
+        if len(set(names)) != len(names):
+            raise ValueError("labels must be unique")
+        if any(not name.strip() for name in names):
+            raise ValueError("labels must be non-empty")
+        return labels
+
+    @field_validator("rescan_seconds")
+    @classmethod
+    def _positive_rescan(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+
+class ScheduleConfig(Section):
+    interval: Duration = 900.0
+    cron: str = ""
+    min_new_rows: int = Field(default=100, ge=0)
+    max_wait: Duration = 86400.0
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_fields(cls, value: str) -> str:
+        if value and len(value.split()) != 5:
+            raise ValueError("cron must have 5 fields (minute hour day month weekday)")
+        return value
+
+
+class ReplayConfig(Section):
+    buffer_rows: int = Field(default=2000, ge=0)
+    policy: Literal["class_balanced", "reservoir"] = "class_balanced"
+    ratio: float = Field(default=0.5, ge=0.0)
+
+
+class EwcConfig(Section):
+    lambda_: float = Field(default=1000.0, ge=0.0, alias="lambda")
+    fisher_samples: int = Field(default=512, ge=1)
+    decay: float = Field(default=0.9, ge=0.0, le=1.0)
+
+
+class LoraConfig(Section):
+    r: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16, gt=0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "auto"
+
+
+class LwfConfig(Section):
+    alpha: float = Field(default=1.0, ge=0.0)
+    temperature: float = Field(default=2.0, gt=0.0)
+
+
+class StrategyConfig(Section):
+    name: str = "lora+replay"
+    epochs: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float | Literal["auto"] = 5e-4
+    early_stopping_patience: int = Field(default=2, ge=0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    class_weights: Literal["none", "balanced"] = "none"
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    ewc: EwcConfig = Field(default_factory=EwcConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    lwf: LwfConfig = Field(default_factory=LwfConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _known_parts(cls, value: str) -> str:
+        parts = [part.strip() for part in value.split("+")]
+        unknown = [part for part in parts if part not in STRATEGY_PARTS]
+        if unknown or not parts:
+            raise ValueError(f"unknown strategy {'+'.join(unknown)!r}; use {' | '.join(STRATEGY_PARTS)} joined by '+'")
+        if len(set(parts)) != len(parts):
+            raise ValueError("a strategy is named twice")
+        return "+".join(parts)
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, value: float | str) -> float | str:
+        if value != "auto" and not (0 < float(value) < 1):
+            raise ValueError("lr must be in (0, 1) or \"auto\"")
+        return value
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(self.name.split("+"))
+
+
+class TrainConfig(Section):
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    num_processes: int = Field(default=1, ge=1)
+    seed: int = Field(default=0, ge=0)
+
+
+class GateConfig(Section):
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    min_gain_new: float = 0.0
+    max_forgetting: float = Field(default=0.02, ge=0.0)
+    min_eval_rows: int = Field(default=30, ge=0)
+    canary: str = ""
+    max_canary_drop: float = Field(default=0.0, ge=0.0)
+
+
+class MetricsConfig(Section):
+    bind: str = Field(default="127.0.0.1:9717", pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]*):\d{1,5}$")
+
+    @field_validator("bind")
+    @classmethod
+    def _port_range(cls, value: str) -> str:
+        port = int(value.rsplit(":", 1)[1])
+        if not 0 <= port <= 65535:
+            raise ValueError("port must be 0-65535")
+        return value
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, port = self.bind.rsplit(":", 1)
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class HooksConfig(Section):
+    on_champion_change: str = ""
+
+
+class Config(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    inbox: InboxConfig = Field(default_factory=InboxConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    hooks: HooksConfig = Field(default_factory=HooksConfig)
+
+    def dump(self) -> dict[str, Any]:
+        """The config as plain data, keys spelled as in lifelong.toml."""
+        return self.model_dump(by_alias=True)
+
+
+def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Nested overrides from `LIFELONG_<SECTION>__<KEY>` vars, and dotted key -> var name."""
+    tree: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        if any(not part for part in path):
+            raise ConfigError(name, "malformed override name (use LIFELONG_<SECTION>__<KEY>)")
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(name, "conflicts with another override")
+            node = child
+        node[path[-1]] = _env_value(raw)
+        origin[".".join(path)] = name
+    return tree, origin
+
+
+def _env_value(raw: str) -> Any:
+    """An env value read as a TOML value when it is one (numbers, booleans, lists), else a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse(data: Mapping[str, Any], origin: Mapping[str, str] | None = None, source: str | None = None) -> Config:
+    """Validate a config tree; the first problem is raised as ConfigError naming its key."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
+        key = key.replace("lambda_", "lambda")
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        if error["type"] != "extra_forbidden" and "input" in error:
+            message += f" (got {error['input']!r})"
+        env_name = (origin or {}).get(key)
+        if env_name:
+            raise ConfigError(key, f"{message} [from env {env_name}]", source=None) from None
+        raise ConfigError(key, message, source=source) from None
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read lifelong.toml at `path`, apply env overrides, validate."""
+    environ = os.environ if environ is None else environ
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("lifelong.toml", f"{path} does not exist", source=None) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("lifelong.toml", f"not valid TOML: {exc}", source=str(path)) from None
+    overrides, origin = env_overrides(environ)
+    return parse(_merge(data, overrides), origin, source=str(path))
+
+
+def template(model: str = "embedded:minilm") -> str:
+    """The commented lifelong.toml that `lifelong init` writes."""
+    text = (Path(__file__).with_name("lifelong.toml")).read_text(encoding="utf-8")
+    return text.replace('base = "embedded:minilm"', f"base = {_toml_string(model)}", 1)
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

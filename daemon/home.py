@@ -1,0 +1,86 @@
+"""The home directory: where config, inbox, quarantine, archive, registry and state live."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from daemon import config as config_mod
+from daemon.config import Config
+from daemon.fsutil import atomic_write
+from registry.errors import HomeNotFound
+
+CONFIG_NAME = "lifelong.toml"
+DEFAULT_HOME = "lifelong-home"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Home:
+    root: Path
+    config: Config
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def inbox(self) -> Path:
+        path = Path(os.path.expanduser(self.config.inbox.path))
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def archive(self) -> Path:
+        return self.root / "archive"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry"
+
+    @property
+    def state(self) -> Path:
+        """Internal state: the row store, locks, the daemon's request files."""
+        return self.root / "state"
+
+    @property
+    def store_path(self) -> Path:
+        return self.state / "rows.sqlite"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.inbox, self.quarantine, self.archive, self.registry, self.state):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def resolve(home: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path:
+    """`--home`, else `$LIFELONG_HOME`, else `./lifelong-home`."""
+    environ = os.environ if environ is None else environ
+    chosen = home or environ.get("LIFELONG_HOME") or DEFAULT_HOME
+    return Path(chosen).expanduser().absolute()
+
+
+def init(root: Path, model: str = "embedded:minilm") -> tuple[Home, bool]:
+    """Create the home and a commented lifelong.toml; an existing config is kept. Returns (home, created)."""
+    root.mkdir(parents=True, exist_ok=True)
+    config_path = root / CONFIG_NAME
+    created = not config_path.exists()
+    if created:
+        text = config_mod.template(model)
+        config_mod.parse(config_mod.tomllib.loads(text), source=str(config_path))  # never write a bad file
+        atomic_write(config_path, text)
+    home = open_home(root)
+    return home, created
+
+
+def open_home(root: Path, environ: Mapping[str, str] | None = None) -> Home:
+    """Load and validate the home's config and make sure its directories exist."""
+    config_path = root / CONFIG_NAME
+    if not config_path.is_file():
+        raise HomeNotFound(str(root))
+    home = Home(root=root, config=config_mod.load(config_path, environ))
+    home.ensure_dirs()
+    return home

@@ -1,0 +1,56 @@
+"""`lifelong status`: one document describing a home, read without disturbing the daemon."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daemon.home import Home
+from daemon.lock import holder_pid
+from daemon.store import Store
+
+
+def collect(home: Home) -> dict[str, Any]:
+    with Store(home.store_path) as store:
+        pending = store.counts(pending=True)
+        totals = store.counts(pending=False)
+        labels = store.labels()
+        files = store.file_outcomes()
+        rejected_rows = store.rejected_rows()
+        oldest = store.oldest_pending()
+    pid = holder_pid(home.state / "daemon.lock")
+    return {
+        "home": str(home.root),
+        "champion": None,
+        "pinned": False,
+        "pending_rows": pending,
+        "rows_total": totals,
+        "labels": labels,
+        "last_update": None,
+        "next_update": None,
+        "daemon": {"pid": pid} if pid else None,
+        "audit": [],
+        "inbox": {"path": str(home.inbox), "files": files, "rejected_rows": rejected_rows, "oldest_pending": oldest},
+        "strategy": home.config.strategy.name,
+        "base_model": home.config.model.base,
+    }
+
+
+def render(doc: dict[str, Any]) -> str:
+    pending, totals = doc["pending_rows"], doc["rows_total"]
+    daemon = f"running (pid {doc['daemon']['pid']})" if doc["daemon"] else "not running"
+    last = doc["last_update"]
+    last_text = f"{last['version']} {last['decision']} at {last['finished_at']}" if last else "none yet"
+    lines = [
+        f"home         {doc['home']}",
+        f"daemon       {daemon}",
+        f"champion     {doc['champion'] or 'none yet'}{'  (pinned: automatic promotion paused)' if doc['pinned'] else ''}",
+        f"strategy     {doc['strategy']} on {doc['base_model']}",
+        f"pending rows {pending['train']} train, {pending['eval']} eval",
+        f"total rows   {totals['train']} train, {totals['eval']} eval",
+        f"labels       {', '.join(doc['labels']) or 'none yet'}",
+        f"files        {doc['inbox']['files']['accepted']} accepted, {doc['inbox']['files']['duplicate']} duplicate,"
+        f" {doc['inbox']['files']['quarantined']} quarantined ({doc['inbox']['rejected_rows']} rows skipped)",
+        f"last update  {last_text}",
+        f"next update  {doc['next_update'] or 'not scheduled'}",
+    ]
+    return "\n".join(lines)

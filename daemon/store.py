@@ -1,0 +1,257 @@
+"""The row store: every ingested file and row, durably, in SQLite under the home.
+
+Files are the unit of ingestion and of batching: a file's rows are committed in one transaction
+together with the file's record, and an update cycle closes every pending file into a batch
+(an "experience"). Rows of one file have contiguous ids, so no index beyond the primary key is
+needed to read them back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from registry.errors import StoreError
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY,
+    closed_at TEXT NOT NULL,
+    rows_train INTEGER NOT NULL,
+    rows_eval INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    sha256 TEXT,
+    size INTEGER,
+    received_at TEXT NOT NULL,
+    outcome TEXT NOT NULL CHECK (outcome IN ('accepted', 'duplicate', 'quarantined')),
+    reason TEXT,
+    message TEXT,
+    dest TEXT NOT NULL,
+    duplicate_of INTEGER REFERENCES files (id),
+    rows_train INTEGER NOT NULL DEFAULT 0,
+    rows_eval INTEGER NOT NULL DEFAULT 0,
+    rows_rejected INTEGER NOT NULL DEFAULT 0,
+    first_row INTEGER,
+    last_row INTEGER,
+    batch_id INTEGER REFERENCES batches (id),
+    error_doc TEXT,
+    finalized INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS files_accepted_sha ON files (sha256) WHERE outcome = 'accepted';
+CREATE INDEX IF NOT EXISTS files_unfinalized ON files (finalized) WHERE finalized = 0;
+CREATE INDEX IF NOT EXISTS files_batch ON files (batch_id);
+CREATE TABLE IF NOT EXISTS rows (
+    id INTEGER PRIMARY KEY,
+    file_id INTEGER NOT NULL REFERENCES files (id),
+    line INTEGER NOT NULL,
+    split INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    text TEXT NOT NULL,
+    key TEXT,
+    extra TEXT
+);
+CREATE TABLE IF NOT EXISTS labels (
+    name TEXT PRIMARY KEY,
+    position INTEGER NOT NULL UNIQUE,
+    first_file INTEGER REFERENCES files (id)
+);
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileRecord:
+    id: int
+    name: str
+    sha256: str | None
+    outcome: str
+    reason: str | None
+    dest: str
+    error_doc: str | None
+    rows_train: int
+    rows_eval: int
+    rows_rejected: int
+    finalized: bool
+
+
+class Store:
+    """SQLite row store. One writer at a time (the ingest lock); any number of readers."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        try:
+            if readonly:
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30)
+            else:
+                self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+                self._db.execute("PRAGMA journal_mode = WAL")
+                # FULL: a commit is on disk before the ingested file is moved to archive/.
+                self._db.execute("PRAGMA synchronous = FULL")
+                self._db.executescript(_SCHEMA)
+                self._check_version()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"row store {path} is unusable: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_version(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise StoreError(f"row store {self.path} has schema {row[0]}, this lifelong reads {SCHEMA_VERSION}")
+
+    # -- writing one file -------------------------------------------------------------------------
+    def begin(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def add_file(self, *, name: str, sha256: str | None, size: int | None, received_at: str) -> int:
+        """Insert a file record inside the open transaction (as quarantined until `finish_file`)."""
+        cursor = self._db.execute(
+            "INSERT INTO files (name, sha256, size, received_at, outcome, dest) VALUES (?, ?, ?, ?, 'quarantined', ?)",
+            (name, sha256, size, received_at, name),
+        )
+        return int(cursor.lastrowid)  # type: ignore[arg-type]
+
+    def savepoint(self) -> None:
+        self._db.execute("SAVEPOINT file_rows")
+
+    def discard_rows(self) -> None:
+        self._db.execute("ROLLBACK TO file_rows")
+
+    def add_rows(self, file_id: int, rows: Iterable[tuple[int, int, str, str, str | None, str | None]]) -> None:
+        """rows: (line, split, label, text, key, extra)."""
+        self._db.executemany(
+            "INSERT INTO rows (file_id, line, split, label, text, key, extra) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ((file_id, *row) for row in rows),
+        )
+
+    def add_labels(self, file_id: int, names: Iterable[str]) -> None:
+        start = self._db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM labels").fetchone()[0]
+        self._db.executemany(
+            "INSERT OR IGNORE INTO labels (name, position, first_file) VALUES (?, ?, ?)",
+            ((name, start + i, file_id) for i, name in enumerate(names)),
+        )
+
+    def max_row_id(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM rows").fetchone()[0])
+
+    def finish_file(self, file_id: int, *, outcome: str, dest: str, reason: str | None = None,
+                    message: str | None = None, error_doc: str | None = None, duplicate_of: int | None = None,
+                    rows_train: int = 0, rows_eval: int = 0, rows_rejected: int = 0,
+                    row_range: tuple[int, int] | None = None) -> None:
+        """Fill in the file record's outcome and row counts (still inside the transaction)."""
+        first, last = row_range if row_range else (None, None)
+        self._db.execute(
+            "UPDATE files SET outcome = ?, dest = ?, reason = ?, message = ?, error_doc = ?, duplicate_of = ?,"
+            " rows_train = ?, rows_eval = ?, rows_rejected = ?, first_row = ?, last_row = ? WHERE id = ?",
+            (outcome, dest, reason, message, error_doc, duplicate_of, rows_train, rows_eval, rows_rejected,
+             first, last, file_id),
+        )
+
+    def mark_finalized(self, file_id: int) -> None:
+        self._db.execute("UPDATE files SET finalized = 1 WHERE id = ?", (file_id,))
+
+    # -- reading ----------------------------------------------------------------------------------
+    def accepted_with_sha(self, sha256: str) -> int | None:
+        row = self._db.execute(
+            "SELECT id FROM files WHERE sha256 = ? AND outcome = 'accepted' ORDER BY id LIMIT 1", (sha256,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def unfinalized(self) -> list[FileRecord]:
+        cursor = self._db.execute(
+            "SELECT id, name, sha256, outcome, reason, dest, error_doc, rows_train, rows_eval, rows_rejected, finalized"
+            " FROM files WHERE finalized = 0 ORDER BY id"
+        )
+        return [FileRecord(id=r[0], name=r[1], sha256=r[2], outcome=r[3], reason=r[4], dest=r[5], error_doc=r[6],
+                           rows_train=r[7], rows_eval=r[8], rows_rejected=r[9], finalized=bool(r[10])) for r in cursor]
+
+    def labels(self) -> list[str]:
+        return [row[0] for row in self._db.execute("SELECT name FROM labels ORDER BY position")]
+
+    def counts(self, *, pending: bool) -> dict[str, int]:
+        where = "outcome = 'accepted'" + (" AND batch_id IS NULL" if pending else "")
+        train, evals = self._db.execute(
+            f"SELECT COALESCE(SUM(rows_train), 0), COALESCE(SUM(rows_eval), 0) FROM files WHERE {where}"
+        ).fetchone()
+        return {"train": int(train), "eval": int(evals)}
+
+    def file_outcomes(self) -> dict[str, int]:
+        counts = {"accepted": 0, "duplicate": 0, "quarantined": 0}
+        for outcome, number in self._db.execute("SELECT outcome, COUNT(*) FROM files GROUP BY outcome"):
+            counts[outcome] = int(number)
+        return counts
+
+    def rejected_rows(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(SUM(rows_rejected), 0) FROM files").fetchone()[0])
+
+    def oldest_pending(self) -> str | None:
+        row = self._db.execute(
+            "SELECT MIN(received_at) FROM files WHERE outcome = 'accepted' AND batch_id IS NULL"
+            " AND rows_train + rows_eval > 0"
+        ).fetchone()
+        return row[0]
+
+    # -- batches ----------------------------------------------------------------------------------
+    def close_batch(self, closed_at: str) -> int | None:
+        """Close every pending file into a new batch; its id, or None when nothing is pending."""
+        self.begin()
+        try:
+            pending = self.counts(pending=True)
+            if pending["train"] + pending["eval"] == 0:
+                self.rollback()
+                return None
+            batch_id = int(self._db.execute(
+                "INSERT INTO batches (closed_at, rows_train, rows_eval) VALUES (?, ?, ?)",
+                (closed_at, pending["train"], pending["eval"]),
+            ).lastrowid)  # type: ignore[arg-type]
+            self._db.execute(
+                "UPDATE files SET batch_id = ? WHERE outcome = 'accepted' AND batch_id IS NULL", (batch_id,)
+            )
+            self.commit()
+            return batch_id
+        except BaseException:
+            self.rollback()
+            raise
+
+    def batches(self) -> list[dict[str, object]]:
+        cursor = self._db.execute("SELECT id, closed_at, rows_train, rows_eval FROM batches ORDER BY id")
+        return [{"batch": r[0], "closed_at": r[1], "train": r[2], "eval": r[3]} for r in cursor]
+
+    def batch_files(self, batch_id: int) -> list[str]:
+        return [row[0] for row in self._db.execute("SELECT dest FROM files WHERE batch_id = ? ORDER BY id", (batch_id,))]
+
+    def iter_rows(self, batch_id: int, split: str) -> Iterator[tuple[str, str]]:
+        """(text, label) of one split of one batch, in ingestion order."""
+        flag = 1 if split == "eval" else 0
+        ranges = self._db.execute(
+            "SELECT first_row, last_row FROM files WHERE batch_id = ? AND first_row IS NOT NULL ORDER BY id", (batch_id,)
+        ).fetchall()
+        for first, last in ranges:
+            yield from self._db.execute(
+                "SELECT text, label FROM rows WHERE id BETWEEN ? AND ? AND split = ? ORDER BY id", (first, last, flag)
+            )
+
+    def row_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM rows").fetchone()[0])

@@ -1,0 +1,1 @@
+"""Versions, manifests, the champion alias and its audit log. Imports nothing else of ours."""

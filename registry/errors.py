@@ -1,0 +1,73 @@
+"""Every named error of lifelong, in one module.
+
+It lives in `registry`, the bottom floor, because every other package may import from there.
+Each error subclasses the built-in it resembles and carries its data as attributes; `exit_code`
+is what the CLI exits with (CONTRACT section 4: 1 runtime, 2 usage/config, 3 lock/conflict,
+4 no such version).
+"""
+
+from __future__ import annotations
+
+
+class LifelongError(Exception):
+    """Base of every error lifelong raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(LifelongError, ValueError):
+    """A config key, type or value is wrong. `key` is the dotted key (or env var) at fault."""
+
+    exit_code = 2
+
+    def __init__(self, key: str, message: str, source: str | None = None) -> None:
+        self.key = key
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{key}: {message}")
+
+
+class UsageError(LifelongError, ValueError):
+    """The command was asked for something it cannot do as asked."""
+
+    exit_code = 2
+
+
+class HomeNotFound(LifelongError, FileNotFoundError):
+    """The home directory does not exist or was never initialised."""
+
+    exit_code = 2
+
+    def __init__(self, home: str) -> None:
+        self.home = home
+        super().__init__(f"{home} is not a lifelong home (no lifelong.toml); run `lifelong init --home {home}`")
+
+
+class LockHeld(LifelongError, BlockingIOError):
+    """Another process holds a lock on the home. `pid` is the holder, when known."""
+
+    exit_code = 3
+
+    def __init__(self, path: str, pid: int | None, what: str = "lifelong run") -> None:
+        self.path = path
+        self.pid = pid
+        holder = f"pid {pid}" if pid else "another process"
+        super().__init__(f"{what} is already running on this home ({holder} holds {path})")
+
+
+class StoreError(LifelongError, RuntimeError):
+    """The row store is unusable (corrupt, wrong schema version)."""
+
+
+class FileRejected(LifelongError, ValueError):
+    """An inbox file cannot be ingested. `reason` is a CONTRACT section 3 reason code."""
+
+    REASONS = ("unsupported_format", "unreadable", "empty", "missing_columns", "invalid_rows",
+               "too_large", "not_regular_file")
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown reason code {reason!r}")
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{reason}: {message}")
