@@ -252,8 +252,7 @@ def parse(data: Mapping[str, Any], origin: Mapping[str, str] | None = None, sour
         return Config.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
-        key = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
-        key = key.replace("lambda_", "lambda")
+        key = _dotted_key(error["loc"])
         message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
         if error["type"] != "extra_forbidden" and "input" in error:
             message += f" (got {error['input']!r})"
@@ -261,6 +260,21 @@ def parse(data: Mapping[str, Any], origin: Mapping[str, str] | None = None, sour
         if env_name:
             raise ConfigError(key, f"{message} [from env {env_name}]", source=None) from None
         raise ConfigError(key, message, source=source) from None
+
+
+def _dotted_key(loc: tuple[Any, ...]) -> str:
+    """The config key an error location points at, without pydantic's union-member tags."""
+    parts: list[str] = []
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if model is None:
+            break
+        fields = {(info.alias or name): info for name, info in model.model_fields.items()}
+        parts.append(str(part))
+        info = fields.get(str(part))
+        annotation = info.annotation if info else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return ".".join(parts)
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -1,0 +1,150 @@
+"""Config: the template, every key typed and validated, env overrides, exit 2 naming the key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from daemon import config
+from daemon.config import Config
+from registry.errors import ConfigError
+from tests.conftest import cli, write_config
+
+
+def test_template_is_the_defaults_and_names_every_key() -> None:
+    text = config.template()
+    parsed = config.parse(tomllib.loads(text))
+    assert parsed == Config()
+    data = tomllib.loads(text)
+    # every key of CONTRACT section 5 appears in the commented file
+    expected = {
+        "model": {"base", "max_length"},
+        "inbox": {"path", "settle_seconds", "eval_fraction", "on_bad_rows", "max_file_bytes", "labels", "polling", "rescan_seconds"},
+        "schedule": {"interval", "cron", "min_new_rows", "max_wait"},
+        "strategy": {"name", "epochs", "batch_size", "lr", "early_stopping_patience", "weight_decay", "class_weights",
+                     "replay", "ewc", "lora", "lwf"},
+        "train": {"device", "precision", "num_processes", "seed"},
+        "gate": {"metric", "min_gain_new", "max_forgetting", "min_eval_rows", "canary", "max_canary_drop"},
+        "metrics": {"bind"},
+        "hooks": {"on_champion_change"},
+    }
+    assert {k: set(v) for k, v in data.items()} == expected
+    assert set(data["strategy"]["replay"]) == {"buffer_rows", "policy", "ratio"}
+    assert set(data["strategy"]["ewc"]) == {"lambda", "fisher_samples", "decay"}
+    assert set(data["strategy"]["lora"]) == {"r", "alpha", "dropout", "target_modules"}
+    assert set(data["strategy"]["lwf"]) == {"alpha", "temperature"}
+    assert text.count("\n#") > 20  # commented
+
+
+def test_defaults_match_the_contract() -> None:
+    c = Config()
+    assert (c.model.base, c.model.max_length) == ("embedded:minilm", 128)
+    assert (c.inbox.settle_seconds, c.inbox.eval_fraction, c.inbox.on_bad_rows, c.inbox.max_file_bytes) == (2, 0.1, "reject", 1073741824)
+    assert (c.schedule.interval, c.schedule.max_wait, c.schedule.min_new_rows) == (900, 86400, 100)
+    assert c.strategy.parts == ("lora", "replay")
+    assert c.strategy.ewc.lambda_ == 1000.0
+    assert c.metrics.host_port == ("127.0.0.1", 9717)
+
+
+def test_durations() -> None:
+    assert config.parse({"schedule": {"interval": "2s", "max_wait": "24h"}}).schedule.interval == 2
+    assert config.parse({"schedule": {"max_wait": "1.5d"}}).schedule.max_wait == 129600
+    assert config.parse({"inbox": {"settle_seconds": "500ms"}}).inbox.settle_seconds == 0.5
+    with pytest.raises(ConfigError, match="schedule.interval"):
+        config.parse({"schedule": {"interval": "soon"}})
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"inbox": {"eval_fration": 0.1}}, "inbox.eval_fration"),
+    ({"nope": {}}, "nope"),
+    ({"inbox": {"eval_fraction": 1.5}}, "inbox.eval_fraction"),
+    ({"inbox": {"eval_fraction": "0.1"}}, "inbox.eval_fraction"),
+    ({"inbox": {"on_bad_rows": "ignore"}}, "inbox.on_bad_rows"),
+    ({"inbox": {"polling": "yes"}}, "inbox.polling"),
+    ({"inbox": {"labels": ["a", "a"]}}, "inbox.labels"),
+    ({"model": {"max_length": "128"}}, "model.max_length"),
+    ({"strategy": {"name": "lora+magic"}}, "strategy.name"),
+    ({"strategy": {"lr": "fast"}}, "strategy.lr"),
+    ({"strategy": {"replay": {"buffer_rows": -1}}}, "strategy.replay.buffer_rows"),
+    ({"strategy": {"ewc": {"lamda": 1.0}}}, "strategy.ewc.lamda"),
+    ({"strategy": {"ewc": {"lambda": -1.0}}}, "strategy.ewc.lambda"),
+    ({"train": {"device": "tpu"}}, "train.device"),
+    ({"gate": {"metric": "auc"}}, "gate.metric"),
+    ({"schedule": {"cron": "every day"}}, "schedule.cron"),
+    ({"metrics": {"bind": "localhost"}}, "metrics.bind"),
+])
+def test_wrong_key_type_or_value_names_the_key(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.parse(data)
+    assert info.value.key == key
+    assert key in str(info.value)
+
+
+def test_env_overrides_nested_and_typed(tmp_path: Path) -> None:
+    path = tmp_path / "lifelong.toml"
+    path.write_text(config.template())
+    loaded = config.load(path, environ={
+        "LIFELONG_STRATEGY__REPLAY__BUFFER_ROWS": "500",
+        "LIFELONG_INBOX__POLLING": "true",
+        "LIFELONG_INBOX__LABELS": '["neg", "pos"]',
+        "LIFELONG_MODEL__BASE": "/models/bert",
+        "LIFELONG_SCHEDULE__INTERVAL": "2s",
+        "LIFELONG_HOME": "/ignored/not/a/key",
+    })
+    assert loaded.strategy.replay.buffer_rows == 500
+    assert loaded.inbox.polling is True
+    assert loaded.inbox.labels == ["neg", "pos"]
+    assert loaded.model.base == "/models/bert"
+    assert loaded.schedule.interval == 2.0
+
+
+def test_env_override_error_names_the_variable(tmp_path: Path) -> None:
+    path = tmp_path / "lifelong.toml"
+    path.write_text(config.template())
+    with pytest.raises(ConfigError, match="LIFELONG_STRATEGY__REPLAY__BUFFER_ROWS") as info:
+        config.load(path, environ={"LIFELONG_STRATEGY__REPLAY__BUFFER_ROWS": "many"})
+    assert info.value.key == "strategy.replay.buffer_rows"
+    with pytest.raises(ConfigError, match="unknown key"):
+        config.load(path, environ={"LIFELONG_INBOX__NOT_A_KEY": "1"})
+
+
+def test_cli_refuses_bad_config_with_exit_2(home_root: Path) -> None:
+    write_config(home_root, inbox={"eval_fraction": 2})
+    result = cli("status", "--home", str(home_root))
+    assert result.exit_code == 2
+    assert "inbox.eval_fraction" in result.stderr
+    write_config(home_root, inbox={"eval_fraction": 0.1})
+    result = cli("status", "--home", str(home_root), env={"LIFELONG_GATE__METRIC": "auc"})
+    assert result.exit_code == 2
+    assert "gate.metric" in result.stderr and "LIFELONG_GATE__METRIC" in result.stderr
+
+
+def test_cli_refuses_broken_toml_and_missing_home(tmp_path: Path) -> None:
+    result = cli("status", "--home", str(tmp_path / "nowhere"))
+    assert result.exit_code == 2 and "lifelong init" in result.stderr
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "lifelong.toml").write_text("[inbox\n")
+    result = cli("status", "--home", str(tmp_path / "h"))
+    assert result.exit_code == 2 and "not valid TOML" in result.stderr
+
+
+def test_init_writes_commented_config_and_keeps_an_existing_one(tmp_path: Path) -> None:
+    root = tmp_path / "h"
+    result = cli("init", "--home", str(root), "--model", "/models/my-bert")
+    assert result.exit_code == 0, result.output
+    text = (root / "lifelong.toml").read_text()
+    assert 'base = "/models/my-bert"' in text and text.startswith("#")
+    for sub in ("inbox", "quarantine", "archive", "registry"):
+        assert (root / sub).is_dir()
+    (root / "lifelong.toml").write_text(text.replace("min_new_rows = 100", "min_new_rows = 7"))
+    assert cli("init", "--home", str(root)).exit_code == 0
+    assert "min_new_rows = 7" in (root / "lifelong.toml").read_text()
+
+
+def test_home_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "envhome"
+    result = cli("init", env={"LIFELONG_HOME": str(root)})
+    assert result.exit_code == 0
+    assert (root / "lifelong.toml").is_file()
