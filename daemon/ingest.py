@@ -1,10 +1,11 @@
 """Ingest one inbox file exactly once: validate, store its rows, then archive or quarantine it.
 
-The order makes it crash-safe: (1) the file's record and rows are committed in one SQLite
-transaction together with its outcome and destination; (2) only then is the file moved out of the
-inbox (and NAME.error.json written); (3) the record is marked finalized. A crash before (1) leaves
-the file in the inbox to be taken again; a crash after (1) is finished by `recover()` at the next
-start, so every file ends in exactly one of archive/ or quarantine/ and no row is stored twice.
+The order makes it crash-safe: (1) the file's rows are written to a segment that is published
+(fsync + rename) and its record, outcome and destination committed in one SQLite transaction;
+(2) only then is the file moved out of the inbox (and NAME.error.json written); (3) the record is
+marked finalized. A crash before the commit leaves the file in the inbox to be taken again (and at
+most an orphan segment, removed by `recover()`); a crash after it is finished by `recover()` at the
+next start, so every file ends in exactly one of archive/ or quarantine/ and no row is stored twice.
 """
 
 from __future__ import annotations
@@ -15,16 +16,20 @@ import logging
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from daemon import formats
 from daemon.config import InboxConfig
 from daemon.formats import RowError
 from daemon.fsutil import atomic_write, fsync_dir, move, remove
-from daemon.rows import LabelSet, Row, validate
+from daemon.rows import LabelSet, Validator
+from daemon.segments import SegmentWriter
 from daemon.store import FileRecord, Store
 from registry.errors import FileRejected
 
@@ -116,63 +121,68 @@ class Ingestor:
 
     def _read_rows(self, file_id: int, path: Path, sha: str | None, received_at: str,
                    on_progress: Callable[[int], None] | None) -> None:
-        """Parse and validate; rows go to the store as they come and are discarded on rejection."""
-        skip = self.config.on_bad_rows == "skip"
-        labels = LabelSet.of(self.store.labels(), self.config.labels)
-        first_row = self.store.max_row_id() + 1
-        self.store.savepoint()
-        counts = [0, 0]
-        bad = total = 0
-        listed: list[dict[str, object]] = []
-        pending: list[tuple[int, int, str, str, str | None, str | None]] = []
-        rejected = _RejectedRows(self.quarantine / f".tmp-{file_id}.rejected.jsonl") if skip else None
+        """Parse and validate; rows stream into a segment that is published only if the file is accepted."""
         try:
-            for line, record in formats.read(path, self.config.max_file_bytes, on_progress):
-                total += 1
-                row = validate(line, record, labels, self.config.eval_fraction) if isinstance(record, dict) else [record]
-                if isinstance(row, Row):
-                    if bad and not skip:
-                        continue  # the file is rejected; keep counting errors only
-                    counts[row.split] += 1
-                    pending.append((row.line, row.split, row.label, row.text, row.key, row.extra))
-                    if len(pending) >= _CHUNK:
-                        self.store.add_rows(file_id, pending)
-                        pending.clear()
-                    continue
-                bad += 1
-                for error in row:
-                    if len(listed) < MAX_LISTED_ERRORS:
-                        listed.append(error.as_dict())
-                if rejected is not None:
-                    rejected.write(line, row, record)
-            if pending:
-                self.store.add_rows(file_id, pending)
+            try:
+                scan = self._scan(file_id, path, on_progress, fast=True)
+            except formats.NotFast:
+                scan = self._scan(file_id, path, on_progress, fast=False)
         except FileRejected as problem:
-            self.store.discard_rows()
-            if rejected is not None:
-                rejected.discard()
             self._finish_rejected(file_id, path.name, sha, received_at, problem, [])
             return
-        good = counts[0] + counts[1]
-        if bad and (not skip or good == 0):
-            self.store.discard_rows()
-            if rejected is not None:
-                rejected.discard()
-            first = listed[0]
-            message = (f"{bad} of {total} rows are invalid (first: line {first['line']}, field {first['field']}: "
-                       f"{first['reason']}); inbox.on_bad_rows = {self.config.on_bad_rows!r}")
-            self._finish_rejected(file_id, path.name, sha, received_at, FileRejected("invalid_rows", message), listed,
-                                  rows_rejected=bad)
+        skip = self.config.on_bad_rows == "skip"
+        good_rows = scan.counts[0] + scan.counts[1]
+        if scan.bad and (not skip or good_rows == 0):
+            scan.discard()
+            first = scan.listed[0]
+            message = (f"{scan.bad} of {scan.total} rows are invalid (first: line {first['line']}, field "
+                       f"{first['field']}: {first['reason']}); inbox.on_bad_rows = {self.config.on_bad_rows!r}")
+            self._finish_rejected(file_id, path.name, sha, received_at, FileRejected("invalid_rows", message),
+                                  scan.listed, rows_rejected=scan.bad)
             return
-        if rejected is not None:
-            rejected.close()
-        self.store.add_labels(file_id, labels.added)
+        scan.publish()
+        self.store.add_labels(file_id, scan.labels.added)
         self.store.finish_file(
             file_id, outcome="accepted", dest=self._free_name(self.archive, path.name, file_id),
-            message=f"{good} rows ingested, {bad} skipped" if bad else f"{good} rows ingested",
-            rows_train=counts[0], rows_eval=counts[1], rows_rejected=bad,
-            row_range=(first_row, first_row + good - 1) if good else None,
+            message=f"{good_rows} rows ingested, {scan.bad} skipped" if scan.bad else f"{good_rows} rows ingested",
+            rows_train=scan.counts[0], rows_eval=scan.counts[1], rows_rejected=scan.bad,
         )
+
+    def _scan(self, file_id: int, path: Path, on_progress: Callable[[int], None] | None, *, fast: bool) -> "_Scan":
+        """One read of the file; raises NotFast (having cleaned up) when the fast reader must give way."""
+        skip = self.config.on_bad_rows == "skip"
+        labels = LabelSet.of(self.store.labels(), self.config.labels)
+        validate = Validator(labels, self.config.eval_fraction)
+        rejected = _RejectedRows(self.quarantine / f".tmp-{file_id}.rejected.jsonl") if skip else None
+        scan = _Scan(labels=labels, writer=self.store.segment_writer(file_id), rejected=rejected)
+        try:
+            for chunk in formats.read(path, self.config.max_file_bytes, on_progress, fast=fast):
+                scan.total += len(chunk)
+                if not scan.bad or skip:
+                    plain = validate.fast_chunk(chunk)
+                    if plain is not None:
+                        scan.add(*plain)
+                        continue
+                if not chunk.exact:
+                    raise formats.NotFast("a chunk needs the row-by-row check")
+                good: list[tuple] = []
+                for line, record in zip(chunk.lines, chunk.records):
+                    row = validate(line, record) if type(record) is dict else [record]
+                    if type(row) is tuple:
+                        good.append(row)
+                        continue
+                    scan.bad += 1
+                    for error in row:
+                        if len(scan.listed) < MAX_LISTED_ERRORS:
+                            scan.listed.append(error.as_dict())
+                    if rejected is not None:
+                        rejected.write(line, row, record)
+                if good and (skip or not scan.bad):  # a file to be rejected stores nothing
+                    scan.add(*zip(*good))
+        except BaseException:
+            scan.discard()
+            raise
+        return scan
 
     def _finish_rejected(self, file_id: int, name: str, sha: str | None, received_at: str, problem: FileRejected,
                          errors: list[dict[str, object]], rows_rejected: int = 0) -> None:
@@ -214,6 +224,7 @@ class Ingestor:
 
     def recover(self) -> int:
         """Finish what a crashed run left half-done; remove its temp files. Returns files finished."""
+        self.store.remove_orphan_segments()
         records = self.store.unfinalized()
         for record in records:
             log.info("finishing interrupted ingest", extra={"file": record.name, "outcome": record.outcome})
@@ -223,6 +234,35 @@ class Ingestor:
                 if (entry.name.startswith(".") and entry.name.endswith(".tmp")) or entry.name.startswith(".tmp-"):
                     remove(Path(entry.path))
         return len(records)
+
+
+@dataclass
+class _Scan:
+    """What one read of a file found, and where its rows went."""
+
+    labels: LabelSet
+    writer: SegmentWriter
+    rejected: "_RejectedRows | None"
+    counts: list[int] = field(default_factory=lambda: [0, 0])  # train, eval
+    bad: int = 0
+    total: int = 0
+    listed: list[dict[str, object]] = field(default_factory=list)
+
+    def add(self, splits, labels, texts, keys=None, extras=None) -> None:  # type: ignore[no-untyped-def]
+        eval_rows = int(pc.sum(splits).as_py() or 0) if isinstance(splits, pa.Array) else sum(splits)
+        self.counts[1] += eval_rows
+        self.counts[0] += len(splits) - eval_rows
+        self.writer.write(splits, labels, texts, keys, extras)
+
+    def publish(self) -> None:
+        if self.rejected is not None:
+            self.rejected.close()
+        self.writer.publish()
+
+    def discard(self) -> None:
+        self.writer.discard()
+        if self.rejected is not None:
+            self.rejected.discard()
 
 
 class _RejectedRows:

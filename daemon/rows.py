@@ -6,22 +6,19 @@ naming each field at fault.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from daemon.formats import RowError
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from daemon import splits
+from daemon.formats import Chunk, RowError
 
 SPLITS = ("train", "eval")
 _KNOWN = frozenset(("text", "label", "id", "split"))
-_HASH_SPACE = float(1 << 64)
-
-
-def eval_by_hash(text: str, eval_fraction: float) -> bool:
-    """True when `text` belongs to the held-out split: a stable hash, the same on every machine."""
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / _HASH_SPACE < eval_fraction
 
 
 @dataclass(slots=True)
@@ -49,17 +46,72 @@ class LabelSet:
         return True
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    line: int
-    text: str
-    label: str
-    split: int  # 0 train, 1 eval
-    key: str | None
-    extra: str | None  # JSON of fields beyond text/label/id/split, kept but unused
+# A valid row as stored: (split, label, text, key, extra); split 0 train, 1 eval; extra is JSON of
+# the fields beyond text/label/id/split, kept but unused.
+Row = tuple[int, str, str, "str | None", "str | None"]
+
+
+class Validator:
+    """Turns records into rows for one file; `labels` grows (or not) as it goes."""
+
+    def __init__(self, labels: LabelSet, eval_fraction: float) -> None:
+        self.labels = labels
+        self.eval_fraction = eval_fraction
+        self._threshold = int(splits.threshold(eval_fraction))
+
+    def __call__(self, line: int, record: dict[str, object], *, _hash=splits.text_hash) -> Row | list[RowError]:
+        """A stored row, or every error of the record."""
+        text = record.get("text")
+        label = record.get("label")
+        # the common case, kept cheap: exactly {"text": str, "label": str} with a known label
+        if len(record) == 2 and type(text) is str and type(label) is str and label in self.labels.known \
+                and text.strip() and label.strip() == label:
+            return int(_hash(text) < self._threshold), label, text, None, None
+        return _validate_fully(line, record, self.labels, self.eval_fraction)
+
+
+    def fast_chunk(self, chunk: Chunk) -> tuple[pa.Array, pa.Array, pa.Array] | None:
+        """(splits, labels, texts) when every record of the chunk is plainly valid, else None.
+
+        Plainly valid: a dict of exactly a str text containing a letter or digit (so never blank,
+        whatever the definition of white space) and a label that is known, or new, clean and
+        welcome. New labels are admitted in order of first appearance, as the exact check does.
+        Anything else goes through the exact row-by-row check, the only authority on errors.
+        """
+        if chunk.columns is not None:
+            texts, labels = chunk.columns
+        else:
+            records = chunk.records
+            if set(map(type, records)) != {dict} or set(map(len, records)) != {2}:
+                return None
+            texts = [record.get("text") for record in records]  # type: ignore[attr-defined]
+            labels = [record.get("label") for record in records]  # type: ignore[attr-defined]
+        try:
+            text_array = pa.array(texts, pa.string())
+            label_array = pa.array(labels, pa.string())
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            return None
+        if text_array.null_count or label_array.null_count:
+            return None
+        if not pc.all(pc.match_substring_regex(text_array, r"[\pL\pN]")).as_py():
+            return None
+        known = pa.array(list(self.labels.known), pa.string())
+        unknown = pc.invert(pc.is_in(label_array, value_set=known))
+        if pc.any(unknown).as_py():
+            new = pc.unique(label_array.filter(unknown)).to_pylist()  # in order of first appearance
+            if self.labels.fixed or not all(label and label.strip() == label for label in new):
+                return None
+            for label in new:
+                self.labels.admit(label)
+        held_out = splits.eval_mask(texts, self.eval_fraction)
+        return pa.array(held_out.astype(np.int8)), label_array, text_array
 
 
 def validate(line: int, record: dict[str, object], labels: LabelSet, eval_fraction: float) -> Row | list[RowError]:
+    return Validator(labels, eval_fraction)(line, record)
+
+
+def _validate_fully(line: int, record: dict[str, object], labels: LabelSet, eval_fraction: float) -> Row | list[RowError]:
     errors: list[RowError] = []
     text = record.get("text")
     if "text" not in record:
@@ -91,10 +143,10 @@ def validate(line: int, record: dict[str, object], labels: LabelSet, eval_fracti
         return errors
     labels.admit(label)  # type: ignore[arg-type]
     extra = None
-    if len(record) > 2 and not _KNOWN.issuperset(record):
+    if not _KNOWN.issuperset(record):
         extra = json.dumps({k: v for k, v in record.items() if k not in _KNOWN}, ensure_ascii=False, default=str)
-    is_eval = split == "eval" if split else eval_by_hash(text, eval_fraction)  # type: ignore[arg-type]
-    return Row(line, text, label, int(is_eval), key, extra)  # type: ignore[arg-type]
+    is_eval = split == "eval" if split else splits.is_eval(text, eval_fraction)  # type: ignore[arg-type]
+    return int(is_eval), label, text, key, extra  # type: ignore[return-value]
 
 
 def _label(line: int, record: dict[str, object], errors: list[RowError]) -> str | None:

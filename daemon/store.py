@@ -1,9 +1,9 @@
-"""The row store: every ingested file and row, durably, in SQLite under the home.
+"""The row store: a SQLite catalog of every inbox file, batch and label, plus one Arrow segment
+of rows per accepted file (see `segments`), all under the home's state/ folder.
 
-Files are the unit of ingestion and of batching: a file's rows are committed in one transaction
-together with the file's record, and an update cycle closes every pending file into a batch
-(an "experience"). Rows of one file have contiguous ids, so no index beyond the primary key is
-needed to read them back.
+Files are the unit of ingestion and of batching: a file's segment is published just before the
+transaction that records the file commits, and an update cycle closes every pending file into a
+batch (an "experience").
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import pyarrow.compute as pc
+
+from daemon import segments
+from daemon.segments import SegmentWriter
 from registry.errors import StoreError
 
 SCHEMA_VERSION = 1
@@ -38,8 +42,6 @@ CREATE TABLE IF NOT EXISTS files (
     rows_train INTEGER NOT NULL DEFAULT 0,
     rows_eval INTEGER NOT NULL DEFAULT 0,
     rows_rejected INTEGER NOT NULL DEFAULT 0,
-    first_row INTEGER,
-    last_row INTEGER,
     batch_id INTEGER REFERENCES batches (id),
     error_doc TEXT,
     finalized INTEGER NOT NULL DEFAULT 0
@@ -47,16 +49,6 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_accepted_sha ON files (sha256) WHERE outcome = 'accepted';
 CREATE INDEX IF NOT EXISTS files_unfinalized ON files (finalized) WHERE finalized = 0;
 CREATE INDEX IF NOT EXISTS files_batch ON files (batch_id);
-CREATE TABLE IF NOT EXISTS rows (
-    id INTEGER PRIMARY KEY,
-    file_id INTEGER NOT NULL REFERENCES files (id),
-    line INTEGER NOT NULL,
-    split INTEGER NOT NULL,
-    label TEXT NOT NULL,
-    text TEXT NOT NULL,
-    key TEXT,
-    extra TEXT
-);
 CREATE TABLE IF NOT EXISTS labels (
     name TEXT PRIMARY KEY,
     position INTEGER NOT NULL UNIQUE,
@@ -85,6 +77,9 @@ class Store:
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        self.segments = path.parent / "segments"
+        if not readonly:
+            self.segments.mkdir(exist_ok=True)
         try:
             if readonly:
                 self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30)
@@ -133,18 +128,8 @@ class Store:
         )
         return int(cursor.lastrowid)  # type: ignore[arg-type]
 
-    def savepoint(self) -> None:
-        self._db.execute("SAVEPOINT file_rows")
-
-    def discard_rows(self) -> None:
-        self._db.execute("ROLLBACK TO file_rows")
-
-    def add_rows(self, file_id: int, rows: Iterable[tuple[int, int, str, str, str | None, str | None]]) -> None:
-        """rows: (line, split, label, text, key, extra)."""
-        self._db.executemany(
-            "INSERT INTO rows (file_id, line, split, label, text, key, extra) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ((file_id, *row) for row in rows),
-        )
+    def segment_writer(self, file_id: int) -> SegmentWriter:
+        return SegmentWriter(self.segments, file_id)
 
     def add_labels(self, file_id: int, names: Iterable[str]) -> None:
         start = self._db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM labels").fetchone()[0]
@@ -153,20 +138,14 @@ class Store:
             ((name, start + i, file_id) for i, name in enumerate(names)),
         )
 
-    def max_row_id(self) -> int:
-        return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM rows").fetchone()[0])
-
     def finish_file(self, file_id: int, *, outcome: str, dest: str, reason: str | None = None,
                     message: str | None = None, error_doc: str | None = None, duplicate_of: int | None = None,
-                    rows_train: int = 0, rows_eval: int = 0, rows_rejected: int = 0,
-                    row_range: tuple[int, int] | None = None) -> None:
+                    rows_train: int = 0, rows_eval: int = 0, rows_rejected: int = 0) -> None:
         """Fill in the file record's outcome and row counts (still inside the transaction)."""
-        first, last = row_range if row_range else (None, None)
         self._db.execute(
             "UPDATE files SET outcome = ?, dest = ?, reason = ?, message = ?, error_doc = ?, duplicate_of = ?,"
-            " rows_train = ?, rows_eval = ?, rows_rejected = ?, first_row = ?, last_row = ? WHERE id = ?",
-            (outcome, dest, reason, message, error_doc, duplicate_of, rows_train, rows_eval, rows_rejected,
-             first, last, file_id),
+            " rows_train = ?, rows_eval = ?, rows_rejected = ? WHERE id = ?",
+            (outcome, dest, reason, message, error_doc, duplicate_of, rows_train, rows_eval, rows_rejected, file_id),
         )
 
     def mark_finalized(self, file_id: int) -> None:
@@ -242,16 +221,37 @@ class Store:
     def batch_files(self, batch_id: int) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT dest FROM files WHERE batch_id = ? ORDER BY id", (batch_id,))]
 
+    def batch_file_ids(self, batch_id: int) -> list[int]:
+        return [row[0] for row in self._db.execute(
+            "SELECT id FROM files WHERE batch_id = ? AND rows_train + rows_eval > 0 ORDER BY id", (batch_id,))]
+
     def iter_rows(self, batch_id: int, split: str) -> Iterator[tuple[str, str]]:
         """(text, label) of one split of one batch, in ingestion order."""
         flag = 1 if split == "eval" else 0
-        ranges = self._db.execute(
-            "SELECT first_row, last_row FROM files WHERE batch_id = ? AND first_row IS NOT NULL ORDER BY id", (batch_id,)
-        ).fetchall()
-        for first, last in ranges:
-            yield from self._db.execute(
-                "SELECT text, label FROM rows WHERE id BETWEEN ? AND ? AND split = ? ORDER BY id", (first, last, flag)
-            )
+        for file_id in self.batch_file_ids(batch_id):
+            table = segments.read(self.segments, file_id, ["split", "text", "label"])
+            table = table.filter(pc.equal(table["split"], flag))
+            yield from zip(table["text"].to_pylist(), table["label"].to_pylist())
 
     def row_count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
+        """Rows of every accepted file, as the catalog counts them."""
+        return sum(self.counts(pending=False).values())
+
+    def segment_rows(self) -> dict[int, int]:
+        """file id -> rows actually stored in its segment (for audits and tests)."""
+        result = {}
+        for file_id in segments.ids_on_disk(self.segments):
+            result[file_id] = segments.read(self.segments, file_id, ["split"]).num_rows
+        return result
+
+    def remove_orphan_segments(self) -> int:
+        """Delete temp segments and segments no committed file owns (a crash before the commit)."""
+        owned = {row[0] for row in self._db.execute(
+            "SELECT id FROM files WHERE outcome = 'accepted' AND rows_train + rows_eval > 0")}
+        removed = 0
+        for entry in list(self.segments.iterdir()):
+            stem = entry.name.removesuffix(".arrow")
+            if entry.name.startswith(".") or not stem.isdigit() or int(stem) not in owned:
+                entry.unlink()
+                removed += 1
+        return removed

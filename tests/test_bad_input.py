@@ -33,7 +33,7 @@ CASES: dict[str, tuple[object, str]] = {
     "unknown-label.jsonl": (jsonl([{"text": "hello", "label": "meh"}]).encode(), "invalid_rows"),
     "ragged.csv": (b"text,label\nhello,pos\nextra,neg,field\n", "invalid_rows"),
     "bad-json-lines.jsonl": (b"{not json}\n{also not\n", "unreadable"),
-    "unterminated-quote.csv": (b'text,label\n"hello,pos\n', "unreadable"),
+    "unterminated-quote.csv": (b'text,label\n"hello,pos\n', "invalid_rows"),
     "invalid-utf8.csv": (b"text,label\ncaf\xe9,pos\n", "unreadable"),
     "garbage.parquet": (b"PAR1 this is not parquet PAR1", "unreadable"),
     "notes.txt": (b"text,label\nhello,pos\n", "unsupported_format"),

