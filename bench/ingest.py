@@ -3,7 +3,8 @@
     python -m bench.ingest [--rows 1000000]
 
 Each measurement runs in its own process (peak RSS is that process's). `lifelong` does the full
-job: sha256 of the file, streaming parse, validation, the stable split, a durable SQLite commit
+job: sha256 of the file, streaming parse, validation, the stable split, rows written to an
+Arrow segment and fsynced, a durable SQLite catalog commit
 and the move to archive/. The references read the same file the plain way (`pandas.read_csv`,
 a `json.loads` loop) and do the same validation and split, but store nothing.
 """
@@ -128,8 +129,9 @@ def main() -> None:
         f"Command: `python -m bench.ingest --rows {args.rows}` (needs the `bench` extra: `pip install -e '.[bench]'`)  ",
         f"Machine: {machine()}. Files: {', '.join(f'{n} {s:.0f} MB' for n, s in sizes.items())}; short texts, 3 labels.",
         "",
-        "`lifelong` = the full ingest (sha256, streaming parse, validation, stable split, durable SQLite commit, move",
-        "to archive/). References = the plain reading loop with the same validation and split, storing nothing.",
+        "`lifelong` = the full ingest (sha256, streaming parse, validation, stable split, rows written to an Arrow segment",
+        "and fsynced, durable catalog commit, move to archive/). References = the plain reading loop with the same",
+        "validation and split, storing nothing.",
         "",
         "| file | reader | rows | seconds | rows/s | peak RSS (MB) |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
