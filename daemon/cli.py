@@ -163,5 +163,101 @@ def status(home_dir: Path | None, as_json: bool) -> None:
         click.echo(render(document))
 
 
+def open_registry(home: home_mod.Home, *, writable: bool = True):  # type: ignore[no-untyped-def]
+    from daemon.hooks import champion_hook
+    from registry.registry import Registry
+
+    return Registry(home.registry, on_switch=champion_hook(home.config.hooks.on_champion_change), recover=writable)
+
+
+@main.command()
+@home_option
+@json_option
+@errors_to_exit_codes
+def versions(home_dir: Path | None, as_json: bool) -> None:
+    """Every version: id, parent, created, strategy, decision, key metrics."""
+    from daemon.versions import render_versions, summary
+
+    with open_registry(open_home(home_dir), writable=False) as registry:
+        rows = [summary(registry, record) for record in registry.versions()]
+    emit(rows) if as_json else click.echo(render_versions(rows))
+
+
+@main.command()
+@click.argument("version")
+@home_option
+@json_option
+@errors_to_exit_codes
+def show(version: str, home_dir: Path | None, as_json: bool) -> None:
+    """One version: lineage, data, config, metrics, accuracy matrix, gate decision, audit."""
+    from daemon.versions import detail, render_detail
+
+    with open_registry(open_home(home_dir), writable=False) as registry:
+        doc = detail(registry, version)
+    emit(doc) if as_json else click.echo(render_detail(doc))
+
+
+@main.command()
+@click.argument("version")
+@home_option
+@click.option("--force", is_flag=True, help="Promote even if the version's gate did not pass.")
+@click.option("--reason", default="", help="Why; kept in the audit log.")
+@errors_to_exit_codes
+def promote(version: str, home_dir: Path | None, force: bool, reason: str) -> None:
+    """Make VERSION the champion (its gate is re-checked unless --force)."""
+    from registry.errors import Conflict
+
+    with open_registry(open_home(home_dir)) as registry:
+        registry.get(version)
+        if not force:
+            decision = registry.decision_record(version)
+            gate = decision.gate if decision else {}
+            if not gate.get("passed"):
+                reasons = "; ".join(gate.get("reasons", [])) or "it has no gate decision"
+                raise Conflict(f"{version} did not pass the gate ({reasons}); use --force to promote it anyway")
+        entry = registry.promote(version, actor="cli", reason=reason or ("forced" if force else ""), manual=True)
+    click.echo(f"champion {entry.from_ or 'none'} -> {entry.to}")
+
+
+@main.command()
+@home_option
+@click.option("--to", "to", default=None, help="Roll back to this version instead of the previous champion.")
+@click.option("--reason", default="", help="Why; kept in the audit log.")
+@click.option("--pin", is_flag=True, help="Also pause automatic promotion (resume with `lifelong unpin`).")
+@errors_to_exit_codes
+def rollback(home_dir: Path | None, to: str | None, reason: str, pin: bool) -> None:
+    """Champion back to the previous champion (or --to VERSION); the version left is never auto-promoted again."""
+    with open_registry(open_home(home_dir)) as registry:
+        if to is not None:
+            registry.get(to)
+        entry = registry.rollback(to=to, actor="cli", reason=reason, pin=pin)
+    click.echo(f"champion {entry.from_} -> {entry.to} ({entry.from_} marked rolled_back)"
+               + ("; automatic promotion paused" if pin else ""))
+
+
+@main.command()
+@home_option
+@click.option("--reason", default="", help="Why; kept in the audit log.")
+@errors_to_exit_codes
+def unpin(home_dir: Path | None, reason: str) -> None:
+    """Resume automatic promotion."""
+    with open_registry(open_home(home_dir)) as registry:
+        was = registry.pinned()
+        registry.unpin(actor="cli", reason=reason)
+    click.echo("automatic promotion resumed" if was else "automatic promotion was not paused")
+
+
+@main.command()
+@click.argument("version")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@home_option
+@errors_to_exit_codes
+def export(version: str, dest: Path, home_dir: Path | None) -> None:
+    """Write a self-contained Hugging Face model directory of VERSION to DEST."""
+    with open_registry(open_home(home_dir)) as registry:
+        path = registry.export(version, dest.absolute())
+    click.echo(f"exported {version} to {path}")
+
+
 if __name__ == "__main__":
     main()

@@ -9,7 +9,7 @@ from typing import Mapping
 
 from daemon import config as config_mod
 from daemon.config import Config
-from daemon.fsutil import atomic_write
+from registry.fsutil import atomic_write
 from registry.errors import HomeNotFound
 
 CONFIG_NAME = "lifelong.toml"

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 from daemon.home import Home
 from daemon.ingest import Ingestor, Outcome
-from daemon.lock import PidLock
+from registry.lock import PidLock
 from daemon.store import Store
 
 log = logging.getLogger(__name__)

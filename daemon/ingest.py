@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from daemon import formats
 from daemon.config import InboxConfig
 from daemon.formats import RowError
-from daemon.fsutil import atomic_write, fsync_dir, move, remove
+from registry.fsutil import atomic_write, fsync_dir, move, remove
 from daemon.rows import LabelSet, Validator
 from daemon.segments import SegmentWriter
 from daemon.store import FileRecord, Store
@@ -90,7 +90,11 @@ class Ingestor:
         elif before.st_size > self.config.max_file_bytes:
             problem = FileRejected("too_large", f"{before.st_size} bytes > inbox.max_file_bytes = {self.config.max_file_bytes}")
         else:
-            sha = sha256_of(path)
+            try:
+                sha = sha256_of(path)
+            except PermissionError as exc:
+                problem = FileRejected("unreadable", f"cannot open {path.name}: {exc.strerror}")
+        if problem is None and sha is not None:
             if formats.format_of(path.name) is None:
                 problem = FileRejected("unsupported_format", f"{path.name}: supported are .jsonl, .ndjson, .csv (each also .gz) and .parquet")
 

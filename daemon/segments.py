@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 
 import pyarrow as pa
 
-from daemon.fsutil import fsync_dir
+from registry.fsutil import fsync_dir
 
 SCHEMA = pa.schema([
     ("split", pa.int8()),  # 0 train, 1 eval

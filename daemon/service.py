@@ -16,7 +16,7 @@ from typing import Callable
 
 from daemon.home import Home
 from daemon.inbox import Inbox
-from daemon.lock import PidLock
+from registry.lock import PidLock
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.home import Home
-from daemon.lock import holder_pid
+from registry.lock import holder_pid
 from daemon.store import Store
 
 
@@ -18,17 +18,23 @@ def collect(home: Home) -> dict[str, Any]:
         rejected_rows = store.rejected_rows()
         oldest = store.oldest_pending()
     pid = holder_pid(home.state / "daemon.lock")
+    from registry.registry import Registry
+
+    with Registry(home.registry, recover=False) as registry:
+        champion = registry.champion()
+        pinned = registry.pinned()
+        audit = [entry.as_dict() for entry in registry.audit()[:20]]
     return {
         "home": str(home.root),
-        "champion": None,
-        "pinned": False,
+        "champion": champion,
+        "pinned": pinned,
         "pending_rows": pending,
         "rows_total": totals,
         "labels": labels,
         "last_update": None,
         "next_update": None,
         "daemon": {"pid": pid} if pid else None,
-        "audit": [],
+        "audit": audit,
         "inbox": {"path": str(home.inbox), "files": files, "rejected_rows": rejected_rows, "oldest_pending": oldest},
         "strategy": home.config.strategy.name,
         "base_model": home.config.model.base,

@@ -71,3 +71,27 @@ class FileRejected(LifelongError, ValueError):
         self.reason = reason
         self.message = message
         super().__init__(f"{reason}: {message}")
+
+
+class VersionNotFound(LifelongError, LookupError):
+    exit_code = 4
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        super().__init__(f"no such version: {version}")
+
+
+class IntegrityError(LifelongError, RuntimeError):
+    """A version's files do not match its manifest. `file` names the first file at fault."""
+
+    def __init__(self, version: str, file: str, problem: str) -> None:
+        self.version = version
+        self.file = file
+        self.problem = problem
+        super().__init__(f"version {version} failed its integrity check: {file}: {problem}")
+
+
+class Conflict(LifelongError, RuntimeError):
+    """The registry's state does not allow the operation (e.g. nothing to roll back to)."""
+
+    exit_code = 3

@@ -1,4 +1,6 @@
-"""Crash-safe file operations: atomic writes and moves that survive kill -9 and power loss."""
+"""Crash-safe file operations: atomic writes and moves that survive kill -9 and power loss.
+
+In `registry`, the bottom floor, so that every package can use them."""
 
 from __future__ import annotations
 

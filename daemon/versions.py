@@ -1,0 +1,99 @@
+"""What `versions` and `show` print: a version's record, decision, metrics and audit, as documents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from registry.abc import VersionRecord
+from registry.registry import Registry
+
+
+def summary(registry: Registry, record: VersionRecord) -> dict[str, Any]:
+    decision = registry.decision_record(record.version)
+    metrics = (decision.metrics if decision else {}) or {}
+    candidate = metrics.get("candidate", {}) if isinstance(metrics, dict) else {}
+    return {
+        "version": record.version,
+        "parent": record.parent,
+        "created_at": record.created_at,
+        "strategy": record.strategy,
+        "kind": record.kind,
+        "decision": registry.decision(record.version),
+        "metrics": {"new": candidate.get("new"), "old": candidate.get("old")},
+        "champion": registry.champion() == record.version,
+    }
+
+
+def detail(registry: Registry, version: str) -> dict[str, Any]:
+    record = registry.get(version)
+    decision = registry.decision_record(version)
+    metrics = (decision.metrics if decision else {}) or {}
+    info = record.info
+    return {
+        "version": record.version,
+        "parent": record.parent,
+        "created_at": record.created_at,
+        "strategy": record.strategy,
+        "kind": record.kind,
+        "lineage": _lineage(registry, version),
+        "config": info.get("config", {}),
+        "data": info.get("data", {"experience": None, "train_rows": None, "eval_rows": None, "files": []}),
+        "libraries": info.get("libraries", {}),
+        "metrics": {"candidate": metrics.get("candidate"), "champion": metrics.get("champion")},
+        "accuracy_matrix": metrics.get("accuracy_matrix"),
+        "gate": decision.gate if decision and decision.gate else {"passed": None, "reasons": []},
+        "decision": registry.decision(version),
+        "champion": registry.champion() == version,
+        "bytes": registry.size(version),
+        "audit": [entry.as_dict() for entry in registry.audit(version)],
+    }
+
+
+def _lineage(registry: Registry, version: str) -> list[str]:
+    chain = [version]
+    parent = registry.get(version).parent
+    while parent is not None:
+        chain.append(parent)
+        parent = registry.get(parent).parent
+    return chain
+
+
+def render_versions(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no versions yet"
+    lines = [f"{'':1} {'version':8} {'parent':8} {'created':24} {'strategy':14} {'decision':12} {'new':>6} {'old':>6}"]
+    for row in rows:
+        mark = "*" if row["champion"] else " "
+        new, old = (_fmt(row["metrics"]["new"]), _fmt(row["metrics"]["old"]))
+        lines.append(f"{mark} {row['version']:8} {row['parent'] or '-':8} {row['created_at']:24} {row['strategy']:14} "
+                     f"{row['decision'] or '-':12} {new:>6} {old:>6}")
+    return "\n".join(lines)
+
+
+def render_detail(doc: dict[str, Any]) -> str:
+    gate = doc["gate"]
+    lines = [
+        f"version   {doc['version']}{'  (champion)' if doc['champion'] else ''}",
+        f"lineage   {' <- '.join(doc['lineage'])}",
+        f"created   {doc['created_at']}",
+        f"strategy  {doc['strategy']} ({doc['kind']}, {doc['bytes'] / 1e6:.1f} MB)",
+        f"decision  {doc['decision'] or '-'}",
+        f"gate      {'passed' if gate.get('passed') else 'failed' if gate.get('passed') is False else '-'}",
+    ]
+    lines += [f"          - {reason}" for reason in gate.get("reasons", [])]
+    data = doc["data"]
+    if data.get("experience") is not None:
+        lines.append(f"data      batch {data['experience']}: {data['train_rows']} train, {data['eval_rows']} eval rows")
+    for name in ("candidate", "champion"):
+        scores = doc["metrics"].get(name)
+        if scores:
+            lines.append(f"{name:9} new {_fmt(scores.get('new'))}  old {_fmt(scores.get('old'))}")
+    if doc["audit"]:
+        lines.append("audit")
+        lines += [f"          {e['at']} {e['actor']:6} {e['action']:14} {e['from'] or '-'} -> {e['to'] or '-'}"
+                  f"{'  ' + e['reason'] if e['reason'] else ''}" for e in doc["audit"]]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)

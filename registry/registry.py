@@ -1,0 +1,371 @@
+"""The registry: immutable versions, the champion alias with its audit history, integrity checks.
+
+Layout under the registry root (HOME/registry):
+    registry.sqlite        version records and append-only events (decisions, switches, pins)
+    versions/vNNNN/        each version's files, read-only, with manifest.json
+    serving/vNNNN/         merged weights materialised for a LoRA version (a cache, re-creatable)
+    champion               symlink -> a complete Hugging Face model directory of the champion
+
+A version directory holds `model/` (a complete model: a "full" version) or `adapter/` plus
+`model-config/` (a peft adapter over the parent's weights, with the grown head: a "lora" version),
+and optionally `state/` (what the strategy needs next time) and `version.json` (lineage).
+
+Every change of champion is serialised by a lock, written to the audit log (the source of truth)
+and only then applied to the `champion` symlink by an atomic rename; `open` repairs a symlink left
+behind by a crash between the two.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from registry import manifest
+from registry.abc import (CHAMPION_ACTIONS, ArtifactStore, AuditEntry, Decision, MetadataBackend, VersionRecord)
+from registry.errors import Conflict, IntegrityError, UsageError, VersionNotFound
+from registry.fsutil import fsync_dir
+from registry.local import LocalArtifacts, _writable
+from registry.lock import PidLock
+from registry.sqlite import SqliteMetadata
+
+log = logging.getLogger(__name__)
+
+# (version dir, parent's model dir, output dir) -> writes a complete merged model into output dir
+Materializer = Callable[[Path, Path, Path], None]
+# (version, model dir) -> called after every change of champion
+OnSwitch = Callable[[str, Path], None]
+LOCK_TIMEOUT = 120.0
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def spawn_materializer(version_dir: Path, parent_dir: Path, out: Path) -> None:
+    """Merge a LoRA version in a child process (the caller never imports torch)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "strategies.materialize", str(version_dir), str(parent_dir), str(out)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"materialising {version_dir.name} failed: {done.stderr.strip()[-2000:]}")
+
+
+class Registry:
+    def __init__(self, root: Path, *, metadata: MetadataBackend | None = None, artifacts: ArtifactStore | None = None,
+                 materializer: Materializer = spawn_materializer, on_switch: OnSwitch | None = None,
+                 clock: Callable[[], str] = utcnow, recover: bool = True) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.meta = metadata or SqliteMetadata(root / "registry.sqlite")
+        self.artifacts = artifacts or LocalArtifacts(root)
+        self.materializer = materializer
+        self.on_switch = on_switch
+        self.clock = clock
+        self.lock = PidLock(root / ".lock", "a registry change")
+        self.link = root / "champion"
+        self.serving = root / "serving"
+        self.serving.mkdir(exist_ok=True)
+        if recover:
+            self.recover()
+
+    def close(self) -> None:
+        self.meta.close()
+
+    def __enter__(self) -> "Registry":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- recovery ---------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Remove leftovers of interrupted writes and make the champion link match the audit log."""
+        with self.lock.acquire(timeout=LOCK_TIMEOUT):
+            self.artifacts.clean_staging()
+            known = {record.version for record in self.meta.list_versions()}
+            for orphan in self.artifacts.versions_present() - known:
+                log.warning("removing %s: its files were written but never recorded (interrupted)", orphan)
+                self.artifacts.discard(orphan)
+            for leftover in self.root.glob(".champion.*"):
+                leftover.unlink()
+            for leftover in self.serving.glob(".*"):
+                _remove_tree(leftover)
+            champion = self.champion()
+            if champion is not None and self._link_target() != self.model_dir(champion):
+                log.warning("champion link repaired to %s", champion)
+                self._point_link(self.model_dir(champion))
+            elif champion is None and os.path.lexists(self.link):
+                self.link.unlink()
+
+    # -- versions ---------------------------------------------------------------------------------
+    def new_staging(self) -> Path:
+        return self.artifacts.staging_dir()
+
+    def create_version(self, staging: Path, *, parent: str | None, strategy: str, info: dict[str, Any] | None = None,
+                       serving: Path | None = None) -> VersionRecord:
+        """Publish a fully written staging directory as the next version; returns its record.
+
+        `serving` may hand over the merged weights of a LoRA version, already made for evaluation.
+        """
+        kind = _kind_of(staging)
+        if parent is not None and self.meta.get_version(parent) is None:
+            raise VersionNotFound(parent)
+        if kind == "lora" and parent is None:
+            raise UsageError("a LoRA version needs a parent whose weights it adapts")
+        with self.lock.acquire(timeout=LOCK_TIMEOUT):
+            with self.meta.transaction():
+                version = self.meta.next_version()
+                record_info = dict(info or {})
+                (staging / "version.json").write_text(json.dumps(
+                    {"version": version, "parent": parent, "strategy": strategy, "kind": kind, **record_info},
+                    indent=2, sort_keys=True, default=str))
+                manifest_sha = manifest.write(staging, version)
+                record = VersionRecord(version=version, parent=parent, created_at=self.clock(), strategy=strategy,
+                                       kind=kind, manifest_sha256=manifest_sha, info=record_info)
+                self.artifacts.publish(version, staging)
+                self.meta.add_version(record)
+        if serving is not None and kind == "lora":
+            self._adopt_serving(version, serving)
+        return record
+
+    def get(self, version: str) -> VersionRecord:
+        record = self.meta.get_version(version)
+        if record is None:
+            raise VersionNotFound(version)
+        return record
+
+    def versions(self) -> list[VersionRecord]:
+        return self.meta.list_versions()
+
+    def verify(self, version: str, *, full: bool = False) -> Path:
+        """Check every file of the version against its manifest; its directory. Raises IntegrityError."""
+        record = self.get(version)
+        path = self.artifacts.local_path(version)
+        if not path.is_dir():
+            raise IntegrityError(version, ".", "the version's directory is missing")
+        manifest.verify(path, version, record.manifest_sha256, self.meta.file_stamps(version), full=full,
+                        on_verified=lambda stamps: self.meta.set_file_stamps(version, stamps))
+        return path
+
+    def model_dir(self, version: str) -> Path:
+        """A verified, complete Hugging Face model directory for the version (materialised for LoRA)."""
+        record = self.get(version)
+        path = self.verify(version)
+        if record.kind == "full":
+            return path / "model"
+        target = self.serving / version
+        expected = self.meta.serving_manifest(version)
+        if expected is not None and target.is_dir():
+            try:
+                manifest.verify(target, version, expected, self.meta.file_stamps(f"{version}/serving"),
+                                on_verified=lambda stamps: self.meta.set_file_stamps(f"{version}/serving", stamps))
+                return target
+            except IntegrityError as exc:
+                log.warning("serving copy of %s is damaged (%s); materialising it again", version, exc)
+        parent_dir = self.model_dir(record.parent)  # type: ignore[arg-type]
+        tmp = self.serving / f".{version}.tmp"
+        _remove_tree(tmp)
+        tmp.mkdir()
+        self.materializer(path, parent_dir, tmp)
+        self._adopt_serving(version, tmp)
+        return target
+
+    def _adopt_serving(self, version: str, source: Path) -> None:
+        target = self.serving / version
+        tmp = self.serving / f".{version}.adopt"
+        _remove_tree(tmp)
+        shutil.copytree(source, tmp) if source.resolve() != tmp.resolve() else None
+        sha = manifest.write(tmp, version)
+        _remove_tree(target)
+        os.rename(tmp, target)
+        fsync_dir(self.serving)
+        self.meta.set_serving_manifest(version, sha)
+        if source.name.startswith(".") and source.exists():
+            _remove_tree(source)
+
+    def size(self, version: str) -> int:
+        return self.artifacts.size(version)
+
+    def total_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.is_symlink())
+
+    # -- decisions --------------------------------------------------------------------------------
+    def record_decision(self, version: str, decision: str, *, gate: dict[str, Any] | None = None,
+                        metrics: dict[str, Any] | None = None) -> None:
+        self.get(version)
+        with self.meta.transaction():
+            self.meta.add_decision(Decision(version=version, decision=decision, at=self.clock(), gate=gate or {},
+                                            metrics=metrics or {}))
+
+    def decision(self, version: str) -> str | None:
+        """promoted | rejected | failed | held | rolled_back (a rollback away from it overrides)."""
+        if version in self.rolled_back():
+            return "rolled_back"
+        recorded = self.meta.decision(version)
+        return recorded.decision if recorded else None
+
+    def decision_record(self, version: str) -> Decision | None:
+        return self.meta.decision(version)
+
+    # -- the champion alias -----------------------------------------------------------------------
+    def champion(self) -> str | None:
+        for entry in reversed(self.meta.audit()):
+            if entry.action in CHAMPION_ACTIONS:
+                return entry.to
+        return None
+
+    def pinned(self) -> bool:
+        for entry in reversed(self.meta.audit()):
+            if entry.action in ("pin", "unpin"):
+                return entry.action == "pin"
+        return False
+
+    def rolled_back(self) -> set[str]:
+        return {e.from_ for e in self.meta.audit() if e.action == "rollback" and e.from_}  # type: ignore[misc]
+
+    def audit(self, version: str | None = None) -> list[AuditEntry]:
+        """Newest first; only entries naming `version` when given."""
+        entries = self.meta.audit()
+        if version is not None:
+            entries = [e for e in entries if version in (e.from_, e.to)]
+        return list(reversed(entries))
+
+    def promote(self, version: str, *, actor: str, reason: str = "", manual: bool = False) -> AuditEntry:
+        """Make `version` champion. Automatic promotion (not manual) refuses rolled-back versions."""
+        def check(current: str | None) -> None:
+            if current == version:
+                raise Conflict(f"{version} is already the champion")
+            if not manual and version in self.rolled_back():
+                raise Conflict(f"{version} was rolled back; it is never promoted automatically")
+        return self._switch(version, "manual_promote" if manual else "promote", actor, reason, check)
+
+    def rollback(self, *, to: str | None = None, actor: str, reason: str = "", pin: bool = False) -> AuditEntry:
+        """Champion back to the previous champion (or `to`); the version left is marked rolled back."""
+        target: list[str] = []
+
+        def check(current: str | None) -> None:
+            if current is None:
+                raise Conflict("there is no champion to roll back")
+            choice = to or self._previous_champion(current)
+            if choice is None:
+                raise Conflict(f"{current} is the first champion; there is nothing earlier to roll back to")
+            if choice == current:
+                raise Conflict(f"{choice} is already the champion")
+            target.append(choice)
+        entry = self._switch(lambda: target[0], "rollback", actor, reason, check)
+        if pin:
+            self.pin(actor=actor, reason=reason or "paused by rollback --pin")
+        return entry
+
+    def _previous_champion(self, current: str) -> str | None:
+        history = [e.to for e in self.meta.audit() if e.action in CHAMPION_ACTIONS and e.to]
+        skip = self.rolled_back() | {current}
+        for version in reversed(history):
+            if version not in skip:
+                return version
+        return None
+
+    def pin(self, *, actor: str, reason: str = "") -> None:
+        with self.lock.acquire(timeout=LOCK_TIMEOUT), self.meta.transaction():
+            self.meta.append_audit(AuditEntry(at=self.clock(), actor=actor, action="pin", from_=None, to=None,
+                                              reason=reason))
+
+    def unpin(self, *, actor: str, reason: str = "") -> None:
+        with self.lock.acquire(timeout=LOCK_TIMEOUT), self.meta.transaction():
+            self.meta.append_audit(AuditEntry(at=self.clock(), actor=actor, action="unpin", from_=None, to=None,
+                                              reason=reason))
+
+    def _switch(self, version: str | Callable[[], str], action: str, actor: str, reason: str,
+                check: Callable[[str | None], None]) -> AuditEntry:
+        with self.lock.acquire(timeout=LOCK_TIMEOUT):
+            current = self.champion()
+            check(current)
+            target_version = version() if callable(version) else version
+            model_dir = self.model_dir(target_version)  # verified (and materialised) before anything moves
+            entry = AuditEntry(at=self.clock(), actor=actor, action=action, from_=current, to=target_version,
+                               reason=reason)
+            with self.meta.transaction():
+                self.meta.append_audit(entry)
+            self._point_link(model_dir)
+            self._evict_serving()
+        log.info("champion %s -> %s (%s by %s)", current, target_version, action, actor,
+                 extra={"version": target_version, "from": current, "action": action, "actor": actor})
+        if self.on_switch is not None:
+            try:
+                self.on_switch(target_version, self.link)
+            except Exception:  # a hook never undoes a switch
+                log.exception("on_champion_change hook failed", extra={"version": target_version})
+        return entry
+
+    def _link_target(self) -> Path | None:
+        try:
+            return (self.root / os.readlink(self.link)).resolve()
+        except OSError:
+            return None
+
+    def _point_link(self, model_dir: Path) -> None:
+        tmp = self.root / f".champion.{os.getpid()}"
+        if os.path.lexists(tmp):
+            tmp.unlink()
+        os.symlink(os.path.relpath(model_dir, self.root), tmp)
+        os.replace(tmp, self.link)  # atomic: readers see the old or the new target, never neither
+        fsync_dir(self.root)
+
+    def _evict_serving(self) -> None:
+        """Keep merged copies only for the champion, the rollback target and the newest version."""
+        keep: set[str] = set()
+        champion = self.champion()
+        if champion:
+            keep.add(champion)
+            previous = self._previous_champion(champion)
+            if previous:
+                keep.add(previous)
+        versions = self.meta.list_versions()
+        if versions:
+            keep.add(versions[-1].version)
+        for entry in self.serving.iterdir():
+            if not entry.name.startswith(".") and entry.name not in keep:
+                _remove_tree(entry)
+                self.meta.set_serving_manifest(entry.name, None)
+
+    # -- export -----------------------------------------------------------------------------------
+    def export(self, version: str, dest: Path) -> Path:
+        """Write a self-contained Hugging Face model directory of `version` to `dest`."""
+        if dest.exists() and any(dest.iterdir()):
+            raise UsageError(f"{dest} exists and is not empty")
+        source = self.model_dir(version)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.export-tmp"
+        _remove_tree(tmp)
+        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(manifest.MANIFEST))
+        for folder, dirs, names in os.walk(tmp):
+            os.chmod(folder, 0o755)
+            for name in names:
+                os.chmod(Path(folder) / name, 0o644)
+        if dest.exists():
+            dest.rmdir()
+        os.rename(tmp, dest)
+        return dest
+
+
+def _kind_of(staging: Path) -> str:
+    if (staging / "model" / "config.json").is_file():
+        return "full"
+    if (staging / "adapter").is_dir() and (staging / "model-config" / "config.json").is_file():
+        return "lora"
+    raise UsageError(f"{staging} holds neither model/ (a full version) nor adapter/ + model-config/ (a LoRA version)")
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        _writable(path)
+        shutil.rmtree(path)
