@@ -87,3 +87,23 @@ def quarantined(root: Path) -> list[str]:
 
 def error_doc(root: Path, name: str) -> dict[str, Any]:
     return json.loads((root / "quarantine" / f"{name}.error.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete tiny BERT classifier directory (labels neg, pos), made once per session."""
+    from tests.tiny import tiny_model_dir
+
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def stage_full(registry: Any, model_dir: Path, marker: str = "") -> Path:
+    """A staging directory holding a full version: a copy of `model_dir` (plus a marker file)."""
+    import shutil
+
+    staging = registry.new_staging()
+    shutil.copytree(model_dir, staging / "model")
+    if marker:
+        (staging / "state").mkdir()
+        (staging / "state" / "marker.txt").write_text(marker)
+    return staging
