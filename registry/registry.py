@@ -131,6 +131,9 @@ class Registry:
                                        kind=kind, manifest_sha256=manifest_sha, info=record_info)
                 self.artifacts.publish(version, staging)
                 self.meta.add_version(record)
+                # the manifest was hashed from these very files a moment ago: remember their stamps
+                # so the first switch to this version needs no second full hash
+                self.meta.set_file_stamps(version, _stamps(self.artifacts.local_path(version)))
         if serving is not None and kind == "lora":
             self._adopt_serving(version, serving)
         return record
@@ -187,6 +190,7 @@ class Registry:
         os.rename(tmp, target)
         fsync_dir(self.serving)
         self.meta.set_serving_manifest(version, sha)
+        self.meta.set_file_stamps(f"{version}/serving", _stamps(target))
         if source.name.startswith(".") and source.exists():
             _remove_tree(source)
 
@@ -353,6 +357,11 @@ class Registry:
             dest.rmdir()
         os.rename(tmp, dest)
         return dest
+
+
+def _stamps(root: Path) -> dict[str, manifest.Stamp]:
+    return {path.relative_to(root).as_posix(): manifest.stamp(path)
+            for path in root.rglob("*") if path.is_file() and path.name != manifest.MANIFEST}
 
 
 def _kind_of(staging: Path) -> str:
