@@ -122,7 +122,7 @@ class Registry:
         with self.lock.acquire(timeout=LOCK_TIMEOUT):
             with self.meta.transaction():
                 version = self.meta.next_version()
-                record_info = dict(info or {})
+                record_info = {"libraries": library_versions(), **(info or {})}
                 (staging / "version.json").write_text(json.dumps(
                     {"version": version, "parent": parent, "strategy": strategy, "kind": kind, **record_info},
                     indent=2, sort_keys=True, default=str))
@@ -357,6 +357,20 @@ class Registry:
             dest.rmdir()
         os.rename(tmp, dest)
         return dest
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what made a model, read from package metadata (nothing is imported)."""
+    import platform
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for name in ("lifelong", "torch", "transformers", "peft", "safetensors", "tokenizers"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 def _stamps(root: Path) -> dict[str, manifest.Stamp]:

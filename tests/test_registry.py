@@ -56,7 +56,10 @@ def test_versions_are_numbered_immutable_and_have_a_manifest(make_registry, tiny
     assert all(len(entry["sha256"]) == 64 for entry in files.values())
     assert not os.access(root / "model" / "model.safetensors", os.W_OK) or os.geteuid() == 0
     assert stat.S_IMODE(os.stat(root / "model" / "model.safetensors").st_mode) == 0o444
-    assert json.loads((root / "version.json").read_text())["data"]["files"] == ["a.jsonl"]
+    lineage = json.loads((root / "version.json").read_text())
+    assert lineage["data"]["files"] == ["a.jsonl"] and lineage["parent"] is None
+    assert registry.get("v0002").info["libraries"]["transformers"]  # recorded without importing it
+    assert v1.info["libraries"] == {"torch": "x"}  # what the caller states wins
     assert [r.version for r in registry.versions()] == ["v0001", "v0002"]
     assert not list(registry.model_dir("v0001").glob("*.bin"))  # safetensors only
     with pytest.raises(VersionNotFound):
