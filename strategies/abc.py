@@ -1,0 +1,114 @@
+"""The Strategy interface: a small, fixed set of hooks around the one training loop.
+
+A strategy is registered under its config name (`replay`, `ewc`, ...) and overrides only hooks
+named in HOOKS; a public method with any other name is refused when the class is defined, so a
+misspelt hook can never be silently skipped. Combinations (`lora+replay`) are a `Composite`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from strategies.data import Example
+
+HOOKS = ("prepare", "examples", "loss", "after_update", "save_state")
+REGISTRY: dict[str, type["Strategy"]] = {}
+
+
+@dataclass(kw_only=True)
+class Context:
+    """What hooks see and may change: the model (LoRA wraps it), the data, where state lives."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    labels: list[str]
+    new: list[Example]
+    device: torch.device
+    max_length: int = 128
+    previous_state: Path | None = None  # the parent version's state/ folder
+    seed: int = 0
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy:
+    name: ClassVar[str] = ""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        self.config = config or {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = [n for n, v in vars(cls).items() if callable(v) and not n.startswith("_") and n not in HOOKS]
+        if unknown:
+            raise TypeError(f"{cls.__name__} defines {', '.join(unknown)}: not a strategy hook ({', '.join(HOOKS)})")
+        if cls.name:
+            REGISTRY[cls.name] = cls
+
+    def prepare(self, ctx: Context) -> None:
+        """Before training (wrap the model, snapshot a teacher, load state)."""
+
+    def examples(self, ctx: Context, examples: list[Example]) -> list[Example]:
+        """The training examples (replay adds remembered ones)."""
+        return examples
+
+    def loss(self, ctx: Context, batch: dict[str, torch.Tensor], logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to minimise for a batch (penalties are added here)."""
+        return loss
+
+    def after_update(self, ctx: Context) -> None:
+        """After training (estimate importances, update buffers)."""
+
+    def save_state(self, ctx: Context, folder: Path) -> None:
+        """Write what the next update needs into the new version's state/ folder (safetensors, JSON)."""
+
+
+class Composite(Strategy):
+    """Several strategies at once; each hook runs on every part, in order."""
+
+    def __init__(self, parts: list[Strategy]) -> None:
+        super().__init__({})
+        self.parts = parts
+
+    def prepare(self, ctx: Context) -> None:
+        for part in self.parts:
+            part.prepare(ctx)
+
+    def examples(self, ctx: Context, examples: list[Example]) -> list[Example]:
+        for part in self.parts:
+            examples = part.examples(ctx, examples)
+        return examples
+
+    def loss(self, ctx: Context, batch: dict[str, torch.Tensor], logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        for part in self.parts:
+            loss = part.loss(ctx, batch, logits, loss)
+        return loss
+
+    def after_update(self, ctx: Context) -> None:
+        for part in self.parts:
+            part.after_update(ctx)
+
+    def save_state(self, ctx: Context, folder: Path) -> None:
+        for part in self.parts:
+            part.save_state(ctx, folder)
+
+
+ORDER = ("lora", "finetune", "lwf", "ewc", "replay")  # lora wraps the model before the others look at it
+
+
+def build(name: str, config: dict[str, Any]) -> Strategy:
+    """`"lora+replay"` -> a Composite of the registered strategies, each with its config section."""
+    import strategies.finetune, strategies.replay, strategies.ewc, strategies.lora, strategies.lwf  # noqa: F401,E401
+
+    parts = name.split("+")
+    unknown = [p for p in parts if p not in REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown strategy {'+'.join(unknown)}; known: {', '.join(sorted(REGISTRY))}")
+    ordered = sorted(parts, key=ORDER.index)
+    built = [REGISTRY[p](config.get(p, {}) if isinstance(config.get(p), dict) else {}) for p in ordered]
+    return built[0] if len(built) == 1 else Composite(built)

@@ -1,0 +1,102 @@
+"""`ewc`: online Elastic Weight Consolidation.
+
+After each update the diagonal Fisher information is estimated on that update's data (which is
+"old" from the next update on), added to the decayed earlier estimate, and stored with the version
+together with the weights it anchors. The loss then adds (lambda / 2) * sum F * (theta - theta*)^2.
+A grown head is compared on its old rows only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from strategies.abc import Context, Strategy
+from strategies.data import Encoded, sequential_batches
+
+STATE_FILE = "ewc.safetensors"
+
+
+class EWC(Strategy):
+    name = "ewc"
+
+    def prepare(self, ctx: Context) -> None:
+        self.lam = float(self.config.get("lambda", 1000.0))
+        self.samples = int(self.config.get("fisher_samples", 512))
+        self.decay = float(self.config.get("decay", 0.9))
+        self.fisher: dict[str, torch.Tensor] = {}
+        self.anchor: dict[str, torch.Tensor] = {}
+        if ctx.previous_state is not None and (ctx.previous_state / STATE_FILE).is_file():
+            tensors = load_file(str(ctx.previous_state / STATE_FILE), device=str(ctx.device))
+            self.fisher = {k[len("fisher."):]: v for k, v in tensors.items() if k.startswith("fisher.")}
+            self.anchor = {k[len("anchor."):]: v for k, v in tensors.items() if k.startswith("anchor.")}
+
+    def loss(self, ctx: Context, batch: dict[str, torch.Tensor], logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        if not self.fisher:
+            return loss
+        return loss + self.lam / 2 * penalty(ctx.model, self.fisher, self.anchor)
+
+    def after_update(self, ctx: Context) -> None:
+        fresh = estimate_fisher(ctx, self.samples)
+        merged: dict[str, torch.Tensor] = {}
+        for name, value in fresh.items():
+            old = self.fisher.get(name)
+            if old is not None:
+                value = value.clone()
+                rows = _common(old, value)
+                value[rows] += self.decay * old[rows]
+            merged[name] = value
+        self.fisher = merged
+        self.anchor = {n: p.detach().clone() for n, p in _trainable(ctx.model) if n in merged}
+
+    def save_state(self, ctx: Context, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {f"fisher.{k}": v.contiguous().cpu() for k, v in self.fisher.items()}
+        tensors.update({f"anchor.{k}": v.contiguous().cpu() for k, v in self.anchor.items()})
+        save_file(tensors, str(folder / STATE_FILE))
+
+
+def _trainable(model: torch.nn.Module):  # type: ignore[no-untyped-def]
+    return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def _common(old: torch.Tensor, new: torch.Tensor) -> tuple[slice, ...]:
+    """The leading block both tensors share (a grown head keeps its old rows first)."""
+    return tuple(slice(0, min(a, b)) for a, b in zip(old.shape, new.shape))
+
+
+def penalty(model: torch.nn.Module, fisher: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor]) -> torch.Tensor:
+    """sum F * (theta - theta*)^2 over every anchored parameter (old rows of a grown head)."""
+    total = torch.zeros((), device=next(model.parameters()).device)
+    for name, param in _trainable(model):
+        if name not in fisher or param.dim() != fisher[name].dim():
+            continue
+        rows = _common(fisher[name], param)
+        total = total + (fisher[name][rows] * (param[rows] - anchor[name][rows]) ** 2).sum()
+    return total
+
+
+def estimate_fisher(ctx: Context, samples: int, batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher on up to `samples` of this update's rows (squared mini-batch gradients)."""
+    model = ctx.model
+    rows = ctx.new if len(ctx.new) <= samples else ctx.rng.sample(ctx.new, samples)
+    fisher = {n: torch.zeros_like(p) for n, p in _trainable(model)}
+    if not rows:
+        return fisher
+    encoded = Encoded(rows, ctx.tokenizer, ctx.max_length)
+    was_training = model.training
+    model.eval()
+    lengths = [len(ids) for ids in encoded.ids]
+    for indices in sequential_batches(lengths, batch_size):
+        batch = {k: v.to(ctx.device) for k, v in encoded.collate(indices).items()}
+        model.zero_grad(set_to_none=True)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").backward()
+        for name, param in _trainable(model):
+            if param.grad is not None:
+                fisher[name] += param.grad.detach() ** 2 / len(rows)
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return fisher

@@ -1,0 +1,43 @@
+"""`lora`: low-rank adapters (peft) on the champion; only the adapter and the head are trained.
+
+The version stores the adapter and the (grown) head; the merged weights are materialised for
+serving (see registry and strategies/materialize.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from strategies.abc import Context, Strategy
+
+AUTO_TARGETS = ("query", "value", "q_proj", "v_proj", "q_lin", "v_lin", "c_attn")
+
+
+def auto_targets(model: torch.nn.Module) -> list[str]:
+    found = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in AUTO_TARGETS})
+    if not found:
+        raise ValueError("no attention projections found for LoRA; set strategy.lora.target_modules")
+    return found
+
+
+def head_name(model: torch.nn.Module) -> str:
+    for name in ("classifier", "score"):
+        if hasattr(model, name):
+            return name
+    raise ValueError(f"{type(model).__name__}: no classification head to train alongside the adapter")
+
+
+class Lora(Strategy):
+    name = "lora"
+
+    def prepare(self, ctx: Context) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        targets = self.config.get("target_modules", "auto")
+        targets = auto_targets(ctx.model) if targets == "auto" else ([targets] if isinstance(targets, str) else list(targets))
+        config = LoraConfig(r=int(self.config.get("r", 8)), lora_alpha=float(self.config.get("alpha", 16)),
+                            lora_dropout=float(self.config.get("dropout", 0.05)), target_modules=targets,
+                            modules_to_save=[head_name(ctx.model)])
+        ctx.model = get_peft_model(ctx.model, config)
+        ctx.extras["lora"] = True

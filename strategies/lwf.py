@@ -1,0 +1,40 @@
+"""`lwf`: Learning without Forgetting, distilling the champion's own predictions on the new data.
+
+The loss adds alpha * T^2 * KL(teacher || student) on the labels the champion knew, with both
+softmaxes at temperature T.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from strategies.abc import Context, Strategy
+
+
+class LwF(Strategy):
+    name = "lwf"
+
+    def prepare(self, ctx: Context) -> None:
+        self.alpha = float(self.config.get("alpha", 1.0))
+        self.temperature = float(self.config.get("temperature", 2.0))
+        self.known = int(ctx.extras.get("old_label_count", 0))
+        self.teacher = copy.deepcopy(ctx.model).eval() if self.known else None
+        if self.teacher is not None:
+            for param in self.teacher.parameters():
+                param.requires_grad_(False)
+
+    def loss(self, ctx: Context, batch: dict[str, torch.Tensor], logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        if self.teacher is None:
+            return loss
+        with torch.no_grad():
+            teacher = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        k, t = self.known, self.temperature
+        distill = F.kl_div(F.log_softmax(logits[:, :k] / t, dim=-1), F.log_softmax(teacher[:, :k] / t, dim=-1),
+                           reduction="batchmean", log_target=True) * t * t
+        return loss + self.alpha * distill
+
+    def after_update(self, ctx: Context) -> None:
+        self.teacher = None  # free the copy

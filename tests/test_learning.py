@@ -1,0 +1,194 @@
+"""The learning engine on a tiny real model: heads, the loop, each strategy, and forgetting."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from strategies import models
+from strategies.abc import Context, Strategy, build
+from strategies.data import Example
+from strategies.evaluate import predict, scores
+from strategies.loop import LoopConfig, NonFiniteLoss, train
+
+WORDS = {
+    "sport": "football goal match team player score league coach",
+    "food": "pizza pasta bread cheese soup salad dinner kitchen",
+    "music": "guitar song concert piano band album singer drum",
+    "tech": "computer software internet code server laptop chip network",
+}
+FILLER = "the a of and to in is it that with".split()
+
+
+def toy(labels: list[str], per_label: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for label in labels:
+        words = WORDS[label].split()
+        for _ in range(per_label):
+            rows.append((" ".join(rng.choice(words) if rng.random() < 0.5 else rng.choice(FILLER) for _ in range(8)), label))
+    rng.shuffle(rows)
+    return rows
+
+
+def context(model_dir: Path, labels: list[str], rows: list[tuple[str, str]], state: Path | None = None,
+            seed: int = 0) -> Context:
+    model, tokenizer = models.load(str(model_dir), labels)
+    return Context(model=model, tokenizer=tokenizer, labels=labels, device=torch.device("cpu"), seed=seed,
+                   new=[Example(t, labels.index(l)) for t, l in rows], previous_state=state, rng=random.Random(seed),
+                   extras={"old_label_count": _known(model_dir)})
+
+
+def _known(model_dir: Path) -> int:
+    from transformers import AutoConfig
+
+    return len(AutoConfig.from_pretrained(model_dir).id2label)
+
+
+def accuracy(model, tokenizer, rows: list[tuple[str, str]], labels: list[str]) -> float:  # type: ignore[no-untyped-def]
+    predicted, _ = predict(model, tokenizer, [t for t, _ in rows], torch.device("cpu"))
+    return scores([labels.index(l) for _, l in rows], predicted, labels)["accuracy"]
+
+
+def save(ctx: Context, strategy: Strategy, out: Path) -> Path:
+    model = ctx.model.merge_and_unload() if ctx.extras.get("lora") else ctx.model
+    model.save_pretrained(out / "model", safe_serialization=True)
+    ctx.tokenizer.save_pretrained(out / "model")
+    strategy.save_state(ctx, out / "state")
+    return out
+
+
+def test_growing_the_head_keeps_old_logits(tiny_model: Path) -> None:
+    model, tokenizer = models.load(str(tiny_model), ["neg", "pos"])
+    batch = tokenizer(["good film", "awful"], return_tensors="pt", padding=True)
+    model.eval()
+    old_weight = model.classifier.weight.detach().clone()
+    with torch.no_grad():
+        before = model(**batch).logits
+        models.grow_head(model, ["neg", "pos", "neu", "mixed"])
+        after = model(**batch).logits
+    assert after.shape == (2, 4)
+    assert torch.equal(model.classifier.weight[:2], old_weight)  # old rows kept bit for bit
+    # the logits agree up to float rounding (a matmul of another width may sum in another order)
+    assert torch.allclose(before, after[:, :2], rtol=0, atol=1e-6)
+    assert model.config.id2label == {0: "neg", 1: "pos", 2: "neu", 3: "mixed"}
+    grown, _ = models.load(str(tiny_model), ["neg", "pos", "neu"])  # loading with a new label grows too
+    with torch.no_grad():
+        assert torch.allclose(grown.eval()(**batch).logits[:, :2], before, rtol=0, atol=1e-6)
+
+
+def test_model_sources() -> None:
+    assert Path(models.resolve("embedded:minilm"), "model.safetensors").is_file()
+    with pytest.raises(models.ModelSourceError, match="unknown embedded"):
+        models.resolve("embedded:nope")
+    with pytest.raises(models.ModelSourceError, match="HF_HUB_OFFLINE"):
+        models.load("some-org/some-model-that-is-not-here", ["a", "b"])
+
+
+def test_training_is_seeded_and_reproducible(tiny_model: Path) -> None:
+    rows = toy(["sport", "food"], 40, seed=1)
+    weights = []
+    for _ in range(2):
+        ctx = context(tiny_model, ["sport", "food"], rows)
+        train(ctx, build("finetune", {}), LoopConfig(epochs=1, lr=1e-3))
+        weights.append(torch.cat([p.flatten() for p in ctx.model.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_a_non_finite_loss_fails_the_run(tiny_model: Path) -> None:
+    class Exploding(Strategy):
+        def loss(self, ctx, batch, logits, loss):  # type: ignore[no-untyped-def]
+            return loss * float("inf")
+
+    ctx = context(tiny_model, ["sport", "food"], toy(["sport", "food"], 10, 2))
+    with pytest.raises(NonFiniteLoss, match="step 1"):
+        train(ctx, Exploding(), LoopConfig(epochs=1))
+
+
+def test_a_misspelt_hook_is_refused() -> None:
+    with pytest.raises(TypeError, match="after_updat"):
+        class Typo(Strategy):  # noqa: F841
+            def after_updat(self, ctx):  # type: ignore[no-untyped-def]
+                pass
+
+
+def test_ewc_penalty_matches_a_hand_computation() -> None:
+    from strategies.ewc import penalty
+
+    model = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]))
+        model.bias.copy_(torch.tensor([0.5, -0.5, 1.0]))
+    # the anchor knew 2 output rows (the head grew since); F and theta* by hand
+    fisher = {"weight": torch.tensor([[1.0, 0.5], [2.0, 0.0]]), "bias": torch.tensor([4.0, 1.0])}
+    anchor = {"weight": torch.tensor([[0.0, 2.0], [3.0, 1.0]]), "bias": torch.tensor([0.0, 0.0])}
+    # weight: 1*(1-0)^2 + 0.5*(2-2)^2 + 2*(3-3)^2 + 0*(4-1)^2 = 1 ; bias: 4*0.25 + 1*0.25 = 1.25
+    assert penalty(model, fisher, anchor).item() == pytest.approx(2.25)
+
+
+def test_replay_buffers_are_bounded_balanced_and_persisted(tmp_path: Path) -> None:
+    from strategies.replay import class_balanced, load_buffer, reservoir, save_buffer
+
+    rng = random.Random(0)
+    rows = [(f"a{i}", "a") for i in range(500)] + [(f"b{i}", "b") for i in range(20)] + [(f"c{i}", "c") for i in range(90)]
+    kept, seen = class_balanced([], 0, rows, 100, rng)
+    counts = {label: sum(1 for _, l in kept if l == label) for label in "abc"}
+    assert len(kept) == 100 and counts == {"b": 20, "c": 40, "a": 40} and seen == 610
+    kept, seen = reservoir([], 0, rows, 50, rng)
+    assert len(kept) == 50 and seen == 610
+    save_buffer(tmp_path, kept, seen, "reservoir")
+    assert load_buffer(tmp_path) == (kept, seen)
+
+
+@pytest.mark.parametrize("name", ["finetune", "replay", "ewc", "lora", "lwf", "lora+replay", "ewc+replay", "lwf+ewc"])
+def test_every_strategy_trains_and_saves_its_state(tiny_model: Path, tmp_path: Path, name: str) -> None:
+    config = {"replay": {"buffer_rows": 30}, "ewc": {"fisher_samples": 16}, "lora": {"r": 4}}
+    first = toy(["sport", "food"], 20, seed=3)
+    ctx = context(tiny_model, ["sport", "food"], first)
+    strategy = build(name, config)
+    stats = train(ctx, strategy, LoopConfig(epochs=1, lr=1e-3))
+    assert stats["train_samples"] > 0 and stats["steps"] > 0
+    out = save(ctx, strategy, tmp_path / "v1")
+    if "replay" in name:
+        assert (out / "state" / "replay.arrow").is_file()
+    if "ewc" in name:
+        assert (out / "state" / "ewc.safetensors").is_file()
+    # a second update with new labels reads that state back
+    second = toy(["music", "tech"], 20, seed=4)
+    ctx2 = context(out / "model", ["sport", "food", "music", "tech"], second, state=out / "state")
+    stats2 = train(ctx2, build(name, config), LoopConfig(epochs=1, lr=1e-3))
+    if "replay" in name:
+        assert stats2["train_samples"] > len(second) * 0.9  # new rows plus replayed ones
+    assert ctx2.model.config.num_labels == 4 if not ctx2.extras.get("lora") else True
+
+
+def run_stream(model_dir: Path, tmp_path: Path, name: str, seed: int = 0) -> float:
+    """Two class-incremental batches; returns the final model's accuracy on batch 1's held-out rows."""
+    config = {"replay": {"buffer_rows": 200, "ratio": 1.0}, "ewc": {"lambda": 50.0, "fisher_samples": 200}}
+    loop = LoopConfig(epochs=4, lr=2e-3, batch_size=16, early_stopping_patience=0)
+    old_labels, all_labels = ["sport", "food"], ["sport", "food", "music", "tech"]
+    first, first_eval = toy(old_labels, 120, seed=10), toy(old_labels, 40, seed=11)
+    ctx = context(model_dir, old_labels, first, seed=seed)
+    strategy = build(name, config)
+    train(ctx, strategy, loop)
+    assert accuracy(ctx.model, ctx.tokenizer, first_eval, old_labels) > 0.8  # it learned batch 1
+    out = save(ctx, strategy, tmp_path / name)
+    ctx2 = context(out / "model", all_labels, toy(["music", "tech"], 120, seed=12), state=out / "state", seed=seed)
+    train(ctx2, build(name, config), loop)
+    second_eval = toy(["music", "tech"], 40, seed=13)
+    assert accuracy(ctx2.model, ctx2.tokenizer, second_eval, all_labels) > 0.7  # and batch 2
+    return accuracy(ctx2.model, ctx2.tokenizer, first_eval, all_labels)
+
+
+def test_replay_forgets_less_than_finetune(tmp_path: Path, tiny_model: Path) -> None:
+    old = {name: run_stream(tiny_model, tmp_path, name) for name in ("finetune", "replay", "ewc+replay")}
+    print("old-batch accuracy after batch 2:", old)
+    assert old["finetune"] < 0.3  # plain fine-tuning forgets the first classes
+    assert old["replay"] > old["finetune"] + 0.4
+    assert old["ewc+replay"] > old["finetune"] + 0.4
+    # EWC alone is not asserted here: on this class-incremental stream it forgets as much as
+    # finetune (measured 0.0 vs 0.0), as the literature reports for regularisation-only methods
+    # in class-incremental settings; see the open issue for what to try next.
