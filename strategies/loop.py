@@ -8,11 +8,15 @@ on a validation slice of the new rows (the best weights are kept), seeded and re
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -58,7 +62,12 @@ def split_validation(examples: list[Example], fraction: float, rng: random.Rando
     return shuffled[cut:], shuffled[:cut]
 
 
-def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progress | None = None) -> dict:
+class Interrupted(RuntimeError):
+    """Training stopped on request (SIGTERM) after writing a checkpoint; the next attempt resumes."""
+
+
+def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progress | None = None,
+          checkpoints: "Checkpoints | None" = None) -> dict:
     seed_everything(ctx.seed)
     strategy.prepare(ctx)
     model = ctx.model.to(ctx.device)
@@ -73,11 +82,24 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progre
     autocast = _autocast(ctx.device, cfg.precision)
     lengths = [len(ids) for ids in encoded.ids]
 
-    best_score, best_state, stale, step, samples = -math.inf, None, 0, 0, 0
+    progress = {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "best_score": -math.inf, "stale": 0}
+    best_state = None
+    if checkpoints is not None:
+        resumed = checkpoints.load(model, optimizer, scheduler)
+        if resumed is not None:
+            progress, best_state = resumed
+            if on_progress:
+                on_progress({"event": "resumed", "epoch": progress["epoch"] + 1, "step": progress["step"]})
     started = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    done_samples = progress["samples"]
+    stopped_early = False
+    for epoch in range(progress["epoch"], cfg.epochs):
         model.train()
-        for indices in length_grouped_batches(lengths, cfg.batch_size, ctx.rng):
+        # each epoch's batch order depends only on (seed, epoch), so a resumed run repeats it
+        batches = list(length_grouped_batches(lengths, cfg.batch_size, random.Random(f"{ctx.seed}:{epoch}")))
+        for number, indices in enumerate(batches):
+            if number < progress["batch"]:
+                continue  # done before the interruption
             batch = {k: v.to(ctx.device) for k, v in encoded.collate(indices).items()}
             with autocast:
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -86,30 +108,37 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progre
             if cfg.l1:
                 loss = loss + cfg.l1 * sum(p.abs().sum() for p in model.parameters() if p.requires_grad)
             if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1}")
+                raise NonFiniteLoss(f"loss is {loss.item()} at step {progress['step'] + 1}")
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
-            samples += len(indices)
+            progress.update(batch=number + 1, step=progress["step"] + 1, samples=progress["samples"] + len(indices))
             if on_progress:
                 elapsed = time.perf_counter() - started
-                on_progress({"event": "step", "epoch": epoch + 1, "step": step, "steps": total, "loss": round(loss.item(), 5),
-                             "samples_per_second": round(samples / elapsed, 2) if elapsed else None})
+                on_progress({"event": "step", "epoch": epoch + 1, "step": progress["step"], "steps": total,
+                             "loss": round(loss.item(), 5),
+                             "samples_per_second": round((progress["samples"] - done_samples) / elapsed, 2) if elapsed else None})
+            if checkpoints is not None and checkpoints.stop_requested():
+                checkpoints.save(model, optimizer, scheduler, dict(progress, epoch=epoch), best_state)
+                raise Interrupted(f"stopped at step {progress['step']}; checkpoint written")
         if validation:
             # validation loss, not accuracy: it keeps telling epochs apart once accuracy saturates
             score = -_loss(model, ctx, validation)
             if on_progress:
                 on_progress({"event": "validation", "epoch": epoch + 1, "loss": -score})
-            if score >= best_score:
-                best_score, stale = score, 0
+            if score >= progress["best_score"]:
+                progress.update(best_score=score, stale=0)
                 best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             else:
-                stale += 1
-                if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
-                    break
+                progress["stale"] += 1
+                stopped_early = bool(cfg.early_stopping_patience) and progress["stale"] >= cfg.early_stopping_patience
+        progress.update(epoch=epoch + 1, batch=0)
+        if checkpoints is not None:
+            checkpoints.save(model, optimizer, scheduler, progress, best_state)
+        if stopped_early:
+            break
     if best_state is not None:
         with torch.no_grad():
             for name, param in model.named_parameters():
@@ -118,9 +147,55 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progre
     seconds = time.perf_counter() - started
     model.eval()
     strategy.after_update(ctx)
-    return {"steps": step, "train_samples": samples, "seconds": round(seconds, 3),
+    samples = progress["samples"] - done_samples
+    return {"steps": progress["step"], "train_samples": progress["samples"], "seconds": round(seconds, 3),
             "samples_per_second": round(samples / seconds, 2) if seconds else None,
-            "validation_loss": -best_score if validation else None, "epochs_run": epoch + 1}
+            "validation_loss": -progress["best_score"] if validation and best_state is not None else None,
+            "epochs_run": progress["epoch"]}
+
+
+class Checkpoints:
+    """Resumable training state in a folder, replaced atomically: trainable and best weights as
+    safetensors, optimizer and scheduler state (tensors and numbers only, read back with
+    weights_only=True), and progress as JSON."""
+
+    def __init__(self, folder: Path, stop: Callable[[], bool] = lambda: False) -> None:
+        self.folder = folder
+        self.stop_requested = stop
+
+    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, progress: dict,  # type: ignore[no-untyped-def]
+             best_state: dict | None) -> None:
+        from safetensors.torch import save_file
+
+        tmp = self.folder.with_name(self.folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad},
+                  str(tmp / "weights.safetensors"))
+        if best_state:
+            save_file({n: t.contiguous().cpu() for n, t in best_state.items()}, str(tmp / "best.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        (tmp / "progress.json").write_text(json.dumps({k: (None if v == -math.inf else v) for k, v in progress.items()}))
+        shutil.rmtree(self.folder, ignore_errors=True)
+        os.replace(tmp, self.folder)
+
+    def load(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> tuple[dict, dict | None] | None:  # type: ignore[no-untyped-def]
+        from safetensors.torch import load_file
+
+        if not (self.folder / "progress.json").is_file():
+            return None
+        weights = load_file(str(self.folder / "weights.safetensors"))
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in weights:
+                    param.copy_(weights[name].to(param.device))
+        state = torch.load(self.folder / "optimizer.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        progress = json.loads((self.folder / "progress.json").read_text())
+        progress["best_score"] = -math.inf if progress["best_score"] is None else progress["best_score"]
+        best = self.folder / "best.safetensors"
+        return progress, (load_file(str(best)) if best.is_file() else None)
 
 
 def _optimizer(model: torch.nn.Module, cfg: LoopConfig) -> torch.optim.Optimizer:

@@ -1,0 +1,141 @@
+"""One update, in a child process driven by a spec file; progress as JSON lines on stdout.
+
+    python -m strategies.child SPEC.json
+
+The spec (written by the daemon) names the model to start from, the labels, the strategy and its
+config, Arrow files of the training rows and of every held-out set, the champion to score side by
+side, and where to write: `out` (the new version's files: model/ or adapter/ + model-config/, and
+state/), `serving` (merged weights of a LoRA candidate), `checkpoint`, and `results`.
+
+Exit codes: 0 done; 75 stopped by SIGTERM after a checkpoint (run again to resume); 1 failed (an
+exception, a non-finite loss, out of memory), with a "failed" line saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+EXIT_INTERRUPTED = 75
+
+
+def emit(event: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def read_rows(path: str) -> list[tuple[str, str]]:
+    import pyarrow as pa
+
+    with pa.memory_map(path) as source:
+        table = pa.ipc.open_file(source).read_all()
+    return list(zip(table["text"].to_pylist(), table["label"].to_pylist()))
+
+
+def run(spec: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
+    import torch
+
+    from strategies import models
+    from strategies.abc import Context, build
+    from strategies.data import Example
+    from strategies.evaluate import predict, scores
+    from strategies.loop import Checkpoints, LoopConfig, train
+
+    labels: list[str] = spec["labels"]
+    device = _device(spec.get("device", "auto"))
+    model, tokenizer = models.load(spec["base"], labels)
+    old_label_count = int(spec.get("old_label_count", 0))
+    rows = read_rows(spec["data"]["train"])
+    ctx = Context(model=model, tokenizer=tokenizer, labels=labels, device=device,
+                  new=[Example(text, labels.index(label)) for text, label in rows],
+                  max_length=int(spec.get("max_length", 128)), seed=int(spec.get("seed", 0)),
+                  rng=random.Random(int(spec.get("seed", 0))),
+                  previous_state=Path(spec["parent_state"]) if spec.get("parent_state") else None,
+                  extras={"old_label_count": old_label_count})
+    strategy_config = spec["strategy"]
+    strategy = build(strategy_config["name"], strategy_config)
+    loop = LoopConfig(**{k: v for k, v in spec.get("loop", {}).items()})
+    checkpoints = Checkpoints(Path(spec["checkpoint"]), stop.is_set) if spec.get("checkpoint") else None
+    stats = train(ctx, strategy, loop, on_progress=emit, checkpoints=checkpoints)
+
+    out = Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    if ctx.extras.get("lora"):
+        ctx.model.save_pretrained(out / "adapter", safe_serialization=True)
+        ctx.model.base_model.model.config.save_pretrained(out / "model-config")
+        tokenizer.save_pretrained(out / "model-config")
+        candidate = ctx.model.merge_and_unload()
+        serving = Path(spec["serving"])
+        candidate.save_pretrained(serving, safe_serialization=True)
+        tokenizer.save_pretrained(serving)
+    else:
+        candidate = ctx.model
+        candidate.save_pretrained(out / "model", safe_serialization=True)
+        tokenizer.save_pretrained(out / "model")
+    strategy.save_state(ctx, out / "state")
+
+    emit({"event": "evaluating"})
+    evaluated = {"candidate": candidate}
+    if spec.get("champion"):
+        champion, _ = models.load(spec["champion"], labels)
+        evaluated["champion"] = champion.to(device)
+    results: dict[str, Any] = {"train": stats, "scores": {}}
+    eval_started = time.perf_counter()
+    for who, net in evaluated.items():
+        results["scores"][who] = {}
+        for name, path in spec["data"].get("eval", {}).items():
+            held_out = read_rows(path)
+            truth = [labels.index(label) for _, label in held_out]
+            predicted, _ = predict(net, tokenizer, [text for text, _ in held_out], device, ctx.max_length)
+            results["scores"][who][name] = {k: v for k, v in scores(truth, predicted, labels).items() if k != "per_label"}
+    results["eval_seconds"] = round(time.perf_counter() - eval_started, 3)
+    return results
+
+
+def _device(choice: str):  # type: ignore[no-untyped-def]
+    import torch
+
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    spec = json.loads(Path(argv[0]).read_text())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    emit({"event": "start", "pid": os.getpid()})
+    try:
+        from strategies.loop import Interrupted, NonFiniteLoss
+
+        try:
+            results = run(spec, stop)
+        except Interrupted as exc:
+            emit({"event": "interrupted", "message": str(exc)})
+            return EXIT_INTERRUPTED
+        except NonFiniteLoss as exc:
+            emit({"event": "failed", "kind": "non_finite_loss", "error": str(exc)})
+            return 1
+    except Exception as exc:  # noqa: BLE001 - every failure is reported, never a promotion
+        kind = "out_of_memory" if "out of memory" in str(exc).lower() or isinstance(exc, MemoryError) else "exception"
+        emit({"event": "failed", "kind": kind, "error": f"{type(exc).__name__}: {exc}",
+              "traceback": traceback.format_exc()[-4000:]})
+        return 1
+    Path(spec["results"]).write_text(json.dumps(results, indent=2))
+    emit({"event": "done", "results": spec["results"]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,96 @@
+"""The learning child process: spec in, JSON lines out, checkpoints, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.trainer import ChildRun, TrainingFailed, TrainingInterrupted, write_rows
+from tests.test_learning import toy
+
+
+def make_spec(tmp_path: Path, model: Path, *, strategy: str = "replay", epochs: int = 2, lr: float = 1e-3,
+              rows: int = 60, champion: Path | None = None) -> Path:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    write_rows(data / "train.arrow", toy(["sport", "food"], rows, seed=1))
+    write_rows(data / "eval-1.arrow", toy(["sport", "food"], 10, seed=2))
+    spec = {
+        "base": str(model), "labels": ["sport", "food"], "old_label_count": 2, "seed": 0, "device": "cpu",
+        "max_length": 64, "parent_state": None, "champion": str(champion) if champion else None,
+        "strategy": {"name": strategy, "replay": {"buffer_rows": 50}, "lora": {"r": 4}},
+        "loop": {"epochs": epochs, "lr": lr, "batch_size": 8, "early_stopping_patience": 0},
+        "data": {"train": str(data / "train.arrow"), "eval": {"1": str(data / "eval-1.arrow")}},
+        "out": str(tmp_path / "out"), "serving": str(tmp_path / "serving"),
+        "checkpoint": str(tmp_path / "checkpoint"), "results": str(tmp_path / "results.json"),
+    }
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+@pytest.mark.parametrize("strategy", ["replay", "lora+replay"])
+def test_child_trains_evaluates_side_by_side_and_reports_progress(tmp_path: Path, tiny_model: Path, strategy: str) -> None:
+    events: list[dict] = []
+    results = ChildRun(make_spec(tmp_path, tiny_model, strategy=strategy, champion=tiny_model), events.append).start().wait()
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and "step" in kinds and "evaluating" in kinds
+    step = next(e for e in events if e["event"] == "step")
+    assert {"step", "loss", "samples_per_second"} <= set(step)
+    assert set(results["scores"]) == {"candidate", "champion"}
+    assert 0.0 <= results["scores"]["candidate"]["1"]["accuracy"] <= 1.0
+    assert results["train"]["train_samples"] > 0
+    out = tmp_path / "out"
+    if strategy.startswith("lora"):
+        assert (out / "adapter" / "adapter_model.safetensors").is_file() and (tmp_path / "serving" / "config.json").is_file()
+    else:
+        assert (out / "model" / "model.safetensors").is_file()
+    assert (out / "state" / "replay.arrow").is_file()
+
+
+def test_sigterm_checkpoints_and_the_next_run_resumes(tmp_path: Path, tiny_model: Path) -> None:
+    spec = make_spec(tmp_path, tiny_model, strategy="finetune", epochs=8, rows=150)
+    events: list[dict] = []
+    run = ChildRun(spec, events.append).start()
+    deadline = time.monotonic() + 60
+    while not any(e["event"] == "step" for e in events) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.terminate()
+    with pytest.raises(TrainingInterrupted):
+        run.wait()
+    stopped_at = max(e["step"] for e in events if e["event"] == "step")
+    assert (tmp_path / "checkpoint" / "progress.json").is_file()
+    # resume; SIGKILL it at an epoch boundary this time, then resume again to the end
+    events2: list[dict] = []
+    run2 = ChildRun(spec, events2.append).start()
+    while sum(e["event"] == "validation" for e in events2) < 2 and time.monotonic() < deadline + 120:
+        time.sleep(0.02)  # after the second validation, the first epoch-end checkpoint is on disk
+    resumed = next(e for e in events2 if e["event"] == "resumed")
+    assert resumed["step"] == stopped_at
+    run2.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    with pytest.raises(TrainingFailed, match="killed"):
+        run2.wait()
+    events3: list[dict] = []
+    results = ChildRun(spec, events3.append).start().wait()
+    resumed3 = next(e for e in events3 if e["event"] == "resumed")
+    assert resumed3["step"] > stopped_at  # picked up after the last epoch checkpoint, not from zero
+    assert results["train"]["epochs_run"] == 8
+
+
+def test_a_diverging_run_fails_cleanly(tmp_path: Path, tiny_model: Path) -> None:
+    with pytest.raises(TrainingFailed) as info:
+        ChildRun(make_spec(tmp_path, tiny_model, strategy="finetune", lr=1e30, epochs=3, rows=40)).start().wait()
+    assert info.value.kind in ("non_finite_loss",)
+
+
+def test_an_exception_fails_with_its_message(tmp_path: Path, tiny_model: Path) -> None:
+    spec = make_spec(tmp_path, tiny_model)
+    doc = json.loads(spec.read_text())
+    doc["base"] = str(tmp_path / "no-such-model")
+    spec.write_text(json.dumps(doc))
+    with pytest.raises(TrainingFailed, match="no-such-model"):
+        ChildRun(spec).start().wait()
