@@ -8,6 +8,7 @@ batch (an "experience").
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,16 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_accepted_sha ON files (sha256) WHERE outcome = 'accepted';
 CREATE INDEX IF NOT EXISTS files_unfinalized ON files (finalized) WHERE finalized = 0;
 CREATE INDEX IF NOT EXISTS files_batch ON files (batch_id);
+CREATE TABLE IF NOT EXISTS updates (
+    id INTEGER PRIMARY KEY,
+    batch_id INTEGER NOT NULL REFERENCES batches (id),
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    version TEXT,
+    decision TEXT NOT NULL CHECK (decision IN ('promoted', 'rejected', 'failed', 'held')),
+    reasons TEXT NOT NULL,
+    summary TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS labels (
     name TEXT PRIMARY KEY,
     position INTEGER NOT NULL UNIQUE,
@@ -232,6 +243,45 @@ class Store:
             table = segments.read(self.segments, file_id, ["split", "text", "label"])
             table = table.filter(pc.equal(table["split"], flag))
             yield from zip(table["text"].to_pylist(), table["label"].to_pylist())
+
+    def undecided_batch(self) -> int | None:
+        """The newest batch no update has decided yet (a failed or interrupted one is retried)."""
+        row = self._db.execute(
+            "SELECT MAX(id) FROM batches WHERE id NOT IN "
+            "(SELECT batch_id FROM updates WHERE decision != 'failed')").fetchone()
+        return row[0]
+
+    def record_update(self, *, batch_id: int, started_at: str, finished_at: str, version: str | None, decision: str,
+                      reasons: list[str], summary: dict) -> None:
+        self._db.execute(
+            "INSERT INTO updates (batch_id, started_at, finished_at, version, decision, reasons, summary)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (batch_id, started_at, finished_at, version, decision, json.dumps(reasons), json.dumps(summary)))
+
+    def updates(self, limit: int | None = None) -> list[dict]:
+        """Newest first."""
+        cursor = self._db.execute(
+            "SELECT id, batch_id, started_at, finished_at, version, decision, reasons, summary FROM updates ORDER BY id DESC"
+            + (f" LIMIT {int(limit)}" if limit else ""))
+        return [{"update": r[0], "batch": r[1], "started_at": r[2], "finished_at": r[3], "version": r[4],
+                 "decision": r[5], "reasons": json.loads(r[6]), "summary": json.loads(r[7])} for r in cursor]
+
+    def update_counts(self) -> dict[str, int]:
+        counts = {"promoted": 0, "rejected": 0, "failed": 0, "held": 0}
+        for decision, number in self._db.execute("SELECT decision, COUNT(*) FROM updates GROUP BY decision"):
+            counts[decision] = int(number)
+        return counts
+
+    def consecutive_failures(self) -> int:
+        count = 0
+        for (decision,) in self._db.execute("SELECT decision FROM updates ORDER BY id DESC"):
+            if decision != "failed":
+                break
+            count += 1
+        return count
+
+    def batch_rows(self, batch_id: int, split: str) -> list[tuple[str, str]]:
+        return list(self.iter_rows(batch_id, split))
 
     def row_count(self) -> int:
         """Rows of every accepted file, as the catalog counts them."""

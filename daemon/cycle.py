@@ -1,0 +1,240 @@
+"""One update cycle, top to bottom:
+
+    close the pending rows into a batch -> build the training set and spec -> train in the child
+    -> evaluate candidate and champion side by side -> gate -> register the version ->
+    promote, reject or hold -> record the decision.
+
+A failed run is recorded as `failed` and its batch retried later; an interrupted run (SIGTERM)
+leaves its checkpoint and batch for the next start to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from daemon import formats
+from daemon.gate import GateResult, Scores, decide, majority_share
+from daemon.home import Home
+from daemon.ingest import utcnow
+from daemon.rows import LabelSet, Validator
+from daemon.store import Store
+from daemon.trainer import ChildRun, TrainingFailed, TrainingInterrupted, write_rows
+from registry.registry import Registry
+
+log = logging.getLogger(__name__)
+Event = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Outcome:
+    batch: int | None
+    decision: str | None  # promoted | rejected | failed | held | None (nothing to do)
+    version: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"batch": self.batch, "decision": self.decision, "version": self.version, "reasons": self.reasons,
+                **self.summary}
+
+
+class UpdateCycle:
+    def __init__(self, home: Home, registry: Registry, *, on_event: Event | None = None,
+                 on_child: Callable[[ChildRun | None], None] | None = None) -> None:
+        self.home = home
+        self.config = home.config
+        self.registry = registry
+        self.on_event = on_event or (lambda event: None)
+        self.on_child = on_child or (lambda run: None)
+
+    def run(self) -> Outcome:
+        started, clock = utcnow(), time.monotonic()
+        with Store(self.home.store_path) as store:
+            batch = self.close_batch(store)
+            if batch is None:
+                return Outcome(batch=None, decision=None, reasons=["no pending rows"])
+            log.info("update started", extra={"batch": batch})
+            self.on_event({"event": "update_started", "batch": batch})
+            try:
+                spec = self.build_spec(store, batch)
+                results = self.train(spec)
+                gate, metrics = self.evaluate(store, batch, spec, results)
+                version = self.register(batch, spec, results, metrics)
+                decision = self.decide(version, gate, metrics)
+                outcome = Outcome(batch=batch, decision=decision, version=version, reasons=gate.reasons,
+                                  summary={"metrics": metrics, "train": results["train"],
+                                           "eval_seconds": results.get("eval_seconds")})
+                shutil.rmtree(self.workdir(batch), ignore_errors=True)
+            except TrainingInterrupted:
+                raise
+            except Exception as exc:  # every failure is a recorded `failed`, never a promotion
+                log.exception("update failed", extra={"batch": batch})
+                outcome = Outcome(batch=batch, decision="failed", reasons=[str(exc)],
+                                  summary={"error": type(exc).__name__})
+            outcome.summary["seconds"] = round(time.monotonic() - clock, 3)
+            store.record_update(batch_id=batch, started_at=started, finished_at=utcnow(), version=outcome.version,
+                                decision=outcome.decision, reasons=outcome.reasons, summary=outcome.summary)  # type: ignore[arg-type]
+        log.info("update %s", outcome.decision, extra={"batch": batch, "version": outcome.version,
+                                                        "reasons": outcome.reasons})
+        self.on_event({"event": "decision", **outcome.as_dict()})
+        return outcome
+
+    # -- the steps --------------------------------------------------------------------------------
+    def close_batch(self, store: Store) -> int | None:
+        """The undecided batch (a retry or resume), else the pending rows closed into a new one."""
+        return store.undecided_batch() or store.close_batch(utcnow())
+
+    def workdir(self, batch: int) -> Path:
+        return self.home.state / "work" / f"batch-{batch:06d}"
+
+    def labels(self, store: Store) -> list[str]:
+        fixed = [str(label) for label in self.config.inbox.labels]
+        return fixed or store.labels()
+
+    def build_spec(self, store: Store, batch: int) -> Path:
+        work = self.workdir(batch)
+        data = work / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        for leftover in ("out", "serving"):
+            shutil.rmtree(work / leftover, ignore_errors=True)  # a retry writes them afresh
+        champion = self.registry.champion()
+        champion_dir = self.registry.model_dir(champion) if champion else None  # verified before use
+        parent_state = self.registry.artifacts.local_path(champion) / "state" if champion else None
+        train_rows = write_rows(data / "train.arrow", store.iter_rows(batch, "train"))
+        evals, rows = {}, {}
+        for earlier in store.batches():
+            if earlier["batch"] > batch:
+                continue
+            key = str(earlier["batch"])
+            rows[key] = write_rows(data / f"eval-{key}.arrow", store.iter_rows(earlier["batch"], "eval"))
+            evals[key] = str(data / f"eval-{key}.arrow")
+        if self.config.gate.canary:
+            rows["canary"] = write_rows(data / "canary.arrow", self._canary_rows(store))
+            evals["canary"] = str(data / "canary.arrow")
+        strategy = self.config.strategy
+        spec = {
+            "batch": batch, "labels": self.labels(store), "seed": self.config.train.seed,
+            "device": self.config.train.device, "max_length": self.config.model.max_length,
+            "base": str(champion_dir) if champion_dir else self.config.model.base,
+            "old_label_count": len(self.registry.get(champion).info.get("labels", [])) if champion else 0,
+            "parent": champion, "parent_state": str(parent_state) if parent_state and parent_state.is_dir() else None,
+            "champion": str(champion_dir) if champion_dir else None,
+            "strategy": {"name": strategy.name, **{k: v for k, v in strategy.model_dump(by_alias=True).items()
+                                                   if isinstance(v, dict)}},
+            "loop": {"epochs": strategy.epochs, "batch_size": strategy.batch_size,
+                     "lr": strategy.lr if strategy.lr != "auto" else 5e-4, "weight_decay": strategy.weight_decay,
+                     "early_stopping_patience": strategy.early_stopping_patience,
+                     "class_weights": strategy.class_weights, "precision": self.config.train.precision},
+            "data": {"train": str(data / "train.arrow"), "eval": evals, "train_rows": train_rows, "eval_rows": rows},
+            "out": str(work / "out"), "serving": str(work / "serving"), "checkpoint": str(work / "checkpoint"),
+            "results": str(work / "results.json"),
+        }
+        path = work / "spec.json"
+        path.write_text(json.dumps(spec, indent=2))
+        return path
+
+    def _canary_rows(self, store: Store) -> list[tuple[str, str]]:
+        path = Path(self.config.gate.canary)
+        path = path if path.is_absolute() else self.home.root / path
+        validate = Validator(LabelSet.of(self.labels(store)), 0.0)
+        rows = []
+        for chunk in formats.read(path, self.config.inbox.max_file_bytes):
+            for line, record in zip(chunk.lines, chunk.records):
+                row = validate(line, record) if isinstance(record, dict) else None
+                if isinstance(row, tuple) and row[1] in validate.labels.known:
+                    rows.append((row[2], row[1]))
+        return rows
+
+    def train(self, spec: Path) -> dict[str, Any]:
+        run = ChildRun(spec, self.on_event).start()
+        self.on_child(run)
+        try:
+            return run.wait()
+        finally:
+            self.on_child(None)
+
+    def evaluate(self, store: Store, batch: int, spec_path: Path, results: dict[str, Any]) -> tuple[GateResult, dict]:
+        spec = json.loads(spec_path.read_text())
+        metric = self.config.gate.metric
+        rows = {k: v for k, v in spec["data"]["eval_rows"].items()}
+        new = str(batch)
+
+        def table(who: str) -> Scores | None:
+            found = results["scores"].get(who)
+            if found is None:
+                return None
+            per = {k: v.get(metric) for k, v in found.items() if k != "canary"}
+            canary = found.get("canary", {}).get(metric) if "canary" in found else None
+            return Scores(per_experience=per, canary=canary)
+
+        candidate, champion = table("candidate"), table("champion")
+        baseline = majority_share([label for _, label in store.iter_rows(batch, "eval")])
+        gate = decide(new=new, candidate=candidate, champion=champion, rows=rows, config=self.config.gate,  # type: ignore[arg-type]
+                      baseline=baseline, canary_rows=rows.get("canary", 0))
+        metrics = {"candidate": _summary(candidate, new, rows), "champion": _summary(champion, new, rows) if champion else None,
+                   "baseline": baseline, "metric": metric, "rows": rows}
+        metrics["forgetting_max"] = _forgetting_max(candidate, champion, new)  # type: ignore[arg-type]
+        metrics["accuracy_matrix"] = self._matrix(metrics["candidate"]["per_experience"])
+        return gate, metrics
+
+    def _matrix(self, latest: dict[str, float | None]) -> dict[str, Any]:
+        """Rows: versions in order (then this candidate); columns: batches; cells: the score then."""
+        rows, versions = [], []
+        for record in self.registry.versions():
+            decision = self.registry.decision_record(record.version)
+            per = ((decision.metrics or {}).get("candidate") or {}).get("per_experience") if decision else None
+            if per is not None:
+                versions.append(record.version)
+                rows.append(per)
+        versions.append("candidate")
+        rows.append(latest)
+        batches = sorted({k for row in rows for k in row}, key=int)
+        return {"versions": versions, "batches": batches, "values": [[row.get(b) for b in batches] for row in rows]}
+
+    def register(self, batch: int, spec_path: Path, results: dict[str, Any], metrics: dict[str, Any]) -> str:
+        spec = json.loads(spec_path.read_text())
+        with Store(self.home.store_path) as store:
+            files = store.batch_files(batch)
+        info = {"labels": spec["labels"], "config": self.config.dump(), "train": results["train"],
+                "data": {"experience": batch, "train_rows": spec["data"]["train_rows"],
+                         "eval_rows": spec["data"]["eval_rows"].get(str(batch), 0), "files": files}}
+        serving = Path(spec["serving"])
+        record = self.registry.create_version(Path(spec["out"]), parent=spec["parent"], strategy=spec["strategy"]["name"],
+                                              info=info, serving=serving if serving.is_dir() else None)
+        return record.version
+
+    def decide(self, version: str, gate: GateResult, metrics: dict[str, Any]) -> str:
+        if not gate.passed:
+            decision = "rejected"
+        elif self.registry.pinned():
+            decision = "held"
+        else:
+            decision = "promoted"
+        self.registry.record_decision(version, decision, gate=gate.as_dict(), metrics=metrics)
+        if decision == "promoted":
+            self.registry.promote(version, actor="daemon", reason="; ".join(gate.reasons))
+        return decision
+
+
+def _summary(scores: Scores | None, new: str, rows: dict[str, int]) -> dict[str, Any]:
+    if scores is None:
+        return {}
+    old = [(scores.per_experience[k], rows.get(k, 0)) for k in scores.per_experience
+           if k != new and scores.per_experience[k] is not None]
+    total = sum(n for _, n in old)
+    return {"new": scores.per_experience.get(new), "old": sum(s * n for s, n in old) / total if total else None,
+            "per_experience": scores.per_experience, "canary": scores.canary}
+
+
+def _forgetting_max(candidate: Scores, champion: Scores | None, new: str) -> float | None:
+    if champion is None:
+        return None
+    drops = [champion.per_experience[k] - candidate.per_experience[k] for k in candidate.per_experience
+             if k != new and candidate.per_experience[k] is not None and champion.per_experience.get(k) is not None]
+    return max(drops) if drops else None

@@ -1,0 +1,58 @@
+"""The update cycle in process, with a tiny model: promote, reject on forgetting, hold when pinned."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from daemon.cycle import UpdateCycle
+from daemon.inbox import Inbox
+from registry.registry import Registry
+from tests.conftest import jsonl, open_home, write_config
+from tests.test_learning import toy
+
+
+def drop(root: Path, name: str, rows: list[tuple[str, str]]) -> None:
+    (root / "inbox" / name).write_text(jsonl([{"text": t, "label": l} for t, l in rows]))
+    Inbox(open_home(root)).drain(max_wait=5)
+
+
+def configure(root: Path, model: Path, strategy: str = "replay") -> None:
+    write_config(root, model={"base": str(model), "max_length": 32}, inbox={"settle_seconds": 0, "eval_fraction": 0.25},
+                 strategy={"name": strategy, "epochs": 4, "lr": 2e-3, "batch_size": 16, "early_stopping_patience": 0,
+                           "replay": {"ratio": 1.0, "buffer_rows": 400}},
+                 gate={"min_eval_rows": 10, "max_forgetting": 0.1})
+
+
+def cycle(root: Path) -> dict:
+    home = open_home(root)
+    with Registry(home.registry) as registry:
+        return UpdateCycle(home, registry).run().as_dict()
+
+
+def test_cycles_promote_then_reject_flipped_labels_then_hold_when_pinned(home_root: Path, tiny_model: Path) -> None:
+    configure(home_root, tiny_model)
+    assert cycle(home_root)["decision"] is None  # nothing pending
+    drop(home_root, "b1.jsonl", toy(["sport", "food"], 120, seed=1))
+    first = cycle(home_root)
+    assert (first["decision"], first["version"]) == ("promoted", "v0001"), first
+    assert first["reasons"][0].startswith("first model: accuracy on batch 1")
+    drop(home_root, "b2.jsonl", toy(["music", "tech"], 120, seed=2))
+    second = cycle(home_root)
+    assert second["decision"] == "promoted", second
+    assert second["metrics"]["candidate"]["old"] > 0.8  # replay kept batch 1
+    flipped = [(t, {"sport": "food", "food": "sport"}[l]) for t, l in toy(["sport", "food"], 120, seed=3)]
+    drop(home_root, "b3.jsonl", flipped)
+    third = cycle(home_root)
+    assert third["decision"] == "rejected", third
+    assert any(r.startswith("forgetting on batch 1:") and " > 0.1" in r for r in third["reasons"])
+    with Registry(home_root / "registry") as registry:
+        assert registry.champion() == "v0002"
+        registry.pin(actor="cli")
+        detail = registry.decision_record("v0003")
+        assert detail and detail.gate["passed"] is False
+    drop(home_root, "b4.jsonl", toy(["sport", "food"], 60, seed=4) + toy(["music", "tech"], 60, seed=5))
+    fourth = cycle(home_root)
+    assert fourth["decision"] in ("held", "rejected"), fourth
+    matrix = fourth["metrics"]["accuracy_matrix"]
+    assert matrix["versions"][:3] == ["v0001", "v0002", "v0003"] and matrix["batches"] == ["1", "2", "3", "4"]
