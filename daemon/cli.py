@@ -163,6 +163,21 @@ def status(home_dir: Path | None, as_json: bool) -> None:
         click.echo(render(document))
 
 
+@main.command()
+@home_option
+@json_option
+@click.option("--now", is_flag=True, help="Run even if fewer than schedule.min_new_rows rows are pending.")
+@click.option("--wait", is_flag=True, help="Block until the update is decided and print the decision.")
+@errors_to_exit_codes
+def update(home_dir: Path | None, as_json: bool, now: bool, wait: bool) -> None:
+    """Ask for an update cycle: the running daemon takes it; with no daemon it runs here."""
+    from daemon.updates import request_update
+
+    result = request_update(open_home(home_dir), now=now, wait=wait, as_json=as_json)
+    if as_json:
+        emit(result)
+
+
 def open_registry(home: home_mod.Home, *, writable: bool = True):  # type: ignore[no-untyped-def]
     from daemon.hooks import champion_hook
     from registry.registry import Registry

@@ -1,24 +1,38 @@
 """`lifelong run`: the long-running service's main loop.
 
-Holds the home's single-instance lock, watches the inbox (file-system events as a latency hint,
-full rescans on a timer as the source of truth) and ingests settled files. SIGTERM or SIGINT ends
-the loop cleanly.
+It holds the home's single-instance lock, watches the inbox (file-system events as a latency hint,
+full rescans on a timer as the source of truth), asks for update cycles (schedule ticks,
+`min_new_rows`, `max_wait`, `lifelong update` requests, an undecided batch left by a restart), runs
+at most one at a time in a worker thread (training itself runs in a child process), serves
+/metrics, /healthz and /readyz, and speaks the systemd notify protocol. SIGTERM or SIGINT: the
+training child checkpoints, the loop ends, exit 0.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import threading
 import time
-from typing import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
 
 from daemon.home import Home
 from daemon.inbox import Inbox
+from daemon.metrics import Metrics
+from daemon.notify import Notifier
+from daemon.store import Store
+from registry.errors import LifelongError
+from registry.fsutil import atomic_write
 from registry.lock import PidLock
 
 log = logging.getLogger(__name__)
+HEARTBEAT_STALE = 30.0  # /healthz fails when the loop has not gone round for this long
+STOP_GRACE = 120.0  # seconds the training child gets to checkpoint on SIGTERM
+BACKOFF_FIRST, BACKOFF_MAX = 60.0, 3600.0
 
 
 class _Wake:
@@ -48,6 +62,10 @@ def start_watching(home: Home, wake: threading.Event):  # type: ignore[no-untype
     return observer
 
 
+def requests_dir(home: Home) -> Path:
+    return home.state / "requests"
+
+
 class Service:
     def __init__(self, home: Home, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.home = home
@@ -58,41 +76,103 @@ class Service:
         self.ready = False
         self.lock = PidLock(home.state / "daemon.lock", "lifelong run")
         self.inbox = Inbox(home)
+        self.notifier = Notifier()
+        self.metrics = Metrics(home, in_progress=lambda: self.worker is not None and self.worker.is_alive())
+        self.worker: threading.Thread | None = None
+        self.child: Any = None
+        self.tick = False  # a schedule tick is waiting for enough rows
+        self.requests: list[dict[str, Any]] = []
+        self.retry_at = 0.0
+        self.port: int | None = None
 
+    # -- lifecycle --------------------------------------------------------------------------------
     def stop(self, *_args: object) -> None:
         self.stopping.set()
         self.wake.set()
 
     def run(self) -> int:
         self.lock.acquire(timeout=0)
-        observer = None
+        observer = scheduler = server = None
         try:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
+            requests_dir(self.home).mkdir(exist_ok=True)
+            from registry.registry import Registry
+
+            Registry(self.home.registry).close()  # recover leftovers of a crash before anything else
+            server = self._serve()
+            scheduler = self._schedule()
             observer = start_watching(self.home, self.wake)
             self.ready = True
+            self.notifier.ready()
             log.info("lifelong running", extra={"home": str(self.home.root), "inbox": str(self.home.inbox),
-                                                "pid": os.getpid(), "polling": self.home.config.inbox.polling})
+                                                "pid": os.getpid(), "metrics": self.home.config.metrics.bind})
             self._loop()
+            self.notifier.stopping()
+            self._finish_update()
             log.info("lifelong stopped")
             return 0
         finally:
-            if observer is not None:
-                observer.stop()
+            for part in (observer, scheduler):
+                if part is not None:
+                    part.stop() if part is observer else part.shutdown(wait=False)
+            if server is not None:
+                server.stop()
             self.lock.release()
 
+    def _serve(self):  # type: ignore[no-untyped-def]
+        from daemon.http import HealthServer
+
+        host, port = self.home.config.metrics.host_port
+        try:
+            server = HealthServer(host, port, metrics=self.metrics.exposition, healthy=self.healthy,
+                                  ready=lambda: self.ready)
+        except OSError as exc:
+            raise LifelongError(f"cannot serve metrics on {self.home.config.metrics.bind}: {exc.strerror}") from None
+        self.port = server.port
+        return server.start()
+
+    def _schedule(self):  # type: ignore[no-untyped-def]
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        schedule = self.home.config.schedule
+        trigger = (CronTrigger.from_crontab(schedule.cron) if schedule.cron
+                   else IntervalTrigger(seconds=max(schedule.interval, 1.0)))
+        scheduler = BackgroundScheduler(timezone=timezone.utc)
+        # coalesce + no misfire limit: a tick missed while busy or asleep runs late, once, never not at all
+        job = scheduler.add_job(self._on_tick, trigger, coalesce=True, misfire_grace_time=None, max_instances=1)
+        scheduler.start()
+        self._job = job
+        return scheduler
+
+    def _on_tick(self) -> None:
+        self.tick = True
+        self.wake.set()
+
+    def healthy(self) -> bool:
+        return self.ready and self.clock() - self.heartbeat < HEARTBEAT_STALE
+
+    # -- the loop ---------------------------------------------------------------------------------
     def _loop(self) -> None:
         rescan = self.home.config.inbox.rescan_seconds
         next_pass = self.clock()
+        last_ping = 0.0
         while not self.stopping.is_set():
             self.heartbeat = self.clock()
+            if self.notifier.watchdog_interval and self.heartbeat - last_ping >= self.notifier.watchdog_interval:
+                self.notifier.watchdog()  # only from here: a stuck loop stops the pings
+                last_ping = self.heartbeat
             if self.wake.is_set() or self.clock() >= next_pass:
                 self.wake.clear()
                 settle_wait = self._ingest_pass()
                 next_pass = self.clock() + rescan
                 if settle_wait is not None:
                     next_pass = min(next_pass, self.clock() + settle_wait + 0.05)
-            # wake at least once a second so the heartbeat shows the loop is alive
+            self._take_requests()
+            self._maybe_update()
+            self._write_state()
             self.wake.wait(max(0.0, min(next_pass - self.clock(), 1.0)))
 
     def _ingest_pass(self) -> float | None:
@@ -103,3 +183,124 @@ class Service:
         except Exception:
             log.exception("ingest pass failed; retrying at the next rescan")
             return None
+
+    def _take_requests(self) -> None:
+        for path in sorted(requests_dir(self.home).glob("*.request.json")):
+            try:
+                request = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            path.unlink(missing_ok=True)
+            request["id"] = path.name.removesuffix(".request.json")
+            self.requests.append(request)
+
+    def _maybe_update(self) -> None:
+        if self.worker is not None and self.worker.is_alive():
+            return
+        if self.worker is not None:
+            self.worker = None
+        reason = self._why_update()
+        if reason is None:
+            return
+        self.tick = False
+        waiting, self.requests = self.requests, []
+        self.worker = threading.Thread(target=self._update, args=(reason, waiting), name="update", daemon=True)
+        self.worker.start()
+
+    def _why_update(self) -> str | None:
+        schedule = self.home.config.schedule
+        with Store(self.home.store_path) as store:
+            undecided = store.undecided_batch()
+            pending = store.counts(pending=True)
+            oldest = store.oldest_pending()
+        rows = pending["train"] + pending["eval"]
+        if self.requests:
+            if rows or undecided:
+                return "requested"
+            self._answer(self.requests, {"decision": None, "reasons": ["no pending rows"]})
+            self.requests = []
+        if self.clock() < self.retry_at:
+            return None
+        if undecided:
+            return "resume"
+        if self.tick and rows >= max(schedule.min_new_rows, 1):
+            return "schedule"
+        if self.tick:
+            self.tick = False  # not enough rows: wait for the next tick (or max_wait)
+        if rows and oldest and _age(oldest) >= schedule.max_wait:
+            return "max_wait"
+        return None
+
+    def _update(self, reason: str, waiting: list[dict[str, Any]]) -> None:
+        from daemon.cycle import UpdateCycle
+        from daemon.hooks import champion_hook
+        from daemon.trainer import TrainingInterrupted
+        from registry.registry import Registry
+
+        progress = self.home.state / "progress.json"
+        started = time.monotonic()
+        stage = {"train": started}
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("event") == "evaluating":
+                stage["eval"] = time.monotonic()
+            atomic_write(progress, json.dumps({**event, "at": time.time()}))
+
+        log.info("update cycle starting", extra={"reason": reason})
+        try:
+            with Registry(self.home.registry, recover=False,
+                          on_switch=champion_hook(self.home.config.hooks.on_champion_change)) as registry:
+                outcome = UpdateCycle(self.home, registry, on_event=on_event,
+                                      on_child=lambda run: setattr(self, "child", run)).run()
+        except TrainingInterrupted:
+            log.info("update interrupted by shutdown; it resumes at the next start")
+            self._answer(waiting, {"decision": None, "reasons": ["interrupted by shutdown; resumes at the next start"]})
+            return
+        except Exception as exc:  # the loop survives anything a cycle does
+            log.exception("update cycle crashed")
+            self._answer(waiting, {"decision": "failed", "reasons": [str(exc)]})
+            self._backoff()
+            return
+        total = time.monotonic() - started
+        evaluated = stage.get("eval")
+        self.metrics.observe({"train": (evaluated or time.monotonic()) - stage["train"],
+                              "eval": time.monotonic() - evaluated if evaluated else None, "total": total})
+        if outcome.decision == "failed":
+            self._backoff()
+        elif outcome.decision is not None:
+            self.retry_at = 0.0
+        self._answer(waiting, outcome.as_dict())
+
+    def _backoff(self) -> None:
+        with Store(self.home.store_path) as store:
+            failures = max(store.consecutive_failures(), 1)
+        delay = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
+        self.retry_at = self.clock() + delay
+        log.warning("update failed %s time(s) in a row; next try in %.0fs", failures, delay)
+
+    def _answer(self, waiting: list[dict[str, Any]], result: dict[str, Any]) -> None:
+        for request in waiting:
+            atomic_write(requests_dir(self.home) / f"{request['id']}.result.json", json.dumps(result, default=str))
+
+    def _finish_update(self) -> None:
+        """On stop: let the training child checkpoint, then wait for the cycle thread."""
+        worker = self.worker
+        if worker is None or not worker.is_alive():
+            return
+        if self.child is not None:
+            self.child.terminate()
+        worker.join(timeout=STOP_GRACE)
+
+    def _write_state(self) -> None:
+        job = getattr(self, "_job", None)
+        next_run = job.next_run_time if job is not None else None
+        state = {"pid": os.getpid(), "next_update": next_run.isoformat() if next_run else None,
+                 "updating": self.worker is not None and self.worker.is_alive(), "metrics_port": self.port}
+        if state != getattr(self, "_last_state", None):
+            atomic_write(self.home.state / "daemon.json", json.dumps(state))
+            self._last_state = state
+
+
+def _age(iso: str) -> float:
+    then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return (datetime.now(timezone.utc) - then).total_seconds()

@@ -17,7 +17,9 @@ def collect(home: Home) -> dict[str, Any]:
         files = store.file_outcomes()
         rejected_rows = store.rejected_rows()
         oldest = store.oldest_pending()
+        last = store.updates(limit=1)
     pid = holder_pid(home.state / "daemon.lock")
+    daemon_state = _daemon_state(home) if pid else {}
     from registry.registry import Registry
 
     with Registry(home.registry, recover=False) as registry:
@@ -31,14 +33,25 @@ def collect(home: Home) -> dict[str, Any]:
         "pending_rows": pending,
         "rows_total": totals,
         "labels": labels,
-        "last_update": None,
-        "next_update": None,
-        "daemon": {"pid": pid} if pid else None,
+        "last_update": ({"version": last[0]["version"], "decision": last[0]["decision"],
+                         "finished_at": last[0]["finished_at"], "reasons": last[0]["reasons"]} if last else None),
+        "next_update": daemon_state.get("next_update") if pid else None,
+        "daemon": {"pid": pid, "updating": daemon_state.get("updating", False),
+                   "metrics_port": daemon_state.get("metrics_port")} if pid else None,
         "audit": audit,
         "inbox": {"path": str(home.inbox), "files": files, "rejected_rows": rejected_rows, "oldest_pending": oldest},
         "strategy": home.config.strategy.name,
         "base_model": home.config.model.base,
     }
+
+
+def _daemon_state(home: Home) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((home.state / "daemon.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def render(doc: dict[str, Any]) -> str:

@@ -49,7 +49,7 @@ def home_root(tmp_path: Path) -> Path:
     """An initialised home whose inbox takes files at once (settle_seconds = 0)."""
     root = tmp_path / "home"
     home_mod.init(root)
-    write_config(root, inbox={"settle_seconds": 0})
+    write_config(root, inbox={"settle_seconds": 0}, metrics={"bind": "127.0.0.1:0"})  # any free port
     return root
 
 

@@ -70,7 +70,7 @@ def test_run_watches_the_inbox_and_stops_on_sigterm(home_root: Path, daemon, tmp
     wait_for(lambda: (home_root / "quarantine" / "bad.jsonl.error.json").exists(), timeout=10)
 
     doc = status(home_root)
-    assert doc["daemon"] == {"pid": proc.pid}
+    assert doc["daemon"]["pid"] == proc.pid
     assert doc["rows_total"]["train"] + doc["rows_total"]["eval"] == 32
 
     proc.send_signal(signal.SIGTERM)
