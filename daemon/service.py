@@ -223,6 +223,8 @@ class Service:
             return None
         if undecided:
             return "resume"
+        if rows >= max(schedule.min_new_rows, 1) and not self._has_champion():
+            return "first model"  # nothing serves yet: no reason to wait for a tick
         if self.tick and rows >= max(schedule.min_new_rows, 1):
             return "schedule"
         if self.tick:
@@ -230,6 +232,12 @@ class Service:
         if rows and oldest and _age(oldest) >= schedule.max_wait:
             return "max_wait"
         return None
+
+    def _has_champion(self) -> bool:
+        from registry.registry import Registry
+
+        with Registry(self.home.registry, recover=False) as registry:
+            return registry.champion() is not None
 
     def _update(self, reason: str, waiting: list[dict[str, Any]]) -> None:
         from daemon.cycle import UpdateCycle

@@ -68,7 +68,12 @@ def run(spec: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
 
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
-    if ctx.extras.get("lora"):
+    if ctx.extras.get("lora") and not spec.get("parent"):
+        # the first version has no parent version to hang an adapter on: store it whole
+        candidate = ctx.model.merge_and_unload()
+        candidate.save_pretrained(out / "model", safe_serialization=True)
+        tokenizer.save_pretrained(out / "model")
+    elif ctx.extras.get("lora"):
         ctx.model.save_pretrained(out / "adapter", safe_serialization=True)
         ctx.model.base_model.model.config.save_pretrained(out / "model-config")
         tokenizer.save_pretrained(out / "model-config")

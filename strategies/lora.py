@@ -21,11 +21,14 @@ def auto_targets(model: torch.nn.Module) -> list[str]:
     return found
 
 
-def head_name(model: torch.nn.Module) -> str:
-    for name in ("classifier", "score"):
-        if hasattr(model, name):
-            return name
-    raise ValueError(f"{type(model).__name__}: no classification head to train alongside the adapter")
+def head_modules(model: torch.nn.Module) -> list[str]:
+    """The head, and the pooler in front of it when there is one (sentence-embedding checkpoints such
+    as all-MiniLM-L6-v2 ship none, so it starts random and must be trained like the head)."""
+    heads = [name for name in ("classifier", "score") if hasattr(model, name)]
+    if not heads:
+        raise ValueError(f"{type(model).__name__}: no classification head to train alongside the adapter")
+    poolers = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name.endswith(".pooler")}
+    return heads + sorted(poolers)
 
 
 class Lora(Strategy):
@@ -38,6 +41,6 @@ class Lora(Strategy):
         targets = auto_targets(ctx.model) if targets == "auto" else ([targets] if isinstance(targets, str) else list(targets))
         config = LoraConfig(r=int(self.config.get("r", 8)), lora_alpha=float(self.config.get("alpha", 16)),
                             lora_dropout=float(self.config.get("dropout", 0.05)), target_modules=targets,
-                            modules_to_save=[head_name(ctx.model)])
+                            modules_to_save=head_modules(ctx.model))
         ctx.model = get_peft_model(ctx.model, config)
         ctx.extras["lora"] = True

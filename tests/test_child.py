@@ -13,7 +13,7 @@ from daemon.trainer import ChildRun, TrainingFailed, TrainingInterrupted, write_
 from tests.test_learning import toy
 
 
-def make_spec(tmp_path: Path, model: Path, *, strategy: str = "replay", epochs: int = 2, lr: float = 1e-3,
+def make_spec(tmp_path: Path, model: Path, *, strategy: str = "replay", epochs: int = 2, lr: float = 1e-3, parent: str | None = None,
               rows: int = 60, champion: Path | None = None) -> Path:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
@@ -21,7 +21,7 @@ def make_spec(tmp_path: Path, model: Path, *, strategy: str = "replay", epochs: 
     write_rows(data / "eval-1.arrow", toy(["sport", "food"], 10, seed=2))
     spec = {
         "base": str(model), "labels": ["sport", "food"], "old_label_count": 2, "seed": 0, "device": "cpu",
-        "max_length": 64, "parent_state": None, "champion": str(champion) if champion else None,
+        "max_length": 64, "parent_state": None, "parent": parent, "champion": str(champion) if champion else None,
         "strategy": {"name": strategy, "replay": {"buffer_rows": 50}, "lora": {"r": 4}},
         "loop": {"epochs": epochs, "lr": lr, "batch_size": 8, "early_stopping_patience": 0},
         "data": {"train": str(data / "train.arrow"), "eval": {"1": str(data / "eval-1.arrow")}},
@@ -36,7 +36,8 @@ def make_spec(tmp_path: Path, model: Path, *, strategy: str = "replay", epochs: 
 @pytest.mark.parametrize("strategy", ["replay", "lora+replay"])
 def test_child_trains_evaluates_side_by_side_and_reports_progress(tmp_path: Path, tiny_model: Path, strategy: str) -> None:
     events: list[dict] = []
-    results = ChildRun(make_spec(tmp_path, tiny_model, strategy=strategy, champion=tiny_model), events.append).start().wait()
+    spec = make_spec(tmp_path, tiny_model, strategy=strategy, champion=tiny_model, parent="v0001")
+    results = ChildRun(spec, events.append).start().wait()
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and "step" in kinds and "evaluating" in kinds
     step = next(e for e in events if e["event"] == "step")
