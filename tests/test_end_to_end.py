@@ -55,8 +55,9 @@ def test_daemon_end_to_end(home_root: Path, tiny_model: Path) -> None:
         assert 'lifelong_updates_total{outcome="promoted"} 0.0' in text  # pre-created at zero
 
         drop(home_root, "b1.jsonl", toy(["sport", "food"], 120, seed=1))
-        wait_for(lambda: (home_root / "archive" / "b1.jsonl").exists())
-        first = update_now(home_root)
+        # no champion yet and min_new_rows reached: the first model trains without being asked
+        wait_for(lambda: (status(home_root)["last_update"] or {}).get("decision") is not None, timeout=120)
+        first = status(home_root)["last_update"]
         assert (first["decision"], first["version"]) == ("promoted", "v0001"), first
         drop(home_root, "b2.jsonl", toy(["music", "tech"], 120, seed=2))
         wait_for(lambda: (home_root / "archive" / "b2.jsonl").exists())
