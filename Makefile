@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test venv bench-ingest clean
+.PHONY: run test venv tools bench-ingest clean
 
 venv: $(VENV)/.installed
 
@@ -22,11 +22,21 @@ run: venv
 	exec $(VENV)/bin/lifelong run --home $(HOME_DIR)
 
 test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	-@$(MAKE) --no-print-directory tools 2>/dev/null
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# promtool (from Debian's prometheus package, unpacked, not installed) checks metric naming
+tools: .tools/bin/promtool
+
+.tools/bin/promtool:
+	mkdir -p .tools/deb .tools/bin
+	cd .tools/deb && (apt-get download prometheus >/dev/null 2>&1 || (apt-get update -qq && apt-get download prometheus))
+	dpkg-deb -x .tools/deb/prometheus_*.deb .tools/root
+	ln -sf ../root/usr/bin/promtool .tools/bin/promtool
 
 bench-ingest: venv
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench.ingest
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) .tools build *.egg-info .pytest_cache .hypothesis
