@@ -63,13 +63,16 @@ class UpdateCycle:
             self.on_event({"event": "update_started", "batch": batch})
             try:
                 spec = self.build_spec(store, batch)
+                child_started = time.monotonic()
                 results = self.train(spec)
+                child_seconds = time.monotonic() - child_started
                 gate, metrics = self.evaluate(store, batch, spec, results)
                 version = self.register(batch, spec, results, metrics)
                 decision = self.decide(version, gate, metrics)
                 outcome = Outcome(batch=batch, decision=decision, version=version, reasons=gate.reasons,
                                   summary={"metrics": metrics, "train": results["train"],
-                                           "eval_seconds": results.get("eval_seconds")})
+                                           "eval_seconds": results.get("eval_seconds"),
+                                           "child_seconds": round(child_seconds, 3)})
                 shutil.rmtree(self.workdir(batch), ignore_errors=True)
             except TrainingInterrupted:
                 raise
@@ -128,7 +131,7 @@ class UpdateCycle:
             "strategy": {"name": strategy.name, **{k: v for k, v in strategy.model_dump(by_alias=True).items()
                                                    if isinstance(v, dict)}},
             "loop": {"epochs": strategy.epochs, "batch_size": strategy.batch_size,
-                     "lr": strategy.lr if strategy.lr != "auto" else 5e-4, "weight_decay": strategy.weight_decay,
+                     "lr": strategy.lr, "weight_decay": strategy.weight_decay,
                      "early_stopping_patience": strategy.early_stopping_patience,
                      "class_weights": strategy.class_weights, "precision": self.config.train.precision},
             "data": {"train": str(data / "train.arrow"), "eval": evals, "train_rows": train_rows, "eval_rows": rows},

@@ -51,20 +51,29 @@ def run(spec: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
 
     labels: list[str] = spec["labels"]
     device = _device(spec.get("device", "auto"))
-    model, tokenizer = models.load(spec["base"], labels)
-    old_label_count = int(spec.get("old_label_count", 0))
     rows = read_rows(spec["data"]["train"])
-    ctx = Context(model=model, tokenizer=tokenizer, labels=labels, device=device,
-                  new=[Example(text, labels.index(label)) for text, label in rows],
-                  max_length=int(spec.get("max_length", 128)), seed=int(spec.get("seed", 0)),
-                  rng=random.Random(int(spec.get("seed", 0))),
-                  previous_state=Path(spec["parent_state"]) if spec.get("parent_state") else None,
-                  extras={"old_label_count": old_label_count})
+    examples = [Example(text, labels.index(label)) for text, label in rows]
+
+    def fresh_context(new: list[Example]) -> Context:
+        model, tokenizer = models.load(spec["base"], labels)
+        return Context(model=model, tokenizer=tokenizer, labels=labels, device=device, new=new,
+                       max_length=int(spec.get("max_length", 128)), seed=int(spec.get("seed", 0)),
+                       rng=random.Random(int(spec.get("seed", 0))),
+                       previous_state=Path(spec["parent_state"]) if spec.get("parent_state") else None,
+                       extras={"old_label_count": int(spec.get("old_label_count", 0))})
+
     strategy_config = spec["strategy"]
+    loop_spec = dict(spec.get("loop", {}))
+    if loop_spec.get("lr") == "auto":
+        loop_spec["lr"] = search_lr(fresh_context, lambda: build(strategy_config["name"], strategy_config),
+                                    LoopConfig(**{**loop_spec, "lr": 1e-3}), examples)
+    ctx = fresh_context(examples)
+    tokenizer = ctx.tokenizer
     strategy = build(strategy_config["name"], strategy_config)
-    loop = LoopConfig(**{k: v for k, v in spec.get("loop", {}).items()})
+    loop = LoopConfig(**loop_spec)
     checkpoints = Checkpoints(Path(spec["checkpoint"]), stop.is_set) if spec.get("checkpoint") else None
     stats = train(ctx, strategy, loop, on_progress=emit, checkpoints=checkpoints)
+    stats["lr"] = loop.lr
 
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -103,6 +112,32 @@ def run(spec: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
             results["scores"][who][name] = {k: v for k, v in scores(truth, predicted, labels).items() if k != "per_label"}
     results["eval_seconds"] = round(time.perf_counter() - eval_started, 3)
     return results
+
+
+LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
+SEARCH_ROWS = 512
+
+
+def search_lr(fresh_context, make_strategy, cfg, examples) -> float:  # type: ignore[no-untyped-def]
+    """`strategy.lr = "auto"`: one epoch per candidate rate on a slice of the rows, each from the same
+    starting weights; the rate with the lowest validation loss wins."""
+    from dataclasses import replace
+
+    from strategies.loop import train
+
+    rng = random.Random(0)
+    subset = examples if len(examples) <= SEARCH_ROWS else rng.sample(examples, SEARCH_ROWS)
+    best_lr, best_loss = LR_GRID[0], float("inf")
+    for lr in LR_GRID:
+        ctx = fresh_context(subset)
+        stats = train(ctx, make_strategy(), replace(cfg, lr=lr, epochs=1, early_stopping_patience=0,
+                                                    val_fraction=max(cfg.val_fraction, 0.2)))
+        loss = stats.get("validation_loss")
+        emit({"event": "lr_search", "lr": lr, "validation_loss": loss})
+        if loss is not None and loss < best_loss:
+            best_lr, best_loss = lr, loss
+    emit({"event": "lr_chosen", "lr": best_lr})
+    return best_lr
 
 
 def _device(choice: str):  # type: ignore[no-untyped-def]

@@ -95,3 +95,17 @@ def test_an_exception_fails_with_its_message(tmp_path: Path, tiny_model: Path) -
     spec.write_text(json.dumps(doc))
     with pytest.raises(TrainingFailed, match="no-such-model"):
         ChildRun(spec).start().wait()
+
+
+def test_lr_auto_tries_a_grid_and_keeps_the_best(tmp_path: Path, tiny_model: Path) -> None:
+    spec = make_spec(tmp_path, tiny_model, strategy="finetune", epochs=1, rows=60)
+    doc = json.loads(spec.read_text())
+    doc["loop"]["lr"] = "auto"
+    spec.write_text(json.dumps(doc))
+    events: list[dict] = []
+    results = ChildRun(spec, events.append).start().wait()
+    tried = [e for e in events if e["event"] == "lr_search"]
+    chosen = next(e for e in events if e["event"] == "lr_chosen")["lr"]
+    assert [e["lr"] for e in tried] == [1e-4, 3e-4, 1e-3, 3e-3]
+    assert chosen == min(tried, key=lambda e: e["validation_loss"])["lr"]
+    assert results["train"]["lr"] == chosen

@@ -48,6 +48,12 @@ def test_daemon_end_to_end(home_root: Path, tiny_model: Path) -> None:
         port = status(home_root)["daemon"]["metrics_port"]
         assert scrape(port, "/healthz")[0] == 200 and scrape(port, "/readyz")[0] == 200
         assert scrape(port, "/nope")[0] == 404
+        post = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", data=b"x", method="POST")
+        try:
+            urllib.request.urlopen(post, timeout=5)
+            raise AssertionError("POST accepted")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 405  # read-only
         _, text = scrape(port)
         for name in ("lifelong_build_info", "lifelong_updates_total", "lifelong_update_duration_seconds_bucket",
                      "lifelong_pending_rows", "lifelong_update_in_progress", "lifelong_rollbacks_total"):
