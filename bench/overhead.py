@@ -86,8 +86,9 @@ def main() -> None:
                 time.sleep(1)
             cpu1, rss = proc_stat(daemon.pid)
             idle_cpu = (cpu1 - cpu0) / (time.monotonic() - start)
-            # (1) a file lands (renamed into place); the first model trains at once (no champion yet)
-            staged = Path(folder) / "reviews.jsonl"
+            # (1) a file lands as the contract asks writers to: a temporary name in the inbox, renamed
+            # into place; the first model trains at once (no champion yet)
+            staged = home / "inbox" / "reviews.jsonl.part"
             staged.write_text("".join(json.dumps(r) + "\n" for r in reviews(args.rows)))
             landed = time.monotonic()
             os.rename(staged, home / "inbox" / "reviews.jsonl")

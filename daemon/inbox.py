@@ -45,19 +45,35 @@ def entries(inbox: Path) -> Iterator[tuple[str, os.stat_result]]:
             continue
 
 
+def temp_files(inbox: Path) -> set[tuple[int, int]]:
+    """(device, inode) of the regular files under temporary names: the writes in progress."""
+    found: set[tuple[int, int]] = set()
+    try:
+        with os.scandir(inbox) as scan:
+            for entry in scan:
+                if ignored(entry.name) and entry.name not in IGNORED_NAMES and entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    found.add((st.st_dev, st.st_ino))
+    except FileNotFoundError:
+        pass
+    return found
+
+
 @dataclass
 class Settler:
     """A file is ready once its size and mtime have been still for `settle_seconds`.
 
     It is also ready at once when its mtime is already older than that (a file dropped while the
-    daemon was down need not wait again).
+    daemon was down need not wait again), and when it is a file seen under a temporary name before
+    and renamed into place since: the writer said it is complete (CONTRACT section 3).
     """
 
     settle_seconds: float
     clock: Callable[[], float] = time.time
     _seen: dict[str, tuple[tuple[int, int], float]] = field(default_factory=dict)
 
-    def ready(self, found: dict[str, os.stat_result]) -> tuple[list[str], float | None]:
+    def ready(self, found: dict[str, os.stat_result],
+              renamed_from_temp: set[tuple[int, int]] = frozenset()) -> tuple[list[str], float | None]:  # type: ignore[assignment]
         """Names ready now, and seconds until the next one may be (None when none waits)."""
         now = self.clock()
         for gone in set(self._seen) - set(found):
@@ -73,6 +89,8 @@ class Settler:
             still = now - since
             if stat.S_ISREG(st.st_mode) and mtime <= now:
                 still = max(still, now - mtime)
+            if (st.st_dev, st.st_ino) in renamed_from_temp:
+                still = self.settle_seconds
             if still >= self.settle_seconds:
                 ready.append(name)
             else:
@@ -91,6 +109,7 @@ class Inbox:
         self.home = home
         self.settler = Settler(home.config.inbox.settle_seconds)
         self.lock = PidLock(home.state / "ingest.lock", "an ingest pass")
+        self._temps: set[tuple[int, int]] = set()  # temp-named files seen by the last pass
 
     def pass_once(self, on_file: Callable[[Outcome], None] | None = None,
                   on_progress: Callable[[str, int, int], None] | None = None,
@@ -102,7 +121,8 @@ class Inbox:
                                 quarantine=self.home.quarantine, config=self.home.config.inbox)
             ingestor.recover()
             found = {name: st for name, st in entries(self.home.inbox) if only is None or name in only}
-            ready, wait = self.settler.ready(found)
+            ready, wait = self.settler.ready(found, self._temps)
+            self._temps = temp_files(self.home.inbox)
             for name in ready:
                 size = found[name].st_size
                 progress = (lambda done, name=name, size=size: on_progress(name, done, size)) if on_progress else None

@@ -105,6 +105,7 @@ def test_settle_rule_waits_for_size_and_mtime_to_be_still() -> None:
 
     class St:
         st_mode = 0o100644
+        st_dev = st_ino = 0
 
         def __init__(self, size: int, mtime: float) -> None:
             self.st_size, self.st_mtime_ns = size, int(mtime * 1e9)
@@ -238,3 +239,17 @@ def test_ingest_cli_json_and_plain(home_root: Path) -> None:
     assert {f["file"]: f["outcome"] for f in doc["files"]} == {"a.jsonl": "accepted", "b.txt": "quarantined"}
     result = cli("ingest", "--once", "--home", str(home_root))
     assert "empty" in result.stdout and "\x1b[" not in result.stderr  # no progress bar off a terminal
+
+
+def test_a_file_renamed_from_a_temp_name_is_taken_without_waiting(home_root: Path) -> None:
+    write_config(home_root, inbox={"settle_seconds": 30})
+    inbox = Inbox(open_home(home_root))
+    temp = home_root / "inbox" / "batch.jsonl.part"
+    temp.write_text(jsonl(ROWS[:5]))
+    assert inbox.pass_once()[0] == []  # the pass sees the write in progress
+    os.rename(temp, home_root / "inbox" / "batch.jsonl")
+    [outcome] = inbox.pass_once()[0]  # no 30 s wait: the writer renamed it into place
+    assert outcome.name == "batch.jsonl" and outcome.outcome == "accepted"
+    (home_root / "inbox" / "direct.jsonl").write_text(jsonl(ROWS[5:9]))
+    outcomes, wait = inbox.pass_once()
+    assert outcomes == [] and wait is not None and wait > 25  # written in place: it must settle
