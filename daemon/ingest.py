@@ -10,7 +10,6 @@ next start, so every file ends in exactly one of archive/ or quarantine/ and no 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from daemon.rows import LabelSet, Validator
 from daemon.segments import SegmentWriter
 from daemon.store import FileRecord, Store
 from registry.errors import FileRejected
+from registry.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,6 @@ class Outcome:
 
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Ingestor:
@@ -91,7 +83,7 @@ class Ingestor:
             problem = FileRejected("too_large", f"{before.st_size} bytes > inbox.max_file_bytes = {self.config.max_file_bytes}")
         else:
             try:
-                sha = sha256_of(path)
+                sha = sha256_file(path)
             except PermissionError as exc:
                 problem = FileRejected("unreadable", f"cannot open {path.name}: {exc.strerror}")
         if problem is None and sha is not None:
@@ -318,6 +310,6 @@ def _unchanged(path: Path, before: os.stat_result) -> bool:
 
 def _sha_or_none(path: Path) -> str | None:
     try:
-        return sha256_of(path) if stat.S_ISREG(os.lstat(path).st_mode) else None
+        return sha256_file(path) if stat.S_ISREG(os.lstat(path).st_mode) else None
     except OSError:
         return None

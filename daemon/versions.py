@@ -8,33 +8,29 @@ from registry.abc import VersionRecord
 from registry.registry import Registry
 
 
-def summary(registry: Registry, record: VersionRecord) -> dict[str, Any]:
+def _common(registry: Registry, record: VersionRecord) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fields both documents share, and the metrics of the version's decision."""
     decision = registry.decision_record(record.version)
     metrics = (decision.metrics if decision else {}) or {}
-    candidate = metrics.get("candidate", {}) if isinstance(metrics, dict) else {}
-    return {
-        "version": record.version,
-        "parent": record.parent,
-        "created_at": record.created_at,
-        "strategy": record.strategy,
-        "kind": record.kind,
-        "decision": registry.decision(record.version),
-        "metrics": {"new": candidate.get("new"), "old": candidate.get("old")},
-        "champion": registry.champion() == record.version,
-    }
+    fields = {"version": record.version, "parent": record.parent, "created_at": record.created_at,
+              "strategy": record.strategy, "kind": record.kind, "decision": registry.decision(record.version),
+              "champion": registry.champion() == record.version}
+    return fields, metrics
+
+
+def summary(registry: Registry, record: VersionRecord) -> dict[str, Any]:
+    fields, metrics = _common(registry, record)
+    candidate = metrics.get("candidate") or {}
+    return {**fields, "metrics": {"new": candidate.get("new"), "old": candidate.get("old")}}
 
 
 def detail(registry: Registry, version: str) -> dict[str, Any]:
     record = registry.get(version)
+    fields, metrics = _common(registry, record)
     decision = registry.decision_record(version)
-    metrics = (decision.metrics if decision else {}) or {}
     info = record.info
     return {
-        "version": record.version,
-        "parent": record.parent,
-        "created_at": record.created_at,
-        "strategy": record.strategy,
-        "kind": record.kind,
+        **fields,
         "lineage": _lineage(registry, version),
         "config": info.get("config", {}),
         "data": info.get("data", {"experience": None, "train_rows": None, "eval_rows": None, "files": []}),
@@ -42,8 +38,6 @@ def detail(registry: Registry, version: str) -> dict[str, Any]:
         "metrics": {"candidate": metrics.get("candidate"), "champion": metrics.get("champion")},
         "accuracy_matrix": metrics.get("accuracy_matrix"),
         "gate": decision.gate if decision and decision.gate else {"passed": None, "reasons": []},
-        "decision": registry.decision(version),
-        "champion": registry.champion() == version,
         "bytes": registry.size(version),
         "audit": [entry.as_dict() for entry in registry.audit(version)],
     }
