@@ -249,10 +249,14 @@ class Service:
         started = time.monotonic()
         stage = {"train": started}
 
+        seen: dict[str, Any] = {}  # the latest event of each kind but steps, for `update --wait` and operators
+
         def on_event(event: dict[str, Any]) -> None:
             if event.get("event") == "evaluating":
                 stage["eval"] = time.monotonic()
-            atomic_write(progress, json.dumps({**event, "at": time.time()}))
+            if event.get("event") != "step":
+                seen[event.get("event", "?")] = event
+            atomic_write(progress, json.dumps({**event, "at": time.time(), "events": seen}))
 
         log.info("update cycle starting", extra={"reason": reason})
         try:

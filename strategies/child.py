@@ -55,6 +55,7 @@ def run(spec: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
     examples = [Example(text, labels.index(label)) for text, label in rows]
 
     def fresh_context(new: list[Example]) -> Context:
+        torch.manual_seed(int(spec.get("seed", 0)))  # a grown head's new rows start the same every run
         model, tokenizer = models.load(spec["base"], labels)
         return Context(model=model, tokenizer=tokenizer, labels=labels, device=device, new=new,
                        max_length=int(spec.get("max_length", 128)), seed=int(spec.get("seed", 0)),

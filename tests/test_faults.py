@@ -37,8 +37,8 @@ def test_sigterm_during_training_checkpoints_exits_0_and_resumes(home_root: Path
 
     proc = spawn("run", "--home", str(home_root))
     try:
-        wait_for(lambda: progress(home_root).get("event") == "resumed", timeout=60)
-        assert progress(home_root)["step"] == stopped_at
+        wait_for(lambda: "resumed" in progress(home_root).get("events", {}), timeout=60)
+        assert progress(home_root)["events"]["resumed"]["step"] == stopped_at
         wait_for(lambda: (status(home_root)["last_update"] or {}).get("decision") is not None, timeout=240)
         assert status(home_root)["last_update"]["decision"] == "promoted"
     finally:
