@@ -220,16 +220,19 @@ def show(version: str, home_dir: Path | None, as_json: bool) -> None:
 @errors_to_exit_codes
 def promote(version: str, home_dir: Path | None, force: bool, reason: str) -> None:
     """Make VERSION the champion (its gate is re-checked unless --force)."""
+    from daemon.gate import recheck
     from registry.errors import Conflict
 
-    with open_registry(open_home(home_dir)) as registry:
-        registry.get(version)
+    home = open_home(home_dir)
+    with open_registry(home) as registry:
+        record = registry.get(version)
         if not force:
             decision = registry.decision_record(version)
-            gate = decision.gate if decision else {}
-            if not gate.get("passed"):
-                reasons = "; ".join(gate.get("reasons", [])) or "it has no gate decision"
-                raise Conflict(f"{version} did not pass the gate ({reasons}); use --force to promote it anyway")
+            experience = str((record.info.get("data") or {}).get("experience"))
+            gate = recheck(decision.metrics if decision else {}, experience, home.config.gate)
+            if not gate.passed:
+                raise Conflict(f"{version} does not pass the gate ({'; '.join(gate.reasons)}); "
+                               "use --force to promote it anyway")
         entry = registry.promote(version, actor="cli", reason=reason or ("forced" if force else ""), manual=True)
     click.echo(f"champion {entry.from_ or 'none'} -> {entry.to}")
 

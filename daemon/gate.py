@@ -80,3 +80,19 @@ def majority_share(labels: list[str]) -> float | None:
     for label in labels:
         counts[label] = counts.get(label, 0) + 1
     return max(counts.values()) / len(labels)
+
+
+def recheck(metrics: dict, new: str, config: GateConfig) -> GateResult:
+    """The gate again, under the current config, over the score tables a decision recorded."""
+    def scores(who: str) -> Scores | None:
+        table = metrics.get(who)
+        if not table:
+            return None
+        return Scores(per_experience=dict(table.get("per_experience") or {}), canary=table.get("canary"))
+
+    candidate = scores("candidate")
+    if candidate is None:
+        return GateResult(False, ["no recorded scores to check the gate on"])
+    rows = {k: int(v) for k, v in (metrics.get("rows") or {}).items()}
+    return decide(new=new, candidate=candidate, champion=scores("champion"), rows=rows, config=config,
+                  baseline=metrics.get("baseline"), canary_rows=rows.get("canary", 0))

@@ -21,8 +21,11 @@ def seed_versions(home_root: Path, tiny_model: Path) -> None:
             passed = marker != "c"
             registry.record_decision(f"v000{i}", "promoted" if passed else "rejected",
                                      gate={"passed": passed, "reasons": [] if passed else ["forgetting on batch 1: 0.041 > 0.02"]},
-                                     metrics={"candidate": {"new": 0.9, "old": 0.8, "per_experience": {}, "canary": None},
-                                              "champion": {"new": 0.5, "old": 0.82, "per_experience": {}, "canary": None},
+                                     metrics={"candidate": {"new": 0.9, "old": 0.8, "per_experience": {"1": 0.8, str(i): 0.9}
+                                                            if passed else {"1": 0.759, str(i): 0.9}, "canary": None},
+                                              "champion": {"new": 0.5, "old": 0.82, "per_experience": {"1": 0.8, str(i): 0.5},
+                                                           "canary": None},
+                                              "rows": {"1": 100, str(i): 100}, "baseline": 0.5,
                                               "accuracy_matrix": [[0.8]]})
             if passed:
                 registry.promote(f"v000{i}", actor="daemon", reason="gate passed")
@@ -54,8 +57,11 @@ def test_exit_codes_4_and_3(home_root: Path, tiny_model: Path) -> None:
         result = cli(*args, "--home", str(home_root))
         assert result.exit_code == 4, (args, result.output)
         assert "no such version: v0042" in result.stderr
-    result = cli("promote", "v0003", "--home", str(home_root))  # its gate failed
-    assert result.exit_code == 3 and "forgetting on batch 1" in result.stderr
+    result = cli("promote", "v0003", "--home", str(home_root))  # its gate fails again under today's config
+    assert result.exit_code == 3 and "forgetting on batch 1: 0.041 > 0.02" in result.stderr
+    loose = cli("promote", "v0003", "--home", str(home_root), env={"LIFELONG_GATE__MAX_FORGETTING": "0.05"})
+    assert loose.exit_code == 0, loose.stderr  # re-checked with the current config: it passes now
+    assert cli("rollback", "--home", str(home_root)).exit_code == 0
     result = cli("promote", "v0002", "--home", str(home_root))
     assert result.exit_code == 3 and "already the champion" in result.stderr
     assert cli("promote", "v0003", "--force", "--reason", "hotfix", "--home", str(home_root)).exit_code == 0
