@@ -24,7 +24,7 @@ from daemon.home import Home
 from daemon.ingest import utcnow
 from daemon.rows import LabelSet, Validator
 from daemon.store import Store
-from daemon.trainer import ChildRun, TrainingFailed, TrainingInterrupted, write_rows
+from daemon.trainer import ChildRun, TrainingInterrupted, write_rows
 from registry.registry import Registry
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,6 @@ log = logging.getLogger(__name__)
 class HealthServer:
     def __init__(self, host: str, port: int, *, metrics: Callable[[], bytes], healthy: Callable[[], bool],
                  ready: Callable[[], bool]) -> None:
-        outer = self
-
         class Handler(BaseHTTPRequestHandler):
             server_version = "lifelong"
 

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import stat
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path

@@ -280,9 +280,6 @@ class Store:
             count += 1
         return count
 
-    def batch_rows(self, batch_id: int, split: str) -> list[tuple[str, str]]:
-        return list(self.iter_rows(batch_id, split))
-
     def row_count(self) -> int:
         """Rows of every accepted file, as the catalog counts them."""
         return sum(self.counts(pending=False).values())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -11,7 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 
 from daemon.store import Store
 from tests.conftest import jsonl, lifelong_cmd, ROOT, write_config

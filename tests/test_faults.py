@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.conftest import cli, spawn, write_config
 from tests.test_cycle import configure
-from tests.test_end_to_end import drop, scrape, update_now
+from tests.test_end_to_end import drop, scrape
 from tests.test_learning import toy
 from tests.test_service import status, wait_for
 
@@ -58,7 +58,6 @@ def test_a_killed_child_is_a_failed_update_and_the_daemon_carries_on(home_root: 
         assert cli("update", "--now", "--home", str(home_root)).exit_code == 0
         wait_for(lambda: progress(home_root).get("event") == "step" and progress(home_root).get("epoch", 0) >= 1,
                  timeout=60)
-        child = json.loads((home_root / "state" / "progress.json").read_text())
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
         children = [p for p in pids if _is_child_of(p, proc.pid)]
         assert children, "no training child found"

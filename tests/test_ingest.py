@@ -17,7 +17,7 @@ import pytest
 from daemon.inbox import Inbox, Settler, ignored
 from daemon.splits import is_eval
 from daemon.store import Store
-from tests.conftest import archived, cli, error_doc, jsonl, open_home, quarantined, write_config
+from tests.conftest import archived, cli, error_doc, jsonl, open_home, write_config
 
 ROWS = [{"text": f"sample text number {i}", "label": ["pos", "neg", "neu"][i % 3]} for i in range(60)]
 
@@ -34,11 +34,6 @@ def ingest(root: Path) -> list:
     outcomes, left = Inbox(open_home(root)).drain(max_wait=5)
     assert not left
     return outcomes
-
-
-def stored(root: Path) -> list[tuple[str, str]]:
-    with Store(root / "state" / "rows.sqlite") as store:
-        return [(b["batch"], b) for b in store.batches()], store.row_count()  # type: ignore[return-value]
 
 
 def row_count(root: Path) -> int:

@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 from registry.registry import Registry
-from tests.conftest import cli, spawn, stage_full, write_config
+from tests.conftest import cli, spawn, stage_full
 from tests.test_service import status, wait_for
 
 

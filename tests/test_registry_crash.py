@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 from registry.registry import Registry
-from tests.conftest import ROOT, lifelong_cmd, write_config
+from tests.conftest import ROOT, lifelong_cmd
 
 KILLS = 22
 
