@@ -123,7 +123,7 @@ class UpdateCycle:
         strategy = self.config.strategy
         spec = {
             "batch": batch, "labels": self.labels(store), "seed": self.config.train.seed,
-            "device": self.config.train.device, "max_length": self.config.model.max_length,
+            "device": self.config.train.device, "num_processes": self.config.train.num_processes, "max_length": self.config.model.max_length,
             "base": str(champion_dir) if champion_dir else self.config.model.base,
             "old_label_count": len(self.registry.get(champion).info.get("labels", [])) if champion else 0,
             "parent": champion, "parent_state": str(parent_state) if parent_state and parent_state.is_dir() else None,

@@ -46,7 +46,8 @@ class ChildRun:
 
     def start(self) -> "ChildRun":
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self.process = subprocess.Popen([sys.executable, "-m", "strategies.child", str(self.spec_path)],
+        processes = int(json.loads(self.spec_path.read_text()).get("num_processes", 1))
+        self.process = subprocess.Popen([sys.executable, *launcher(processes), "strategies.child", str(self.spec_path)],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                         start_new_session=True)
         self._stderr: list[str] = []
@@ -83,7 +84,7 @@ class ChildRun:
         last = self.events[-1] if self.events else {}
         if code == 0 and last.get("event") == "done":
             return json.loads(Path(last["results"]).read_text())
-        if code == EXIT_INTERRUPTED:
+        if code == EXIT_INTERRUPTED or last.get("event") == "interrupted":  # torchrun exits with its own code
             raise TrainingInterrupted(last.get("message", "stopped"))
         if last.get("event") == "failed":
             raise TrainingFailed(last.get("kind", "exception"), last.get("error", "unknown error"))
@@ -91,6 +92,15 @@ class ChildRun:
             raise TrainingFailed("killed", f"the training process was killed by signal {-code}")
         tail = "".join(self._stderr)[-1500:].strip()
         raise TrainingFailed("exception", f"the training process exited {code}: {tail}")
+
+
+def launcher(processes: int) -> list[str]:
+    """Interpreter arguments before the child module: `-m` alone, or torchrun starting `processes`
+    data-parallel ranks on this machine (it forwards SIGTERM to every rank)."""
+    if processes <= 1:
+        return ["-m"]
+    return ["-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc-per-node={processes}",
+            "--monitor-interval=1", "-m"]
 
 
 def write_rows(path: Path, rows: Iterable[tuple[str, str]]) -> int:

@@ -9,6 +9,9 @@ state/), `serving` (merged weights of a LoRA candidate), `checkpoint`, and `resu
 
 Exit codes: 0 done; 75 stopped by SIGTERM after a checkpoint (run again to resume); 1 failed (an
 exception, a non-finite loss, out of memory), with a "failed" line saying why.
+
+Started by `torchrun` (spec "num_processes" > 1), every rank trains its share of each step; rank 0
+alone prints progress, writes the candidate and evaluates (see strategies/distributed.py).
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from pathlib import Path
 from typing import Any
 
 EXIT_INTERRUPTED = 75
+QUIET = int(os.environ.get("RANK", "0")) != 0  # ranks other than 0 report failures only
 
 
 def emit(event: dict[str, Any]) -> None:
+    if QUIET and event.get("event") != "failed":
+        return
     sys.stdout.write(json.dumps(event) + "\n")
     sys.stdout.flush()
 
@@ -40,7 +46,18 @@ def read_rows(path: str) -> list[tuple[str, str]]:
     return list(zip(table["text"].to_pylist(), table["label"].to_pylist()))
 
 
-def run(spec: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
+def run(spec: dict[str, Any], stop: threading.Event) -> dict[str, Any] | None:
+    """The results document (rank 0), or None on the other ranks of a data-parallel run."""
+    from strategies import distributed
+
+    group = distributed.join()
+    try:
+        return _run(spec, stop, group)
+    finally:
+        distributed.leave(group)
+
+
+def _run(spec: dict[str, Any], stop: threading.Event, group) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
     import torch
 
     from strategies import models
@@ -50,7 +67,7 @@ def run(spec: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
     from strategies.loop import Checkpoints, LoopConfig, train
 
     labels: list[str] = spec["labels"]
-    device = _device(spec.get("device", "auto"))
+    device = group.device(spec.get("device", "auto"))
     rows = read_rows(spec["data"]["train"])
     examples = [Example(text, labels.index(label)) for text, label in rows]
 
@@ -73,8 +90,10 @@ def run(spec: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
     strategy = build(strategy_config["name"], strategy_config)
     loop = LoopConfig(**loop_spec)
     checkpoints = Checkpoints(Path(spec["checkpoint"]), stop.is_set) if spec.get("checkpoint") else None
-    stats = train(ctx, strategy, loop, on_progress=emit, checkpoints=checkpoints)
+    stats = train(ctx, strategy, loop, on_progress=emit, checkpoints=checkpoints, group=group)
     stats["lr"] = loop.lr
+    if not group.main:
+        return None
 
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -141,14 +160,6 @@ def search_lr(fresh_context, make_strategy, cfg, examples) -> float:  # type: ig
     return best_lr
 
 
-def _device(choice: str):  # type: ignore[no-untyped-def]
-    import torch
-
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
-
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
@@ -156,7 +167,7 @@ def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    emit({"event": "start", "pid": os.getpid()})
+    emit({"event": "start", "pid": os.getpid(), "processes": int(os.environ.get("WORLD_SIZE", "1"))})
     try:
         from strategies.loop import Interrupted, NonFiniteLoss
 
@@ -173,8 +184,9 @@ def main(argv: list[str]) -> int:
         emit({"event": "failed", "kind": kind, "error": f"{type(exc).__name__}: {exc}",
               "traceback": traceback.format_exc()[-4000:]})
         return 1
-    Path(spec["results"]).write_text(json.dumps(results, indent=2))
-    emit({"event": "done", "results": spec["results"]})
+    if results is not None:
+        Path(spec["results"]).write_text(json.dumps(results, indent=2))
+        emit({"event": "done", "results": spec["results"]})
     return 0
 
 

