@@ -25,7 +25,8 @@ test: venv
 	-@$(MAKE) --no-print-directory tools 2>/dev/null
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
 
-# promtool (from Debian's prometheus package, unpacked, not installed) checks metric naming
+# promtool and prometheus (from Debian's prometheus package, unpacked, not installed): metric naming,
+# alert rule tests, and a real scrape of the daemon with every dashboard query
 tools: .tools/bin/promtool
 
 .tools/bin/promtool:
@@ -33,6 +34,7 @@ tools: .tools/bin/promtool
 	cd .tools/deb && (apt-get download prometheus >/dev/null 2>&1 || (apt-get update -qq && apt-get download prometheus))
 	dpkg-deb -x .tools/deb/prometheus_*.deb .tools/root
 	ln -sf ../root/usr/bin/promtool .tools/bin/promtool
+	ln -sf ../root/usr/bin/prometheus .tools/bin/prometheus
 
 bench-ingest: venv
 	$(PY) -m pip install -q -e '.[test,bench]'

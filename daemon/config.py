@@ -126,6 +126,7 @@ class StrategyConfig(Section):
     lr: float | Literal["auto"] = 5e-4
     early_stopping_patience: int = Field(default=2, ge=0)
     weight_decay: float = Field(default=0.01, ge=0.0)
+    l1: float = Field(default=0.0, ge=0.0)  # an addition to CONTRACT section 5: L1 on the trained weights
     class_weights: Literal["none", "balanced"] = "none"
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     ewc: EwcConfig = Field(default_factory=EwcConfig)

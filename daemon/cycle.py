@@ -131,7 +131,7 @@ class UpdateCycle:
             "strategy": {"name": strategy.name, **{k: v for k, v in strategy.model_dump(by_alias=True).items()
                                                    if isinstance(v, dict)}},
             "loop": {"epochs": strategy.epochs, "batch_size": strategy.batch_size,
-                     "lr": strategy.lr, "weight_decay": strategy.weight_decay,
+                     "lr": strategy.lr, "weight_decay": strategy.weight_decay, "l1": strategy.l1,
                      "early_stopping_patience": strategy.early_stopping_patience,
                      "class_weights": strategy.class_weights, "precision": self.config.train.precision},
             "data": {"train": str(data / "train.arrow"), "eval": evals, "train_rows": train_rows, "eval_rows": rows},

@@ -23,7 +23,7 @@ def test_template_is_the_defaults_and_names_every_key() -> None:
         "model": {"base", "max_length"},
         "inbox": {"path", "settle_seconds", "eval_fraction", "on_bad_rows", "max_file_bytes", "labels", "polling", "rescan_seconds"},
         "schedule": {"interval", "cron", "min_new_rows", "max_wait"},
-        "strategy": {"name", "epochs", "batch_size", "lr", "early_stopping_patience", "weight_decay", "class_weights",
+        "strategy": {"name", "epochs", "batch_size", "lr", "early_stopping_patience", "weight_decay", "l1", "class_weights",
                      "replay", "ewc", "lora", "lwf"},
         "train": {"device", "precision", "num_processes", "seed"},
         "gate": {"metric", "min_gain_new", "max_forgetting", "min_eval_rows", "canary", "max_canary_drop"},

@@ -165,9 +165,9 @@ def test_every_strategy_trains_and_saves_its_state(tiny_model: Path, tmp_path: P
     assert ctx2.model.config.num_labels == 4 if not ctx2.extras.get("lora") else True
 
 
-def run_stream(model_dir: Path, tmp_path: Path, name: str, seed: int = 0) -> float:
-    """Two class-incremental batches; returns the final model's accuracy on batch 1's held-out rows."""
-    config = {"replay": {"buffer_rows": 200, "ratio": 1.0}, "ewc": {"lambda": 50.0, "fisher_samples": 200}}
+def run_stream(model_dir: Path, tmp_path: Path, name: str, seed: int = 0, ewc_lambda: float = 50.0) -> tuple[float, float]:
+    """Two class-incremental batches; the final model's accuracy on batch 1's and batch 2's held-out rows."""
+    config = {"replay": {"buffer_rows": 200, "ratio": 1.0}, "ewc": {"lambda": ewc_lambda, "fisher_samples": 200}}
     loop = LoopConfig(epochs=4, lr=2e-3, batch_size=16, early_stopping_patience=0)
     old_labels, all_labels = ["sport", "food"], ["sport", "food", "music", "tech"]
     first, first_eval = toy(old_labels, 120, seed=10), toy(old_labels, 40, seed=11)
@@ -179,16 +179,49 @@ def run_stream(model_dir: Path, tmp_path: Path, name: str, seed: int = 0) -> flo
     ctx2 = context(out / "model", all_labels, toy(["music", "tech"], 120, seed=12), state=out / "state", seed=seed)
     train(ctx2, build(name, config), loop)
     second_eval = toy(["music", "tech"], 40, seed=13)
-    assert accuracy(ctx2.model, ctx2.tokenizer, second_eval, all_labels) > 0.7  # and batch 2
-    return accuracy(ctx2.model, ctx2.tokenizer, first_eval, all_labels)
+    return (accuracy(ctx2.model, ctx2.tokenizer, first_eval, all_labels),
+            accuracy(ctx2.model, ctx2.tokenizer, second_eval, all_labels))
 
 
-def test_replay_forgets_less_than_finetune(tmp_path: Path, tiny_model: Path) -> None:
-    old = {name: run_stream(tiny_model, tmp_path, name) for name in ("finetune", "replay", "ewc+replay")}
-    print("old-batch accuracy after batch 2:", old)
+def test_replay_and_ewc_forget_less_than_finetune(tmp_path: Path, tiny_model: Path) -> None:
+    runs = {name: run_stream(tiny_model, tmp_path, name) for name in ("finetune", "replay", "ewc+replay")}
+    # EWC alone needs a strong anchor here: a model that fits batch 1 perfectly has a tiny Fisher
+    # (measured on this stream: lambda 1e3..3e4 keep 0.0 of batch 1, like finetune)
+    runs["ewc"] = run_stream(tiny_model, tmp_path, "ewc", ewc_lambda=3e5)
+    print("(batch 1, batch 2) accuracy after batch 2:", runs)
+    old = {name: scores[0] for name, scores in runs.items()}
     assert old["finetune"] < 0.3  # plain fine-tuning forgets the first classes
+    assert runs["finetune"][1] > 0.7 and runs["replay"][1] > 0.7 and runs["ewc+replay"][1] > 0.7  # batch 2 learned
     assert old["replay"] > old["finetune"] + 0.4
     assert old["ewc+replay"] > old["finetune"] + 0.4
-    # EWC alone is not asserted here: on this class-incremental stream it forgets as much as
-    # finetune (measured 0.0 vs 0.0), as the literature reports for regularisation-only methods
-    # in class-incremental settings; see the open issue for what to try next.
+    assert old["ewc"] > old["finetune"] + 0.3
+    # what EWC alone pays for it in a class-incremental stream (measured 0.5: one new class of two);
+    # it must still learn part of batch 2, or it would merely be frozen
+    assert runs["ewc"][1] >= 0.4
+
+
+def test_balanced_class_weights_lift_the_minority_class(tiny_model: Path) -> None:
+    from strategies.loop import _class_weights
+
+    assert _class_weights([0, 0, 0, 1], 3, torch.device("cpu")).tolist() == pytest.approx([4 / 6, 2.0, 0.0])
+    labels = ["sport", "food"]
+    rows = toy(["sport"], 108, seed=4) + toy(["food"], 12, seed=5)  # 90% : 10%
+    minority, majority = toy(["food"], 40, seed=6), toy(["sport"], 40, seed=7)
+    recall = {}
+    for weighting in ("none", "balanced"):
+        ctx = context(tiny_model, labels, rows)
+        train(ctx, build("finetune", {}), LoopConfig(epochs=6, lr=3e-3, class_weights=weighting, val_fraction=0.0))
+        recall[weighting] = (accuracy(ctx.model, ctx.tokenizer, minority, labels),
+                             accuracy(ctx.model, ctx.tokenizer, majority, labels))
+    assert recall["balanced"][0] >= recall["none"][0] + 0.3, recall  # the minority class is found
+    assert recall["balanced"][1] >= 0.8, recall  # without giving up the majority
+
+
+def test_l1_shrinks_the_trained_weights(tiny_model: Path) -> None:
+    rows = toy(["sport", "food"], 40, seed=1)
+    sizes = {}
+    for l1 in (0.0, 1e-3):
+        ctx = context(tiny_model, ["sport", "food"], rows)
+        train(ctx, build("finetune", {}), LoopConfig(epochs=2, lr=1e-3, l1=l1))
+        sizes[l1] = sum(p.abs().sum().item() for p in ctx.model.parameters())
+    assert sizes[1e-3] < sizes[0.0] * 0.99, sizes

@@ -1,0 +1,365 @@
+"""Learning quality on real text through the real daemon: does it learn without forgetting, and at what cost?
+
+    python -m bench.quality --stream bbc|vader --profile quick|full --out DIR [--strategies a,b,...]
+
+For each strategy a real `lifelong run` gets the stream's files one by one (bench/streams.py), each
+followed by `lifelong update --now --wait`; decisions, scores and training counts are read back from
+the home's registry afterwards. Two references use the same engine (the training child, its loop
+and evaluation) outside the daemon: `joint`, one model trained once on every batch (the upper
+bound), and `retrain`, a model retrained from the base on all data so far at every batch (what
+users do instead). Held-out rows are the daemon's own (its stable hash split), so every contender
+is scored on the same rows.
+
+Figures per strategy: `acc`, the final champion's mean accuracy over every batch's held-out rows;
+`bwt`, backward transfer, the mean over earlier batches of final minus just-learned accuracy;
+`forgetting_max`, the largest drop from an earlier batch's best accuracy to its final one;
+`train_samples`, every example the training loop processed; `wall_seconds`; `promoted`/`rejected`.
+Writes DIR/results.json, DIR/table.md, DIR/matrices.png, DIR/compute.png, and (unless --no-write)
+the BENCHMARKS.md section with the plots copied to docs/img/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.report import machine, write_section
+from bench.streams import Part, build, write
+
+ROOT = Path(__file__).resolve().parents[1]
+STRATEGIES = ("finetune", "replay", "ewc", "lora", "lwf", "lora+replay", "ewc+replay")
+DEFAULT_STRATEGY = "lora+replay"  # CONTRACT section 5
+# Full-model fine-tuning of a pretrained transformer wants a much lower rate than adapters do;
+# strategies without LoRA get this one (the references too), LoRA ones keep the config default.
+FULL_MODEL_LR = 5e-5
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {"seeds": [0], "max_length": 64, "eval_fraction": 0.2, "epochs": 2,
+              "per_group": {"bbc": 150, "vader": 300}},
+    "full": {"seeds": [0, 1, 2], "max_length": 128, "eval_fraction": 0.2, "epochs": 2,
+             "per_group": {"bbc": 300, "vader": 600}},
+}
+
+
+def env_for(home: Path, strategy: str, seed: int, profile: dict[str, Any], model: str) -> dict[str, str]:
+    overrides = {
+        "MODEL__BASE": json.dumps(model), "MODEL__MAX_LENGTH": str(profile["max_length"]),
+        "INBOX__SETTLE_SECONDS": "0", "INBOX__EVAL_FRACTION": str(profile["eval_fraction"]),
+        # updates only when asked: one per file
+        "SCHEDULE__INTERVAL": '"24h"', "SCHEDULE__MIN_NEW_ROWS": "1000000000", "SCHEDULE__MAX_WAIT": '"10000h"',
+        "STRATEGY__NAME": json.dumps(strategy), "STRATEGY__EPOCHS": str(profile["epochs"]),
+        "TRAIN__SEED": str(seed), "METRICS__BIND": '"127.0.0.1:0"',
+    }
+    if "lora" not in strategy:
+        overrides["STRATEGY__LR"] = str(FULL_MODEL_LR)
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "LIFELONG_HOME": str(home),
+            **{f"LIFELONG_{k}": v for k, v in overrides.items()}}
+
+
+def lifelong(*args: str, env: dict[str, str], timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def run_strategy(strategy: str, files: list[Path], seed: int, profile: dict[str, Any], model: str, work: Path) -> dict[str, Any]:
+    """Drive a real daemon through the stream; the per-update records read back from its registry."""
+    home = work / f"{strategy.replace('+', '-')}-seed{seed}"
+    shutil.rmtree(home, ignore_errors=True)
+    env = env_for(home, strategy, seed, profile, model)
+    lifelong("init", env=env).check_returncode()
+    daemon = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=open(work / f"{home.name}.log", "w"))
+    started = time.monotonic()
+    decisions = []
+    try:
+        _wait(lambda: (home / "state" / "daemon.json").is_file(), 60, "daemon start")
+        for path in files:
+            tmp = home / "inbox" / f".{path.name}"
+            shutil.copy(path, tmp)
+            tmp.rename(home / "inbox" / path.name)
+            _wait(lambda: (home / "archive" / path.name).exists() or (home / "quarantine" / path.name).exists(),
+                  120, f"{path.name} ingested")
+            done = lifelong("update", "--now", "--wait", "--json", env=env, timeout=3600)
+            if done.returncode != 0:
+                raise RuntimeError(f"{strategy}: update after {path.name} failed: {done.stderr[-2000:]}")
+            outcome = json.loads(done.stdout)
+            decisions.append(outcome)
+            print(f"  {strategy} seed {seed} {path.name}: {outcome.get('decision')} {outcome.get('version')} "
+                  f"({time.monotonic() - started:.0f} s)", flush=True)
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=300)
+    wall = time.monotonic() - started
+    return {"wall_seconds": wall, **read_back(home, len(files))}
+
+
+def read_back(home: Path, batches: int) -> dict[str, Any]:
+    """The accuracy matrix of the champion after each update, training counts and decisions."""
+    from registry.registry import Registry
+
+    matrix: list[list[float | None]] = []
+    samples = promoted = rejected = 0
+    champion: dict[str, float | None] = {}
+    with Registry(home / "registry") as registry:
+        by_batch = {}
+        for record in registry.versions():
+            by_batch[int(record.info["data"]["experience"])] = record
+    for batch in range(1, batches + 1):
+        record = by_batch.get(batch)
+        if record is not None:
+            with Registry(home / "registry") as registry:
+                decision = registry.decision_record(record.version)
+            samples += int(record.info.get("train", {}).get("train_samples", 0))
+            metrics = (decision.metrics if decision else {}) or {}
+            verdict = decision.decision if decision else None
+            promoted += verdict == "promoted"
+            rejected += verdict == "rejected"
+            who = "candidate" if verdict == "promoted" else "champion"
+            champion = dict(((metrics.get(who) or {}).get("per_experience")) or champion)
+        matrix.append([champion.get(str(j)) for j in range(1, batches + 1)])
+    return {"matrix": matrix, "train_samples": samples, "promoted": promoted, "rejected": rejected}
+
+
+def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, Any], model: str, work: Path) -> dict[str, Any]:
+    """`joint` or `retrain` through the training child (same loop, same evaluation), held-out rows split as the daemon does."""
+    from daemon.splits import is_eval
+    from daemon.trainer import ChildRun, write_rows
+
+    folder = work / f"{name}-seed{seed}"
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "data").mkdir(parents=True)
+    train_sets, eval_paths, labels = [], {}, []
+    for j, part in enumerate(parts, start=1):
+        rows = [(r["text"], r["label"]) for r in part.rows]
+        labels += [label for _, label in rows if label not in labels]
+        train_sets.append([(t, l) for t, l in rows if not is_eval(t, profile["eval_fraction"])])
+        eval_paths[str(j)] = folder / "data" / f"eval-{j}.arrow"
+        write_rows(eval_paths[str(j)], [(t, l) for t, l in rows if is_eval(t, profile["eval_fraction"])])
+    stages = [len(parts)] if name == "joint" else list(range(1, len(parts) + 1))
+    matrix, samples, started = [], 0, time.monotonic()
+    for stage in stages:
+        run = folder / f"stage-{stage}"
+        run.mkdir()
+        write_rows(run / "train.arrow", [row for rows in train_sets[:stage] for row in rows])
+        spec = {"batch": stage, "labels": labels, "seed": seed, "device": "auto", "num_processes": 1,
+                "max_length": profile["max_length"], "base": model, "old_label_count": 0, "parent": None,
+                "parent_state": None, "champion": None, "strategy": {"name": "finetune"},
+                "loop": {"epochs": profile["epochs"], "batch_size": 16, "lr": FULL_MODEL_LR, "weight_decay": 0.01,
+                         "early_stopping_patience": 2, "class_weights": "none", "precision": "auto"},
+                "data": {"train": str(run / "train.arrow"),
+                         "eval": {k: str(v) for k, v in eval_paths.items() if int(k) <= stage}},
+                "out": str(run / "out"), "serving": str(run / "serving"), "checkpoint": None,
+                "results": str(run / "results.json")}
+        (run / "spec.json").write_text(json.dumps(spec))
+        results = ChildRun(run / "spec.json").start().wait()
+        samples += int(results["train"]["train_samples"])
+        scores = results["scores"]["candidate"]
+        matrix.append([scores[str(j)]["accuracy"] if str(j) in scores else None for j in range(1, len(parts) + 1)])
+        shutil.rmtree(run / "out", ignore_errors=True)
+        print(f"  {name} seed {seed} stage {stage}/{len(parts)} ({time.monotonic() - started:.0f} s)", flush=True)
+    wall = time.monotonic() - started
+    if name == "joint":  # one model: its row stands for the end of the stream
+        matrix = [[None] * len(parts) for _ in parts[:-1]] + matrix
+    return {"matrix": matrix, "train_samples": samples, "wall_seconds": wall, "promoted": None, "rejected": None}
+
+
+def figures(run: dict[str, Any]) -> dict[str, Any]:
+    """acc, bwt and forgetting_max from an accuracy matrix (row i: after update i; column j: batch j)."""
+    matrix = run["matrix"]
+    final = [0.0 if v is None else v for v in matrix[-1]]
+    earlier = range(len(final) - 1)
+    acc = sum(final) / len(final)
+    learned = [matrix[j][j] for j in earlier]
+    bwt = (sum(final[j] - (learned[j] or 0.0) for j in earlier) / len(earlier)
+           if earlier and all(v is not None for v in learned) else None)
+    best = [max((matrix[i][j] for i in range(j, len(matrix) - 1) if matrix[i][j] is not None), default=None) for j in earlier]
+    drops = [b - final[j] for j, b in zip(earlier, best) if b is not None]
+    return {"acc": acc, "bwt": bwt, "forgetting_max": max(drops) if drops else None,
+            "train_samples": run["train_samples"], "wall_seconds": round(run["wall_seconds"], 1),
+            "promoted": run["promoted"], "rejected": run["rejected"]}
+
+
+def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("acc", "bwt", "forgetting_max", "train_samples", "wall_seconds", "promoted", "rejected"):
+        values = [f[key] for f in per_seed if f[key] is not None]
+        if not values:
+            out[key] = None
+            continue
+        out[key] = statistics.fmean(values)
+        if len(per_seed) > 1 and key in ("acc", "bwt", "forgetting_max"):
+            out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = results["strategies"]
+    retrain = rows.get("retrain", {}).get("train_samples")
+    multi = len(results["seeds"]) > 1
+
+    def fmt(value: Any, key: str = "", name: str = "") -> str:
+        if value is None:
+            return "-"
+        spread = rows[name].get(f"{key}_std") if multi else None
+        return f"{value:.3f}" + (f" ± {spread:.3f}" if spread is not None else "")
+
+    lines = ["| strategy | ACC | BWT | forgetting max | train samples | vs retrain | wall s | promoted / rejected |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in rows.items():
+        share = f"{r['train_samples'] / retrain:.0%}" if retrain else "-"
+        decided = "-" if r["promoted"] is None else f"{r['promoted']:.3g} / {r['rejected']:.3g}"
+        label = f"**{name}** (default)" if name == DEFAULT_STRATEGY else name
+        lines.append(f"| {label} | {fmt(r['acc'], 'acc', name)} | {fmt(r['bwt'], 'bwt', name)} | "
+                     f"{fmt(r['forgetting_max'], 'forgetting_max', name)} | {r['train_samples']:,.0f} | {share} | "
+                     f"{r['wall_seconds']:.0f} | {decided} |")
+    return "\n".join(lines)
+
+
+def verdicts(results: dict[str, Any], profile_name: str) -> list[str]:
+    rows = results["strategies"]
+    if not {DEFAULT_STRATEGY, "joint", "retrain"} <= rows.keys():
+        return []
+    limits = {"quick": (0.05, -0.05, 0.50), "full": (0.02 if results["stream"] == "bbc" else 0.01, -0.02, 0.40)}[profile_name]
+    d, joint, retrain = rows[DEFAULT_STRATEGY], rows["joint"], rows["retrain"]
+    gap = joint["acc"] - d["acc"]
+    share = d["train_samples"] / retrain["train_samples"]
+    out = [f"- default ({DEFAULT_STRATEGY}) ACC {d['acc']:.3f} vs joint {joint['acc']:.3f}: gap {gap:.3f} "
+           f"({'met' if gap <= limits[0] else 'MISSED'}, target <= {limits[0]})"]
+    if results["stream"] == "bbc" or profile_name == "quick":
+        ok = d["bwt"] is not None and d["bwt"] >= limits[1]
+        out.append(f"- default BWT {d['bwt'] if d['bwt'] is None else round(d['bwt'], 3)} "
+                   f"({'met' if ok else 'MISSED'}, target >= {limits[1]})")
+    out.append(f"- default training samples {share:.0%} of retrain's ({'met' if share <= limits[2] else 'MISSED'}, "
+               f"target <= {limits[2]:.0%})")
+    if "finetune" in rows and rows["finetune"]["bwt"] is not None:
+        out.append(f"- finetune BWT {rows['finetune']['bwt']:.3f}, forgetting max {rows['finetune']['forgetting_max'] or 0:.3f}")
+    return out
+
+
+def plots(results: dict[str, Any], matrices: dict[str, list[list[float | None]]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(matrices)
+    cols = min(3, len(names))
+    rows_n = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.6 * rows_n), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        data = np.array([[np.nan if v is None else v for v in row] for row in matrices[name]], dtype=float)
+        ax.imshow(data, vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(f"{name}  ACC {results['strategies'][name]['acc']:.3f}", fontsize=10)
+        ax.set_xlabel("held-out set of batch")
+        ax.set_ylabel("after update")
+        ticks = range(data.shape[1])
+        ax.set_xticks(list(ticks), [str(t + 1) for t in ticks], fontsize=7)
+        ax.set_yticks(list(range(data.shape[0])), [str(t + 1) for t in range(data.shape[0])], fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(f"{results['stream']} ({results['profile']}): accuracy of the champion after each update")
+    fig.tight_layout()
+    matrix_png = out / "matrices.png"
+    fig.savefig(matrix_png, dpi=80)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, r in results["strategies"].items():
+        ax.scatter(r["train_samples"], r["acc"], s=60 if name == DEFAULT_STRATEGY else 30,
+                   marker="*" if name == DEFAULT_STRATEGY else "o")
+        ax.annotate(name, (r["train_samples"], r["acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples processed (log)")
+    ax.set_ylabel("final mean accuracy over every batch")
+    ax.set_title(f"{results['stream']} ({results['profile']}): accuracy against training compute")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    compute_png = out / "compute.png"
+    fig.savefig(compute_png, dpi=90)
+    plt.close(fig)
+    return [matrix_png, compute_png]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stream", choices=("bbc", "vader"), required=True)
+    parser.add_argument("--profile", choices=tuple(PROFILES), default="quick")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--strategies", default=",".join(STRATEGIES + ("joint", "retrain")))
+    parser.add_argument("--model", default="embedded:minilm")
+    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md or docs/img")
+    args = parser.parse_args()
+    profile = PROFILES[args.profile]
+    names = args.strategies.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.out / "runs"
+    work.mkdir(exist_ok=True)
+    started = time.monotonic()
+    per_seed: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    matrices: dict[str, list[list[float | None]]] = {}
+    for seed in profile["seeds"]:
+        parts = build(args.stream, seed, profile["per_group"][args.stream])
+        files = write(parts, work / f"stream-seed{seed}")
+        for name in names:
+            print(f"{name} (seed {seed})", flush=True)
+            if name in ("joint", "retrain"):
+                run = run_reference(name, parts, seed, profile, args.model, work)
+            else:
+                run = run_strategy(name, files, seed, profile, args.model, work)
+            per_seed[name].append({**figures(run), "matrix": run["matrix"]})
+            matrices.setdefault(name, run["matrix"])  # the first seed's matrix is plotted
+            partial = {"stream": args.stream, "profile": args.profile, "seeds": profile["seeds"],
+                       "strategies": {n: aggregate(v) for n, v in per_seed.items() if v}}
+            (args.out / "results.json").write_text(json.dumps({**partial, "per_seed": per_seed}, indent=2))
+    results = {"stream": args.stream, "profile": args.profile, "seeds": profile["seeds"],
+               "strategies": {n: aggregate(v) for n, v in per_seed.items()},
+               "per_seed": per_seed, "total_wall_seconds": round(time.monotonic() - started, 1),
+               "settings": {k: v for k, v in profile.items() if k != "per_group"} | {"per_group": profile["per_group"][args.stream],
+                                                                                     "full_model_lr": FULL_MODEL_LR}}
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    pngs = plots(results, matrices, args.out)
+    body = table(results)
+    (args.out / "table.md").write_text(body + "\n")
+    print(body)
+    print("\n".join(verdicts(results, args.profile)))
+    if not args.no_write:
+        img = ROOT / "docs" / "img"
+        img.mkdir(parents=True, exist_ok=True)
+        copied = []
+        for png in pngs:
+            target = img / f"quality-{args.stream}-{args.profile}-{png.name}"
+            shutil.copy(png, target)
+            copied.append(target.relative_to(ROOT))
+        rows_total = sum(len(p.rows) for p in build(args.stream, profile["seeds"][0], profile["per_group"][args.stream]))
+        section = [f"## Learning quality: {args.stream} ({args.profile})", "",
+                   f"Command: `python -m bench.quality --stream {args.stream} --profile {args.profile} --out {args.out}`", "",
+                   f"Machine: {machine()}. Model embedded:minilm; {rows_total} rows per seed in "
+                   f"{len(build(args.stream, 0, profile['per_group'][args.stream]))} files (one update each); seeds "
+                   f"{profile['seeds']}; max_length {profile['max_length']}, eval_fraction {profile['eval_fraction']}, "
+                   f"epochs {profile['epochs']}; lr {FULL_MODEL_LR} for strategies without LoRA and for the references, "
+                   f"the config default for LoRA ones; everything else at the CONTRACT defaults (gate included). "
+                   f"Whole run: {results['total_wall_seconds'] / 60:.1f} min.", "",
+                   body, "", *verdicts(results, args.profile), "",
+                   *(f"![{p.stem}]({p})" for p in copied)]
+        write_section(f"quality-{args.stream}-{args.profile}", "\n".join(section))
+
+
+def _wait(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    main()
