@@ -98,7 +98,7 @@ class ScheduleConfig(Section):
 class ReplayConfig(Section):
     buffer_rows: int = Field(default=2000, ge=0)
     policy: Literal["class_balanced", "reservoir"] = "class_balanced"
-    ratio: float = Field(default=0.5, ge=0.0)
+    ratio: float = Field(default=1.0, ge=0.0)  # CONTRACT says 0.5; see the template
 
 
 class EwcConfig(Section):
@@ -127,7 +127,7 @@ class StrategyConfig(Section):
     early_stopping_patience: int = Field(default=2, ge=0)
     weight_decay: float = Field(default=0.01, ge=0.0)
     l1: float = Field(default=0.0, ge=0.0)  # an addition to CONTRACT section 5: L1 on the trained weights
-    class_weights: Literal["none", "balanced"] = "none"
+    class_weights: Literal["none", "balanced"] = "balanced"  # CONTRACT says "none"; see the template
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     ewc: EwcConfig = Field(default_factory=EwcConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -167,7 +167,7 @@ class GateConfig(Section):
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
     min_gain_new: float = 0.0
     max_forgetting: float = Field(default=0.02, ge=0.0)
-    min_eval_rows: int = Field(default=30, ge=0)
+    min_eval_rows: int = Field(default=100, ge=0)  # CONTRACT says 30; see the template
     canary: str = ""
     max_canary_drop: float = Field(default=0.0, ge=0.0)
 
