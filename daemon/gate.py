@@ -4,7 +4,8 @@ The first model must beat the majority-class baseline on its batch's held-out ro
 gain on the new batch's held-out rows >= min_gain_new, drop on every earlier batch's held-out rows
 <= max_forgetting, canary drop <= max_canary_drop. A held-out set smaller than min_eval_rows is
 too coarse to gate on alone (one row of 30 is 0.033, above the default tolerance): such earlier
-sets are pooled, and the pool is gated on once it holds min_eval_rows rows.
+sets are pooled, counting only losses (a gain on one batch never hides forgetting on another), and
+the pool's loss must stay within max_forgetting, or within one row of the pool when that is coarser.
 """
 
 from __future__ import annotations
@@ -71,18 +72,15 @@ def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[s
         reasons.append(f"forgetting on batch {experience}: {drop:.3f} {'<=' if ok else '>'} {config.max_forgetting}")
     if small:
         pooled = sum(rows[e] for e in small)
-        names = ", ".join(small)
-        if pooled >= config.min_eval_rows:
-            # the pool's accuracy is the row-weighted mean of its sets' (the same rows, scored once)
-            drop = sum((champion.per_experience[e] - candidate.per_experience[e]) * rows[e] for e in small) / pooled  # type: ignore[operator]
-            drop = round(drop, 12) + 0.0  # no "-0.000" from float noise
-            ok = drop <= config.max_forgetting
-            passed &= ok
-            reasons.append(f"forgetting on batches {names} pooled ({pooled} rows): {drop:.3f} "
-                           f"{'<=' if ok else '>'} {config.max_forgetting}")
-        else:
-            reasons.append(f"batches {names} pooled: {pooled} held-out rows < min_eval_rows {config.min_eval_rows}; "
-                           f"forgetting not gated")
+        # rows lost per set (a set's own gains and losses net out; other sets' gains do not count)
+        lost = sum(max(0.0, champion.per_experience[e] - candidate.per_experience[e]) * rows[e] for e in small)  # type: ignore[operator]
+        drop = round(lost / pooled, 12)
+        tolerance = max(config.max_forgetting, round(1 / pooled, 12))  # a pool cannot resolve less than one row
+        ok = drop <= tolerance
+        passed &= ok
+        reasons.append(f"forgetting on batches {', '.join(small)} pooled ({pooled} rows, losses only): {drop:.3f} "
+                       f"{'<=' if ok else '>'} {tolerance:.3g}"
+                       + (f" (one row; max_forgetting {config.max_forgetting} is finer)" if tolerance > config.max_forgetting else ""))
     if candidate.canary is not None and champion.canary is not None:
         drop = champion.canary - candidate.canary
         ok = drop <= config.max_canary_drop
