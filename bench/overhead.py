@@ -63,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1500)
     parser.add_argument("--idle", type=float, default=60.0)
+    parser.add_argument("--section", default="overhead", help="BENCHMARKS.md section to write")
     args = parser.parse_args()
     from daemon.store import Store
 
@@ -114,7 +115,8 @@ def main() -> None:
     lines = [
         "## Daemon overhead (`bench/overhead.py`)",
         "",
-        f"Command: `python -m bench.overhead --rows {args.rows} --idle {args.idle:g}`  ",
+        f"Command: `python -m bench.overhead --rows {args.rows} --idle {args.idle:g}"
+        + (f" --section {args.section}" if args.section != "overhead" else "") + "`  ",
         f"Machine: {machine()}. A fresh home with the defaults (embedded MiniLM, `lora+replay`, 2 epochs);",
         f"one file of {args.rows} labeled sentences renamed into the inbox; the first model trains at once.",
         "",
@@ -130,7 +132,7 @@ def main() -> None:
         "",
         "Targets: ratio at most 1.15; idle RSS under 150 MB and CPU under 1% of a core.",
     ]
-    write_section("overhead", "\n".join(lines))
+    write_section(args.section, "\n".join(lines))
 
 
 if __name__ == "__main__":
