@@ -106,14 +106,10 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
     samples = promoted = rejected = 0
     champion: dict[str, float | None] = {}
     with Registry(home / "registry") as registry:
-        by_batch = {}
-        for record in registry.versions():
-            by_batch[int(record.info["data"]["experience"])] = record
+        by_batch = {int(r.info["data"]["experience"]): (r, registry.decision_record(r.version)) for r in registry.versions()}
     for batch in range(1, batches + 1):
-        record = by_batch.get(batch)
-        if record is not None:
-            with Registry(home / "registry") as registry:
-                decision = registry.decision_record(record.version)
+        if batch in by_batch:
+            record, decision = by_batch[batch]
             samples += int(record.info.get("train", {}).get("train_samples", 0))
             metrics = (decision.metrics if decision else {}) or {}
             verdict = decision.decision if decision else None
@@ -339,11 +335,11 @@ def main() -> None:
             target = img / f"quality-{args.stream}-{args.profile}-{png.name}"
             shutil.copy(png, target)
             copied.append(target.relative_to(ROOT))
-        rows_total = sum(len(p.rows) for p in build(args.stream, profile["seeds"][0], profile["per_group"][args.stream]))
+        rows_total = sum(len(p.rows) for p in parts)  # the last seed's stream: every seed's has the same size
         section = [f"## Learning quality: {args.stream} ({args.profile})", "",
                    f"Command: `python -m bench.quality --stream {args.stream} --profile {args.profile} --out {args.out}`", "",
                    f"Machine: {machine()}. Model embedded:minilm; {rows_total} rows per seed in "
-                   f"{len(build(args.stream, 0, profile['per_group'][args.stream]))} files (one update each); seeds "
+                   f"{len(parts)} files (one update each); seeds "
                    f"{profile['seeds']}; max_length {profile['max_length']}, eval_fraction {profile['eval_fraction']}, "
                    f"epochs {profile['epochs']}; everything else at the config defaults (gate included), "
                    f"the references with the same loop settings. "

@@ -79,6 +79,7 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progre
     examples = strategy.examples(ctx, train_new)
     encoded = Encoded(examples, ctx.tokenizer, ctx.max_length)
     optimizer = _optimizer(model, cfg)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # fixed once the strategy has prepared
     steps_per_epoch = math.ceil(math.ceil(len(encoded) / cfg.batch_size) / group.world)
     total = max(1, steps_per_epoch * cfg.epochs)
     scheduler = _schedule(optimizer, int(cfg.warmup_ratio * total), total)
@@ -111,11 +112,11 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progre
             loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights)
             loss = strategy.loss(ctx, batch, logits.float(), loss)
             if cfg.l1:
-                loss = loss + cfg.l1 * sum(p.abs().sum() for p in model.parameters() if p.requires_grad)
+                loss = loss + cfg.l1 * sum(p.abs().sum() for p in trainable)
             if group.any(not torch.isfinite(loss)):
                 raise NonFiniteLoss(f"loss is {loss.item()} at step {progress['step'] + 1}")
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -53,18 +53,24 @@ def test_child_trains_evaluates_side_by_side_and_reports_progress(tmp_path: Path
     assert (out / "state" / "replay.arrow").is_file()
 
 
-def test_sigterm_checkpoints_and_the_next_run_resumes(tmp_path: Path, tiny_model: Path) -> None:
-    spec = make_spec(tmp_path, tiny_model, strategy="finetune", epochs=8, rows=150)
+def interrupt_after_first_step(spec: Path, timeout: float = 60) -> int:
+    """Start the child, SIGTERM it once it has taken a step; the step it stopped at (checkpointed)."""
     events: list[dict] = []
     run = ChildRun(spec, events.append).start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     while not any(e["event"] == "step" for e in events) and time.monotonic() < deadline:
         time.sleep(0.05)
     run.terminate()
     with pytest.raises(TrainingInterrupted):
         run.wait()
-    stopped_at = max(e["step"] for e in events if e["event"] == "step")
-    assert (tmp_path / "checkpoint" / "progress.json").is_file()
+    assert (Path(json.loads(spec.read_text())["checkpoint"]) / "progress.json").is_file()
+    return max(e["step"] for e in events if e["event"] == "step")
+
+
+def test_sigterm_checkpoints_and_the_next_run_resumes(tmp_path: Path, tiny_model: Path) -> None:
+    spec = make_spec(tmp_path, tiny_model, strategy="finetune", epochs=8, rows=150)
+    stopped_at = interrupt_after_first_step(spec)
+    deadline = time.monotonic() + 60
     # resume; SIGKILL it at an epoch boundary this time, then resume again to the end
     events2: list[dict] = []
     run2 = ChildRun(spec, events2.append).start()

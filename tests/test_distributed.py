@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
 
-from daemon.trainer import ChildRun, TrainingInterrupted
+from daemon.trainer import ChildRun
 from strategies.distributed import Group
-from tests.test_child import make_spec
+from tests.test_child import interrupt_after_first_step, make_spec
 
 
 def test_every_rank_gets_the_same_number_of_steps() -> None:
@@ -53,16 +52,7 @@ def test_two_gloo_processes_train_in_step_and_learn(tmp_path: Path, tiny_model: 
 
 def test_sigterm_stops_both_ranks_and_the_next_run_resumes(tmp_path: Path, tiny_model: Path) -> None:
     spec = two_process_spec(tmp_path, tiny_model, strategy="finetune", epochs=40, rows=80)
-    events: list[dict] = []
-    run = ChildRun(spec, events.append).start()
-    deadline = time.monotonic() + 120
-    while not any(e["event"] == "step" for e in events) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    run.terminate()
-    with pytest.raises(TrainingInterrupted):
-        run.wait()
-    stopped_at = max(e["step"] for e in events if e["event"] == "step")
-    assert (tmp_path / "checkpoint" / "progress.json").is_file()
+    stopped_at = interrupt_after_first_step(spec, timeout=120)
     events2: list[dict] = []
     results = ChildRun(spec, events2.append).start().wait()
     assert next(e for e in events2 if e["event"] == "resumed")["step"] == stopped_at
