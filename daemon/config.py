@@ -161,6 +161,7 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_processes: int = Field(default=1, ge=1)
     seed: int = Field(default=0, ge=0)
+    standby_seconds: float = Field(default=300.0, ge=0.0)  # added to CONTRACT; see the template
 
 
 class GateConfig(Section):

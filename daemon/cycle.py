@@ -24,7 +24,7 @@ from daemon.home import Home
 from daemon.ingest import utcnow
 from daemon.rows import LabelSet, Validator
 from daemon.store import Store
-from daemon.trainer import ChildRun, TrainingInterrupted, write_rows
+from daemon.trainer import ChildRun, Standby, TrainingInterrupted, write_rows
 from registry.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,9 @@ class Outcome:
 
 class UpdateCycle:
     def __init__(self, home: Home, registry: Registry, *, on_event: Event | None = None,
-                 on_child: Callable[[ChildRun | None], None] | None = None) -> None:
+                 on_child: Callable[[ChildRun | None], None] | None = None, standby: Standby | None = None) -> None:
         self.home = home
+        self.standby = standby
         self.config = home.config
         self.registry = registry
         self.on_event = on_event or (lambda event: None)
@@ -72,7 +73,7 @@ class UpdateCycle:
                 outcome = Outcome(batch=batch, decision=decision, version=version, reasons=gate.reasons,
                                   summary={"metrics": metrics, "train": results["train"],
                                            "eval_seconds": results.get("eval_seconds"),
-                                           "child_seconds": round(child_seconds, 3)})
+                                           "child_seconds": round(child_seconds, 3), "child_warm": self.child_warm})
                 shutil.rmtree(self.workdir(batch), ignore_errors=True)
             except TrainingInterrupted:
                 raise
@@ -155,7 +156,8 @@ class UpdateCycle:
         return rows
 
     def train(self, spec: Path) -> dict[str, Any]:
-        run = ChildRun(spec, self.on_event).start()
+        run = ChildRun(spec, self.on_event).start(self.standby)
+        self.child_warm = run.warm
         self.on_child(run)
         try:
             return run.wait()
@@ -178,10 +180,11 @@ class UpdateCycle:
 
         candidate, champion = table("candidate"), table("champion")
         baseline = majority_share([label for _, label in store.iter_rows(batch, "eval")])
+        paired = results.get("paired") or {}
         gate = decide(new=new, candidate=candidate, champion=champion, rows=rows, config=self.config.gate,  # type: ignore[arg-type]
-                      baseline=baseline, canary_rows=rows.get("canary", 0))
+                      baseline=baseline, canary_rows=rows.get("canary", 0), paired=paired)
         metrics = {"candidate": _summary(candidate, new, rows), "champion": _summary(champion, new, rows) if champion else None,
-                   "baseline": baseline, "metric": metric, "rows": rows}
+                   "baseline": baseline, "metric": metric, "rows": rows, "paired": paired}
         metrics["forgetting_max"] = _forgetting_max(candidate, champion, new)  # type: ignore[arg-type]
         metrics["accuracy_matrix"] = self._matrix(metrics["candidate"]["per_experience"])
         return gate, metrics

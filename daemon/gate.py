@@ -4,12 +4,20 @@ The first model must beat the majority-class baseline on its batch's held-out ro
 gain on the new batch's held-out rows >= min_gain_new, drop on every earlier batch's held-out rows
 <= max_forgetting, canary drop <= max_canary_drop. A held-out set smaller than min_eval_rows is
 too coarse to gate on alone (one row of 30 is 0.033, above the default tolerance): such earlier
-sets are pooled, counting only losses (a gain on one batch never hides forgetting on another), and
-the pool's loss must stay within max_forgetting, or within one row of the pool when that is coarser.
+sets are pooled. The pool fails when its net drop (rows the champion got right and the candidate
+wrong, less the reverse, over the pool's rows) exceeds max_forgetting (or one row of the pool, when
+that is coarser) and a one-sided sign test over those changed rows says the drop is not noise
+(p < SIGNIFICANCE). A gain on one small set could hide forgetting on another, so each small set is
+also tested alone (p < SIGNIFICANCE / number of small sets): a set losing rows beyond chance fails.
+
+The changed-row counts ("paired": lost and gained rows per set) come from the training child, which
+scores candidate and champion on the same rows. Without them (older records, or macro_f1) they are
+the fewest changed rows the two scores allow: |drop| x rows, all lost or all gained.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from daemon.config import GateConfig
@@ -32,8 +40,32 @@ class GateResult:
         return {"passed": self.passed, "reasons": list(self.reasons)}
 
 
+SIGNIFICANCE = 0.05
+
+
+@dataclass(frozen=True)
+class Changed:
+    """Rows of one held-out set that the champion got right and the candidate wrong (lost), and the reverse."""
+
+    lost: int
+    gained: int
+
+    @classmethod
+    def fewest(cls, drop: float, rows: int) -> "Changed":
+        moved = round(abs(drop) * rows)
+        return cls(moved, 0) if drop > 0 else cls(0, moved)
+
+
+def sign_test(lost: int, gained: int) -> float:
+    """One-sided p-value of at least `lost` losses among lost + gained changed rows, were each a coin flip."""
+    n = lost + gained
+    if n == 0:
+        return 1.0
+    return min(1.0, sum(math.comb(n, k) for k in range(lost, n + 1)) / 2 ** n)
+
+
 def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[str, int], config: GateConfig,
-           baseline: float | None = None, canary_rows: int = 0) -> GateResult:
+           baseline: float | None = None, canary_rows: int = 0, paired: dict[str, dict] | None = None) -> GateResult:
     metric = config.metric
     reasons: list[str] = []
     passed = True
@@ -71,22 +103,44 @@ def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[s
         passed &= ok
         reasons.append(f"forgetting on batch {experience}: {drop:.3f} {'<=' if ok else '>'} {config.max_forgetting}")
     if small:
-        pooled = sum(rows[e] for e in small)
-        # rows lost per set (a set's own gains and losses net out; other sets' gains do not count)
-        lost = sum(max(0.0, champion.per_experience[e] - candidate.per_experience[e]) * rows[e] for e in small)  # type: ignore[operator]
-        drop = round(lost / pooled, 12)
-        tolerance = max(config.max_forgetting, round(1 / pooled, 12))  # a pool cannot resolve less than one row
-        ok = drop <= tolerance
-        passed &= ok
-        reasons.append(f"forgetting on batches {', '.join(small)} pooled ({pooled} rows, losses only): {drop:.3f} "
-                       f"{'<=' if ok else '>'} {tolerance:.3g}"
-                       + (f" (one row; max_forgetting {config.max_forgetting} is finer)" if tolerance > config.max_forgetting else ""))
+        passed &= _pooled(small, candidate, champion, rows, config, paired or {}, reasons)
     if candidate.canary is not None and champion.canary is not None:
         drop = champion.canary - candidate.canary
         ok = drop <= config.max_canary_drop
         passed &= ok
         reasons.append(f"canary drop: {drop:.3f} {'<=' if ok else '>'} {config.max_canary_drop} ({canary_rows} rows)")
     return GateResult(passed, reasons)
+
+
+def _pooled(small: list[str], candidate: Scores, champion: Scores, rows: dict[str, int], config: GateConfig,
+            paired: dict[str, dict], reasons: list[str]) -> bool:
+    changed = {}
+    for e in small:
+        counts = paired.get(e) if config.metric == "accuracy" else None
+        changed[e] = (Changed(int(counts["lost"]), int(counts["gained"])) if counts
+                      else Changed.fewest(champion.per_experience[e] - candidate.per_experience[e], rows[e]))  # type: ignore[operator]
+    ok = True
+    for e in small:  # forgetting confined to one small set, hidden in the pool by gains elsewhere
+        c, drop = changed[e], (changed[e].lost - changed[e].gained) / rows[e]
+        p, alpha = sign_test(c.lost, c.gained), SIGNIFICANCE / len(small)
+        if drop > config.max_forgetting and p < alpha:
+            ok = False
+            reasons.append(f"forgetting on batch {e}: {drop:.3f} > {config.max_forgetting} ({c.lost} rows lost, "
+                           f"{c.gained} gained of {rows[e]}; sign test p={p:.2g} < {alpha:.2g})")
+    pooled = sum(rows[e] for e in small)
+    lost, gained = sum(changed[e].lost for e in small), sum(changed[e].gained for e in small)
+    drop = round((lost - gained) / pooled, 12)
+    tolerance = max(config.max_forgetting, round(1 / pooled, 12))  # a pool cannot resolve less than one row
+    p = sign_test(lost, gained)
+    within = drop <= tolerance
+    noise = not within and p >= SIGNIFICANCE
+    ok &= within or noise
+    reasons.append(f"forgetting on batches {', '.join(small)} pooled ({pooled} rows; {lost} lost, {gained} gained): "
+                   f"{drop:.3f} {'<=' if within else '>'} {tolerance:.3g}"
+                   + (f" (one row; max_forgetting {config.max_forgetting} is finer)" if tolerance > config.max_forgetting else "")
+                   + (f"; sign test p={p:.2g} >= {SIGNIFICANCE}: within noise" if noise
+                      else f"; sign test p={p:.2g} < {SIGNIFICANCE}" if not within else ""))
+    return ok
 
 
 def majority_share(labels: list[str]) -> float | None:
@@ -111,4 +165,4 @@ def recheck(metrics: dict, new: str, config: GateConfig) -> GateResult:
         return GateResult(False, ["no recorded scores to check the gate on"])
     rows = {k: int(v) for k, v in (metrics.get("rows") or {}).items()}
     return decide(new=new, candidate=candidate, champion=scores("champion"), rows=rows, config=config,
-                  baseline=metrics.get("baseline"), canary_rows=rows.get("canary", 0))
+                  baseline=metrics.get("baseline"), canary_rows=rows.get("canary", 0), paired=metrics.get("paired"))

@@ -25,6 +25,7 @@ from daemon.inbox import Inbox
 from daemon.metrics import Metrics
 from daemon.notify import Notifier
 from daemon.store import Store
+from daemon.trainer import Standby
 from registry.errors import LifelongError
 from registry.fsutil import atomic_write
 from registry.lock import PidLock
@@ -80,6 +81,7 @@ class Service:
         self.metrics = Metrics(home, in_progress=lambda: self.worker is not None and self.worker.is_alive())
         self.worker: threading.Thread | None = None
         self.child: Any = None
+        self.standby = Standby(home.config.train.standby_seconds if home.config.train.num_processes == 1 else 0)
         self.tick = False  # a schedule tick is waiting for enough rows
         self.requests: list[dict[str, Any]] = []
         self.retry_at = 0.0
@@ -104,12 +106,14 @@ class Service:
             scheduler = self._schedule()
             observer = start_watching(self.home, self.wake)
             self.ready = True
+            self.standby.warm()  # an update soon after start-up (files already waiting, a test) starts warm
             self.notifier.ready()
             log.info("lifelong running", extra={"home": str(self.home.root), "inbox": str(self.home.inbox),
                                                 "pid": os.getpid(), "metrics": self.home.config.metrics.bind})
             self._loop()
             self.notifier.stopping()
             self._finish_update()
+            self.standby.close()
             log.info("lifelong stopped")
             return 0
         finally:
@@ -172,13 +176,16 @@ class Service:
                     next_pass = min(next_pass, self.clock() + settle_wait + 0.05)
             self._take_requests()
             self._maybe_update()
+            self.standby.expire()
             self._write_state()
             self.wake.wait(max(0.0, min(next_pass - self.clock(), 1.0)))
 
     def _ingest_pass(self) -> float | None:
         """One pass; a failure is logged and the loop carries on."""
         try:
-            _, wait = self.inbox.pass_once()
+            outcomes, wait = self.inbox.pass_once()
+            if outcomes or wait is not None:  # a file landed or is settling: an update may follow
+                self.standby.warm()
             return wait
         except Exception:
             log.exception("ingest pass failed; retrying at the next rescan")
@@ -199,6 +206,7 @@ class Service:
             return
         if self.worker is not None:
             self.worker = None
+            self.standby.warm()  # updates come in bursts: the next one starts warm
         reason = self._why_update()
         if reason is None:
             return
@@ -262,7 +270,7 @@ class Service:
         try:
             with Registry(self.home.registry, recover=False,
                           on_switch=champion_hook(self.home.config.hooks.on_champion_change)) as registry:
-                outcome = UpdateCycle(self.home, registry, on_event=on_event,
+                outcome = UpdateCycle(self.home, registry, on_event=on_event, standby=self.standby,
                                       on_child=lambda run: setattr(self, "child", run)).run()
         except TrainingInterrupted:
             log.info("update interrupted by shutdown; it resumes at the next start")
@@ -307,7 +315,8 @@ class Service:
         job = getattr(self, "_job", None)
         next_run = job.next_run_time if job is not None else None
         state = {"pid": os.getpid(), "next_update": next_run.isoformat() if next_run else None,
-                 "updating": self.worker is not None and self.worker.is_alive(), "metrics_port": self.port}
+                 "updating": self.worker is not None and self.worker.is_alive(), "metrics_port": self.port,
+                 "standby": self.standby.alive}
         if state != getattr(self, "_last_state", None):
             atomic_write(self.home.state / "daemon.json", json.dumps(state))
             self._last_state = state

@@ -2,6 +2,11 @@
 
 The daemon's process never imports torch: it writes a spec and the data as Arrow files, spawns the
 child, reads progress (step, loss, samples/s) line by line, and reads the results file at the end.
+
+A child's imports (torch, transformers, peft) take several seconds, which is most of an update's
+fixed cost. `Standby` keeps at most one child started ahead of need, its imports done, waiting on
+its stdin for a spec path; an update hands it the spec instead of spawning afresh. It retires after
+`train.standby_seconds` without use, and exits by itself when the daemon goes (its stdin closes).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -43,13 +49,21 @@ class ChildRun:
     on_event: Callable[[dict[str, Any]], None] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     process: subprocess.Popen[str] | None = None
+    warm: bool = False  # handed to a standby child rather than spawned
 
-    def start(self) -> "ChildRun":
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    def start(self, standby: "Standby | None" = None) -> "ChildRun":
         processes = int(json.loads(self.spec_path.read_text()).get("num_processes", 1))
-        self.process = subprocess.Popen([sys.executable, *launcher(processes), "strategies.child", str(self.spec_path)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                        start_new_session=True)
+        ready = standby.take() if standby is not None and processes == 1 else None
+        if ready is not None:
+            try:
+                ready.stdin.write(f"{self.spec_path}\n")  # type: ignore[union-attr]
+                ready.stdin.close()  # type: ignore[union-attr]
+                self.process, self.warm = ready, True
+            except OSError:  # it died since take() looked: spawn one as usual
+                ready.kill()
+        if self.process is None:
+            self.process = spawn([*launcher(processes), "strategies.child", str(self.spec_path)],
+                                 stdin=subprocess.DEVNULL)
         self._stderr: list[str] = []
         self._drain = threading.Thread(target=lambda: self._stderr.extend(self.process.stderr), daemon=True)  # type: ignore[union-attr, arg-type]
         self._drain.start()
@@ -92,6 +106,74 @@ class ChildRun:
             raise TrainingFailed("killed", f"the training process was killed by signal {-code}")
         tail = "".join(self._stderr)[-1500:].strip()
         raise TrainingFailed("exception", f"the training process exited {code}: {tail}")
+
+
+def spawn(args: list[str], stdin: int) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen([sys.executable, *args], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+
+
+class Standby:
+    """At most one single-process training child, started ahead of need (see the module's text).
+
+    `warm()` starts one if none is alive; `take()` hands it over (imports done or still under way:
+    either way it is ahead of a fresh spawn); `expire()` retires it after `seconds` unused; `close()`
+    ends it. `seconds` = 0 disables it. Not thread-safe on its own: the daemon calls it from its
+    update thread (take) and its main loop (warm, expire) under `lock`.
+    """
+
+    def __init__(self, seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.process: subprocess.Popen[str] | None = None
+        self.since = 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def warm(self) -> None:
+        with self.lock:
+            if self.seconds <= 0 or self.alive:
+                return
+            self._reap()
+            self.process = spawn(["-m", "strategies.child", "--standby"], stdin=subprocess.PIPE)
+            self.since = self.clock()
+            log.debug("standby training child started", extra={"pid": self.process.pid})
+
+    def take(self) -> subprocess.Popen[str] | None:
+        with self.lock:
+            process, self.process = self.process, None
+            if process is not None and process.poll() is None:
+                return process
+            if process is not None:
+                process.wait()
+            return None
+
+    def expire(self) -> None:
+        with self.lock:
+            if self.process is not None and self.clock() - self.since >= self.seconds:
+                log.debug("standby training child retired after %.0fs unused", self.seconds)
+                self._reap()
+
+    def close(self) -> None:
+        with self.lock:
+            self._reap()
+
+    def _reap(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.terminate()  # a standby holds no state: SIGTERM ends it at once, even mid-import
+        process.wait()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
 
 
 def launcher(processes: int) -> list[str]:

@@ -1,6 +1,7 @@
 """One update, in a child process driven by a spec file; progress as JSON lines on stdout.
 
     python -m strategies.child SPEC.json
+    python -m strategies.child --standby     # imports first, then reads the spec path from stdin
 
 The spec (written by the daemon) names the model to start from, the labels, the strategy and its
 config, Arrow files of the training rows and of every held-out set, the champion to score side by
@@ -121,15 +122,21 @@ def _run(spec: dict[str, Any], stop: threading.Event, group) -> dict[str, Any] |
     if spec.get("champion"):
         champion, _ = models.load(spec["champion"], labels)
         evaluated["champion"] = champion.to(device)
-    results: dict[str, Any] = {"train": stats, "scores": {}}
+    results: dict[str, Any] = {"train": stats, "scores": {}, "paired": {}}
     eval_started = time.perf_counter()
-    for who, net in evaluated.items():
-        results["scores"][who] = {}
-        for name, path in spec["data"].get("eval", {}).items():
-            held_out = read_rows(path)
-            truth = [labels.index(label) for _, label in held_out]
+    for name, path in spec["data"].get("eval", {}).items():
+        held_out = read_rows(path)
+        truth = [labels.index(label) for _, label in held_out]
+        right = {}
+        for who, net in evaluated.items():
             predicted, _ = predict(net, tokenizer, [text for text, _ in held_out], device, ctx.max_length)
-            results["scores"][who][name] = {k: v for k, v in scores(truth, predicted, labels).items() if k != "per_label"}
+            results["scores"].setdefault(who, {})[name] = {k: v for k, v in scores(truth, predicted, labels).items()
+                                                           if k != "per_label"}
+            right[who] = [p == t for p, t in zip(predicted, truth)]
+        if "champion" in right:  # the same rows, both models: what changed, for the gate's sign test
+            pairs = list(zip(right["champion"], right["candidate"]))
+            results["paired"][name] = {"lost": sum(a and not b for a, b in pairs),
+                                       "gained": sum(b and not a for a, b in pairs)}
     results["eval_seconds"] = round(time.perf_counter() - eval_started, 3)
     return results
 
@@ -160,13 +167,43 @@ def search_lr(fresh_context, make_strategy, cfg, examples) -> float:  # type: ig
     return best_lr
 
 
+def standby() -> str | None:
+    """Do the imports every update needs, then wait for a spec path on stdin (None: told to go).
+
+    Until the spec arrives SIGTERM ends the process (a standby has nothing to save); from the moment
+    it has, SIGTERM asks for a checkpoint as in any run."""
+    import torch  # noqa: F401
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+
+    from strategies import abc, evaluate, loop, models  # noqa: F401
+
+    abc.build("finetune", {})  # registers (imports) every strategy module
+    emit({"event": "standby", "pid": os.getpid()})
+    line = sys.stdin.readline().strip()
+    return line or None
+
+
 def main(argv: list[str]) -> int:
+    stop = threading.Event()
+    waiting = argv == ["--standby"]
+
+    def on_term(*_: object) -> None:
+        if waiting:
+            os._exit(EXIT_INTERRUPTED)  # idle, or the spec read but not begun: the daemon resumes it
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    if waiting:
+        path = standby()
+        waiting = False  # read by on_term: the spec is ours now, so a stop is a checkpoint
+        if path is None:
+            return 0
+        argv = [path]
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[0]).read_text())
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     emit({"event": "start", "pid": os.getpid(), "processes": int(os.environ.get("WORLD_SIZE", "1"))})
     try:
         from strategies.loop import Interrupted, NonFiniteLoss

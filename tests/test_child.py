@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.trainer import ChildRun, TrainingFailed, TrainingInterrupted, write_rows
+from daemon.trainer import ChildRun, Standby, TrainingFailed, TrainingInterrupted, write_rows
 from tests.test_learning import toy
 
 
@@ -53,10 +53,10 @@ def test_child_trains_evaluates_side_by_side_and_reports_progress(tmp_path: Path
     assert (out / "state" / "replay.arrow").is_file()
 
 
-def interrupt_after_first_step(spec: Path, timeout: float = 60) -> int:
+def interrupt_after_first_step(spec: Path, timeout: float = 60, standby: Standby | None = None) -> int:
     """Start the child, SIGTERM it once it has taken a step; the step it stopped at (checkpointed)."""
     events: list[dict] = []
-    run = ChildRun(spec, events.append).start()
+    run = ChildRun(spec, events.append).start(standby)
     deadline = time.monotonic() + timeout
     while not any(e["event"] == "step" for e in events) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -69,6 +69,7 @@ def test_daemon_end_to_end(home_root: Path, tiny_model: Path) -> None:
         wait_for(lambda: (home_root / "archive" / "b2.jsonl").exists())
         second = update_now(home_root)
         assert (second["decision"], second["version"]) == ("promoted", "v0002"), second
+        assert second["child_warm"] is True  # handed to the standby child started when the first update ended
         flipped = [(t, {"sport": "food", "food": "sport"}[l]) for t, l in toy(["sport", "food"], 120, seed=3)]
         drop(home_root, "b3.jsonl", flipped)
         wait_for(lambda: (home_root / "archive" / "b3.jsonl").exists())
