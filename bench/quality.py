@@ -1,6 +1,6 @@
 """Learning quality on real text through the real daemon: does it learn without forgetting, and at what cost?
 
-    python -m bench.quality --stream bbc|vader --profile quick|full --out DIR [--strategies a,b,...]
+    python -m bench.quality --stream bbc|vader --profile quick|full --out DIR [--strategies a,b,...] [--jobs 2]
 
 For each strategy a real `lifelong run` gets the stream's files one by one (bench/streams.py), each
 followed by `lifelong update --now --wait`; decisions, scores and training counts are read back from
@@ -16,6 +16,11 @@ Figures per strategy: `acc`, the final champion's mean accuracy over every batch
 `train_samples`, every example the training loop processed; `wall_seconds`; `promoted`/`rejected`.
 Writes DIR/results.json, DIR/table.md, DIR/matrices.png, DIR/compute.png, and (unless --no-write)
 the BENCHMARKS.md section with the plots copied to docs/img/.
+
+`--jobs N` runs N contenders at once, each child with cores / N torch threads (OMP_NUM_THREADS): on
+2 cores, two single-threaded runs finish the table sooner than one run on two threads, since much of
+an update (tokenising, saving, start-up) is single-threaded. Each contender's wall seconds are then
+measured beside another; the learning figures do not depend on it (same seeds, same rows).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +43,10 @@ from bench.streams import Part, build, write
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("finetune", "replay", "ewc", "lora", "lwf", "lora+replay", "ewc+replay")
 DEFAULT_STRATEGY = "lora+replay"  # CONTRACT section 5
+SLOWEST_FIRST = ("retrain", "ewc+replay", "replay", "lora+replay", "lwf", "ewc", "finetune", "lora", "joint")
 
-# Sized for 2 CPU cores. Held-out sets need >= gate.min_eval_rows (30) rows for the gate to judge
-# them, hence eval_fraction 0.3 on the quick profile's smaller files.
+# Sized for 2 CPU cores. eval_fraction 0.3 on the quick profile's smaller files: the gate pools
+# held-out sets under gate.min_eval_rows, and bigger sets make that pool less noisy.
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"seeds": [0], "max_length": 64, "eval_fraction": 0.3, "epochs": 2,
               "per_group": {"bbc": 300, "vader": 300}},
@@ -294,9 +301,12 @@ def main() -> None:
     parser.add_argument("--strategies", default=",".join(STRATEGIES + ("joint", "retrain")))
     parser.add_argument("--model", default="embedded:minilm")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md or docs/img")
+    parser.add_argument("--jobs", type=int, default=1, help="contenders run at once (see the module's text)")
     args = parser.parse_args()
     profile = PROFILES[args.profile]
     names = args.strategies.split(",")
+    if args.jobs > 1:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))  # every child inherits it
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out / "runs"
     work.mkdir(exist_ok=True)
@@ -306,17 +316,23 @@ def main() -> None:
     for seed in profile["seeds"]:
         parts = build(args.stream, seed, profile["per_group"][args.stream])
         files = write(parts, work / f"stream-seed{seed}")
-        for name in names:
+
+        def contend(name: str, parts=parts, files=files, seed=seed) -> tuple[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
             print(f"{name} (seed {seed})", flush=True)
             if name in ("joint", "retrain"):
-                run = run_reference(name, parts, seed, profile, args.model, work)
-            else:
-                run = run_strategy(name, files, seed, profile, args.model, work)
+                return name, run_reference(name, parts, seed, profile, args.model, work)
+            return name, run_strategy(name, files, seed, profile, args.model, work)
+
+        order = sorted(names, key=lambda n: SLOWEST_FIRST.index(n) if n in SLOWEST_FIRST else 0)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            done = dict(pool.map(contend, order))
+        for name in names:  # recorded in the order asked for
+            run = done[name]
             per_seed[name].append({**figures(run), "matrix": run["matrix"]})
             matrices.setdefault(name, run["matrix"])  # the first seed's matrix is plotted
-            partial = {"stream": args.stream, "profile": args.profile, "seeds": profile["seeds"],
-                       "strategies": {n: aggregate(v) for n, v in per_seed.items() if v}}
-            (args.out / "results.json").write_text(json.dumps({**partial, "per_seed": per_seed}, indent=2))
+        partial = {"stream": args.stream, "profile": args.profile, "seeds": profile["seeds"],
+                   "strategies": {n: aggregate(v) for n, v in per_seed.items() if v}}
+        (args.out / "results.json").write_text(json.dumps({**partial, "per_seed": per_seed}, indent=2))
     results = {"stream": args.stream, "profile": args.profile, "seeds": profile["seeds"],
                "strategies": {n: aggregate(v) for n, v in per_seed.items()},
                "per_seed": per_seed, "total_wall_seconds": round(time.monotonic() - started, 1),
@@ -336,14 +352,17 @@ def main() -> None:
             shutil.copy(png, target)
             copied.append(target.relative_to(ROOT))
         rows_total = sum(len(p.rows) for p in parts)  # the last seed's stream: every seed's has the same size
+        jobs = f" --jobs {args.jobs}" if args.jobs > 1 else ""
         section = [f"## Learning quality: {args.stream} ({args.profile})", "",
-                   f"Command: `python -m bench.quality --stream {args.stream} --profile {args.profile} --out {args.out}`", "",
+                   f"Command: `python -m bench.quality --stream {args.stream} --profile {args.profile} --out {args.out}{jobs}`", "",
                    f"Machine: {machine()}. Model embedded:minilm; {rows_total} rows per seed in "
                    f"{len(parts)} files (one update each); seeds "
                    f"{profile['seeds']}; max_length {profile['max_length']}, eval_fraction {profile['eval_fraction']}, "
                    f"epochs {profile['epochs']}; everything else at the config defaults (gate included), "
                    f"the references with the same loop settings. "
-                   f"Whole run: {results['total_wall_seconds'] / 60:.1f} min.", "",
+                   + (f"{args.jobs} contenders at a time, {os.environ['OMP_NUM_THREADS']} torch thread(s) each "
+                      "(wall seconds per contender measured side by side). " if args.jobs > 1 else "")
+                   + f"Whole run: {results['total_wall_seconds'] / 60:.1f} min.", "",
                    body, "", *verdicts(results, args.profile), "",
                    *(f"![{p.stem}]({p})" for p in copied)]
         write_section(f"quality-{args.stream}-{args.profile}", "\n".join(section))

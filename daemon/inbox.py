@@ -110,6 +110,15 @@ class Inbox:
         self.settler = Settler(home.config.inbox.settle_seconds)
         self.lock = PidLock(home.state / "ingest.lock", "an ingest pass")
         self._temps: set[tuple[int, int]] = set()  # temp-named files seen by the last pass
+        self._renamed: set[str] = set()  # names a file-system event saw renamed from a temp name
+
+    def renamed(self, source: str, target: str) -> None:
+        """A file-system event: `source` was renamed to `target`. From a temporary name into the inbox
+        is a finished write (the contract's protocol): taken at the next pass without settling, even
+        when no pass saw the temporary name (a quick writer). Called from the watcher's thread."""
+        src, dst = Path(source), Path(target)
+        if dst.parent == self.home.inbox and ignored(src.name) and not ignored(dst.name):
+            self._renamed.add(dst.name)
 
     def pass_once(self, on_file: Callable[[Outcome], None] | None = None,
                   on_progress: Callable[[str, int, int], None] | None = None,
@@ -121,7 +130,9 @@ class Inbox:
                                 quarantine=self.home.quarantine, config=self.home.config.inbox)
             ingestor.recover()
             found = {name: st for name, st in entries(self.home.inbox) if only is None or name in only}
-            ready, wait = self.settler.ready(found, self._temps)
+            renamed, self._renamed = self._renamed, set()
+            finished = self._temps | {(found[n].st_dev, found[n].st_ino) for n in renamed if n in found}
+            ready, wait = self.settler.ready(found, finished)
             self._temps = temp_files(self.home.inbox)
             for name in ready:
                 size = found[name].st_size

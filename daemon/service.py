@@ -37,28 +37,31 @@ BACKOFF_FIRST, BACKOFF_MAX = 60.0, 3600.0
 
 
 class _Wake:
-    """File-system events only set a flag; the main loop does the work."""
+    """File-system events set a flag (the main loop does the work) and report renames to the inbox."""
 
-    def __init__(self, event: threading.Event) -> None:
+    def __init__(self, event: threading.Event, inbox: Inbox | None = None) -> None:
         self.event = event
+        self.inbox = inbox
 
-    def dispatch(self, _event: object) -> None:
+    def dispatch(self, event: object) -> None:
+        if self.inbox is not None and getattr(event, "event_type", None) == "moved":
+            self.inbox.renamed(os.fsdecode(event.src_path), os.fsdecode(event.dest_path))  # type: ignore[attr-defined]
         self.event.set()
 
 
-def start_watching(home: Home, wake: threading.Event):  # type: ignore[no-untyped-def]
+def start_watching(home: Home, wake: threading.Event, inbox: Inbox | None = None):  # type: ignore[no-untyped-def]
     """A watchdog observer on the inbox (polling on network volumes); None if it cannot start."""
     from watchdog.observers import Observer
     from watchdog.observers.polling import PollingObserver
 
-    inbox = home.config.inbox
-    observer = PollingObserver(timeout=max(1.0, min(inbox.settle_seconds, 5.0))) if inbox.polling else Observer()
+    settings = home.config.inbox
+    observer = PollingObserver(timeout=max(1.0, min(settings.settle_seconds, 5.0))) if settings.polling else Observer()
     try:
-        observer.schedule(_Wake(wake), str(home.inbox), recursive=False)
+        observer.schedule(_Wake(wake, inbox), str(home.inbox), recursive=False)
         observer.daemon = True
         observer.start()
     except OSError as exc:  # e.g. inotify watch limit reached: rescans still find everything
-        log.warning("inbox events unavailable (%s); relying on rescans every %ss", exc, inbox.rescan_seconds)
+        log.warning("inbox events unavailable (%s); relying on rescans every %ss", exc, settings.rescan_seconds)
         return None
     return observer
 
@@ -104,7 +107,7 @@ class Service:
             Registry(self.home.registry).close()  # recover leftovers of a crash before anything else
             server = self._serve()
             scheduler = self._schedule()
-            observer = start_watching(self.home, self.wake)
+            observer = start_watching(self.home, self.wake, self.inbox)
             self.ready = True
             self.standby.warm()  # an update soon after start-up (files already waiting, a test) starts warm
             self.notifier.ready()

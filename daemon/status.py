@@ -37,7 +37,8 @@ def collect(home: Home) -> dict[str, Any]:
                          "finished_at": last[0]["finished_at"], "reasons": last[0]["reasons"]} if last else None),
         "next_update": daemon_state.get("next_update") if pid else None,
         "daemon": {"pid": pid, "updating": daemon_state.get("updating", False),
-                   "metrics_port": daemon_state.get("metrics_port")} if pid else None,
+                   "metrics_port": daemon_state.get("metrics_port"),
+                   "standby": daemon_state.get("standby", False)} if pid else None,
         "audit": audit,
         "inbox": {"path": str(home.inbox), "files": files, "rejected_rows": rejected_rows, "oldest_pending": oldest},
         "strategy": home.config.strategy.name,
@@ -57,6 +58,8 @@ def _daemon_state(home: Home) -> dict[str, Any]:
 def render(doc: dict[str, Any]) -> str:
     pending, totals = doc["pending_rows"], doc["rows_total"]
     daemon = f"running (pid {doc['daemon']['pid']})" if doc["daemon"] else "not running"
+    if doc["daemon"] and doc["daemon"].get("standby"):
+        daemon += ", a training child on standby"
     last = doc["last_update"]
     last_text = f"{last['version']} {last['decision']} at {last['finished_at']}" if last else "none yet"
     lines = [

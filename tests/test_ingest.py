@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -248,3 +249,27 @@ def test_a_file_renamed_from_a_temp_name_is_taken_without_waiting(home_root: Pat
     (home_root / "inbox" / "direct.jsonl").write_text(jsonl(ROWS[5:9]))
     outcomes, wait = inbox.pass_once()
     assert outcomes == [] and wait is not None and wait > 25  # written in place: it must settle
+
+
+def test_a_quick_rename_seen_by_the_watcher_is_taken_without_waiting(home_root: Path) -> None:
+    """No pass saw the temporary name: the file-system event of the rename says the write is done."""
+    from daemon.service import start_watching
+
+    write_config(home_root, inbox={"settle_seconds": 30})
+    home = open_home(home_root)
+    inbox = Inbox(home)
+    wake = threading.Event()
+    observer = start_watching(home, wake, inbox)
+    try:
+        temp = home_root / "inbox" / "quick.jsonl.part"
+        temp.write_text(jsonl(ROWS[:5]))
+        os.rename(temp, home_root / "inbox" / "quick.jsonl")
+        (home_root / "inbox" / "inplace.jsonl").write_text(jsonl(ROWS[5:9]))
+        os.rename(home_root / "inbox" / "inplace.jsonl", home_root / "inbox" / "moved.jsonl")  # not from a temp name
+        deadline = time.monotonic() + 10
+        while "quick.jsonl" not in inbox._renamed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        outcomes, wait = inbox.pass_once()
+    finally:
+        observer.stop()
+    assert [o.name for o in outcomes] == ["quick.jsonl"] and wait is not None and wait > 25
