@@ -98,7 +98,7 @@ class Registry:
             for leftover in self.serving.glob(".*"):
                 _remove_tree(leftover)
             champion = self.champion()
-            if champion is not None and self._link_target() != self.model_dir(champion):
+            if champion is not None and self._link_target() != self.model_dir(champion).resolve():
                 log.warning("champion link repaired to %s", champion)
                 self._point_link(self.model_dir(champion))
             elif champion is None and os.path.lexists(self.link):

@@ -18,14 +18,14 @@ def test_template_is_the_defaults_and_names_every_key() -> None:
     parsed = config.parse(tomllib.loads(text))
     assert parsed == Config()
     data = tomllib.loads(text)
-    # every key of CONTRACT section 5 appears in the commented file
+    # every key of CONTRACT section 5 (and the two added: strategy.l1, train.standby_seconds) appears in the commented file
     expected = {
         "model": {"base", "max_length"},
         "inbox": {"path", "settle_seconds", "eval_fraction", "on_bad_rows", "max_file_bytes", "labels", "polling", "rescan_seconds"},
         "schedule": {"interval", "cron", "min_new_rows", "max_wait"},
         "strategy": {"name", "epochs", "batch_size", "lr", "early_stopping_patience", "weight_decay", "l1", "class_weights",
                      "replay", "ewc", "lora", "lwf"},
-        "train": {"device", "precision", "num_processes", "seed"},
+        "train": {"device", "precision", "num_processes", "seed", "standby_seconds"},
         "gate": {"metric", "min_gain_new", "max_forgetting", "min_eval_rows", "canary", "max_canary_drop"},
         "metrics": {"bind"},
         "hooks": {"on_champion_change"},

@@ -229,3 +229,16 @@ def test_open_cleans_leftovers_and_repairs_the_link(make_registry, tiny_model: P
     assert list((reopened.root / ".staging").iterdir()) == []
     assert [r.version for r in reopened.versions()] == ["v0001", "v0002"]
     assert reopened.create_version(stage_full(reopened, tiny_model, "c"), parent=None, strategy="x").version == "v0003"
+
+
+def test_a_correct_link_is_left_alone_when_the_registry_is_opened_by_a_relative_path(
+        tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    with Registry(tmp_path / "registry") as registry:
+        registry.create_version(stage_full(registry, tiny_model), parent=None, strategy="finetune")
+        registry.promote("v0001", actor="daemon")
+    stamp = os.lstat(tmp_path / "registry" / "champion").st_mtime_ns
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING"), Registry(Path("registry")) as relative:
+        assert relative.champion() == "v0001"
+    assert "repaired" not in caplog.text  # it once compared a resolved link with a relative path
+    assert os.lstat(tmp_path / "registry" / "champion").st_mtime_ns == stamp
