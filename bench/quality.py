@@ -1,6 +1,6 @@
 """Learning quality on real text through the real daemon: does it learn without forgetting, and at what cost?
 
-    python -m bench.quality --stream bbc|vader --profile quick|full --out DIR [--strategies a,b,...] [--jobs 2]
+    python -m bench.quality --stream bbc|vader --profile quick|full --out DIR [--strategies a,b,...] [--jobs 2] [--merge]
 
 For each strategy a real `lifelong run` gets the stream's files one by one (bench/streams.py), each
 followed by `lifelong update --now --wait`; decisions, scores and training counts are read back from
@@ -43,6 +43,10 @@ from bench.streams import Part, build, write
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("finetune", "replay", "ewc", "lora", "lwf", "lora+replay", "ewc+replay")
 DEFAULT_STRATEGY = "lora+replay"  # CONTRACT section 5
+# joint and retrain fine-tune the whole model from the base, as users retrain (the Trainer's default
+# rate). The config's default rate, 5e-4, is LoRA's: full fine-tuning at that rate collapsed to one
+# class on vader (joint ACC 0.411, validation loss ln 3), so an "upper bound" trained at it is none.
+REFERENCE_LR = 5e-5
 SLOWEST_FIRST = ("retrain", "ewc+replay", "replay", "lora+replay", "lwf", "ewc", "finetune", "lora", "joint")
 
 # Sized for 2 CPU cores. eval_fraction 0.3 on the quick profile's smaller files: the gate pools
@@ -134,7 +138,7 @@ def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, An
     from daemon.splits import is_eval
     from daemon.trainer import ChildRun, write_rows
 
-    defaults = StrategyConfig()  # the references train with the same loop settings as the strategies
+    defaults = StrategyConfig()  # the references train with the same loop settings as the strategies, but the rate
 
     folder = work / f"{name}-seed{seed}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -155,7 +159,7 @@ def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, An
         spec = {"batch": stage, "labels": labels, "seed": seed, "device": "auto", "num_processes": 1,
                 "max_length": profile["max_length"], "base": model, "old_label_count": 0, "parent": None,
                 "parent_state": None, "champion": None, "strategy": {"name": "finetune"},
-                "loop": {"epochs": profile["epochs"], "batch_size": defaults.batch_size, "lr": defaults.lr,
+                "loop": {"epochs": profile["epochs"], "batch_size": defaults.batch_size, "lr": REFERENCE_LR,
                          "weight_decay": defaults.weight_decay, "early_stopping_patience": defaults.early_stopping_patience,
                          "class_weights": defaults.class_weights, "precision": "auto"},
                 "data": {"train": str(run / "train.arrow"),
@@ -302,6 +306,9 @@ def main() -> None:
     parser.add_argument("--model", default="embedded:minilm")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md or docs/img")
     parser.add_argument("--jobs", type=int, default=1, help="contenders run at once (see the module's text)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other contenders' figures from DIR/results.json (same stream and profile) "
+                             "and run only --strategies")
     args = parser.parse_args()
     profile = PROFILES[args.profile]
     names = args.strategies.split(",")
@@ -313,6 +320,17 @@ def main() -> None:
     started = time.monotonic()
     per_seed: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     matrices: dict[str, list[list[float | None]]] = {}
+    kept: dict[str, list[dict[str, Any]]] = {}
+    runs: list[dict[str, Any]] = []
+    if args.merge:
+        earlier = json.loads((args.out / "results.json").read_text())
+        if (earlier["stream"], earlier["profile"]) != (args.stream, args.profile):
+            raise SystemExit(f"--merge: {args.out}/results.json is {earlier['stream']} {earlier['profile']}")
+        kept = {n: v for n, v in earlier["per_seed"].items() if n not in names}
+        runs = earlier.get("runs") or [{"contenders": sorted(earlier["per_seed"]),
+                                        "wall_seconds": earlier.get("total_wall_seconds")}]
+        for run in runs:
+            run["contenders"] = [n for n in run["contenders"] if n in kept]
     for seed in profile["seeds"]:
         parts = build(args.stream, seed, profile["per_group"][args.stream])
         files = write(parts, work / f"stream-seed{seed}")
@@ -332,10 +350,19 @@ def main() -> None:
             matrices.setdefault(name, run["matrix"])  # the first seed's matrix is plotted
         partial = {"stream": args.stream, "profile": args.profile, "seeds": profile["seeds"],
                    "strategies": {n: aggregate(v) for n, v in per_seed.items() if v}}
-        (args.out / "results.json").write_text(json.dumps({**partial, "per_seed": per_seed}, indent=2))
+        (args.out / "results.partial.json").write_text(json.dumps({**partial, "per_seed": per_seed}, indent=2))
+    order = [n for n in STRATEGIES + ("joint", "retrain") if n in kept or n in per_seed]
+    order += [n for n in per_seed if n not in order]
+    per_seed = {n: kept.get(n) or per_seed[n] for n in order}
+    for name, seeds in kept.items():
+        matrices[name] = seeds[0]["matrix"]
+    matrices = {n: matrices[n] for n in order}
+    command = "python -m bench.quality " + " ".join(sys.argv[1:])
+    runs = [r for r in runs if r["contenders"]] + [{"contenders": names, "command": command,
+                                                    "wall_seconds": round(time.monotonic() - started, 1)}]
     results = {"stream": args.stream, "profile": args.profile, "seeds": profile["seeds"],
                "strategies": {n: aggregate(v) for n, v in per_seed.items()},
-               "per_seed": per_seed, "total_wall_seconds": round(time.monotonic() - started, 1),
+               "per_seed": per_seed, "runs": runs, "total_wall_seconds": round(sum(r["wall_seconds"] or 0 for r in runs), 1),
                "settings": {k: v for k, v in profile.items() if k != "per_group"} | {"per_group": profile["per_group"][args.stream]}}
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     pngs = plots(results, matrices, args.out)
@@ -352,9 +379,8 @@ def main() -> None:
             shutil.copy(png, target)
             copied.append(target.relative_to(ROOT))
         rows_total = sum(len(p.rows) for p in parts)  # the last seed's stream: every seed's has the same size
-        jobs = f" --jobs {args.jobs}" if args.jobs > 1 else ""
         section = [f"## Learning quality: {args.stream} ({args.profile})", "",
-                   f"Command: `python -m bench.quality --stream {args.stream} --profile {args.profile} --out {args.out}{jobs}`", "",
+                   *(f"Command: `{r['command']}`  " for r in runs), "",
                    f"Machine: {machine()}. Model embedded:minilm; {rows_total} rows per seed in "
                    f"{len(parts)} files (one update each); seeds "
                    f"{profile['seeds']}; max_length {profile['max_length']}, eval_fraction {profile['eval_fraction']}, "
@@ -362,7 +388,10 @@ def main() -> None:
                    f"the references with the same loop settings. "
                    + (f"{args.jobs} contenders at a time, {os.environ['OMP_NUM_THREADS']} torch thread(s) each "
                       "(wall seconds per contender measured side by side). " if args.jobs > 1 else "")
-                   + f"Whole run: {results['total_wall_seconds'] / 60:.1f} min.", "",
+                   + (f"Whole run: {results['total_wall_seconds'] / 60:.1f} min." if len(runs) == 1 else
+                      "Run in parts (`--merge`): " + "; ".join(
+                          f"{', '.join(r['contenders'])}: {r['wall_seconds'] / 60:.1f} min" for r in runs)
+                      + f"; {results['total_wall_seconds'] / 60:.1f} min in all."), "",
                    body, "", *verdicts(results, args.profile), "",
                    *(f"![{p.stem}]({p})" for p in copied)]
         write_section(f"quality-{args.stream}-{args.profile}", "\n".join(section))
