@@ -43,10 +43,6 @@ from bench.streams import Part, build, write
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("finetune", "replay", "ewc", "lora", "lwf", "lora+replay", "ewc+replay")
 DEFAULT_STRATEGY = "lora+replay"  # CONTRACT section 5
-# joint and retrain fine-tune the whole model from the base, as users retrain (the Trainer's default
-# rate). The config's default rate, 5e-4, is LoRA's: full fine-tuning at that rate collapsed to one
-# class on vader (joint ACC 0.411, validation loss ln 3), so an "upper bound" trained at it is none.
-REFERENCE_LR = 5e-5
 SLOWEST_FIRST = ("retrain", "ewc+replay", "replay", "lora+replay", "lwf", "ewc", "finetune", "lora", "joint")
 
 # Sized for 2 CPU cores. eval_fraction 0.3 on the quick profile's smaller files: the gate pools
@@ -138,7 +134,7 @@ def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, An
     from daemon.splits import is_eval
     from daemon.trainer import ChildRun, write_rows
 
-    defaults = StrategyConfig()  # the references train with the same loop settings as the strategies, but the rate
+    defaults = StrategyConfig()  # the references train with the same loop settings as the strategies
 
     folder = work / f"{name}-seed{seed}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -146,7 +142,7 @@ def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, An
     train_sets, eval_paths, labels = [], {}, []
     for j, part in enumerate(parts, start=1):
         rows = [(r["text"], r["label"]) for r in part.rows]
-        labels += [label for _, label in rows if label not in labels]
+        labels += [label for label in dict.fromkeys(label for _, label in rows) if label not in labels]
         train_sets.append([(t, l) for t, l in rows if not is_eval(t, profile["eval_fraction"])])
         eval_paths[str(j)] = folder / "data" / f"eval-{j}.arrow"
         write_rows(eval_paths[str(j)], [(t, l) for t, l in rows if is_eval(t, profile["eval_fraction"])])
@@ -159,7 +155,7 @@ def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, An
         spec = {"batch": stage, "labels": labels, "seed": seed, "device": "auto", "num_processes": 1,
                 "max_length": profile["max_length"], "base": model, "old_label_count": 0, "parent": None,
                 "parent_state": None, "champion": None, "strategy": {"name": "finetune"},
-                "loop": {"epochs": profile["epochs"], "batch_size": defaults.batch_size, "lr": REFERENCE_LR,
+                "loop": {"epochs": profile["epochs"], "batch_size": defaults.batch_size, "lr": defaults.lr,
                          "weight_decay": defaults.weight_decay, "early_stopping_patience": defaults.early_stopping_patience,
                          "class_weights": defaults.class_weights, "precision": "auto"},
                 "data": {"train": str(run / "train.arrow"),
