@@ -117,7 +117,7 @@ def spawn(args: list[str], stdin: int) -> subprocess.Popen[str]:
 class Standby:
     """At most one single-process training child, started ahead of need (see the module's text).
 
-    `warm()` starts one if none is alive; `take()` hands it over (imports done or still under way:
+    `warm()` starts one if none is alive (or renews the one waiting); `take()` hands it over (imports done or still under way:
     either way it is ahead of a fresh spawn); `expire()` retires it after `seconds` unused; `close()`
     ends it. `seconds` = 0 disables it. Not thread-safe on its own: the daemon calls it from its
     update thread (take) and its main loop (warm, expire) under `lock`.
@@ -136,7 +136,10 @@ class Standby:
 
     def warm(self) -> None:
         with self.lock:
-            if self.seconds <= 0 or self.alive:
+            if self.seconds <= 0:
+                return
+            if self.alive:
+                self.since = self.clock()  # wanted again: its time to retire counts from now
                 return
             self._reap()
             self.process = spawn(["-m", "strategies.child", "--standby"], stdin=subprocess.PIPE)

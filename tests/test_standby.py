@@ -73,10 +73,13 @@ def test_a_standby_retires_when_unused_and_ends_when_closed(tmp_path: Path) -> N
     first = standby.process.pid  # type: ignore[union-attr]
     standby.warm()  # one at a time
     assert standby.process.pid == first  # type: ignore[union-attr]
-    now[0] = 299.0
+    now[0] = 200.0
+    standby.warm()  # wanted again: renewed, not replaced
+    assert standby.process.pid == first  # type: ignore[union-attr]
+    now[0] = 499.0
     standby.expire()
     assert standby.alive
-    now[0] = 300.0
+    now[0] = 500.0
     standby.expire()
     assert not standby.alive and gone(first)
     standby.warm()
