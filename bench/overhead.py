@@ -26,6 +26,7 @@ from pathlib import Path
 from bench.report import machine, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
+WARM_UP = 20.0
 
 
 def reviews(count: int, seed: int = 0) -> list[dict]:
@@ -156,17 +157,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1500)
     parser.add_argument("--idle", type=float, default=60.0)
-    parser.add_argument("--standby-seconds", type=float, default=120.0,
+    parser.add_argument("--standby-seconds", type=float, default=150.0,
                         help="train.standby_seconds for the warm daemon (the default is 300; shorter waits less "
                              "before the idle measure after the standby retired, and changes no other figure)")
     parser.add_argument("--section", default="overhead", help="BENCHMARKS.md section to write")
     args = parser.parse_args()
+    if args.standby_seconds < WARM_UP + args.idle + 30:
+        parser.error(f"--standby-seconds must outlast the warm idle measure and the update after it "
+                     f"(at least {WARM_UP:g} + --idle + 30 s)")
 
     with tempfile.TemporaryDirectory(prefix="lifelong-bench-") as folder:
         # (1) the default: a standby child warms at start-up; idle with it, then a file lands
         daemon = Daemon(Path(folder) / "warm", {"LIFELONG_TRAIN__STANDBY_SECONDS": str(args.standby_seconds)})
         try:
-            time.sleep(20)  # the standby's imports (a few seconds of CPU) are start-up, not idling
+            time.sleep(WARM_UP)  # the standby's imports (a few seconds of CPU) are start-up, not idling
             idle_warm = idle(daemon.process.pid, args.idle)
             warm = figures(*daemon.update(args.rows))
             # (2) nothing more arrives: the standby started after the update retires, the daemon idles alone
