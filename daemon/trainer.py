@@ -61,6 +61,7 @@ class ChildRun:
                 self.process, self.warm = ready, True
             except OSError:  # it died since take() looked: spawn one as usual
                 ready.kill()
+                ready.wait()
         if self.process is None:
             self.process = spawn([*launcher(processes), "strategies.child", str(self.spec_path)],
                                  stdin=subprocess.DEVNULL)
