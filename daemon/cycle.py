@@ -49,6 +49,7 @@ class UpdateCycle:
                  on_child: Callable[[ChildRun | None], None] | None = None, standby: Standby | None = None) -> None:
         self.home = home
         self.standby = standby
+        self.child_warm = False  # the last run was handed to the standby child
         self.config = home.config
         self.registry = registry
         self.on_event = on_event or (lambda event: None)

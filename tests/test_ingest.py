@@ -254,6 +254,7 @@ def test_a_file_renamed_from_a_temp_name_is_taken_without_waiting(home_root: Pat
 def test_a_quick_rename_seen_by_the_watcher_is_taken_without_waiting(home_root: Path) -> None:
     """No pass saw the temporary name: the file-system event of the rename says the write is done."""
     from daemon.service import start_watching
+    from tests.test_service import wait_for
 
     write_config(home_root, inbox={"settle_seconds": 30})
     home = open_home(home_root)
@@ -266,9 +267,7 @@ def test_a_quick_rename_seen_by_the_watcher_is_taken_without_waiting(home_root: 
         os.rename(temp, home_root / "inbox" / "quick.jsonl")
         (home_root / "inbox" / "inplace.jsonl").write_text(jsonl(ROWS[5:9]))
         os.rename(home_root / "inbox" / "inplace.jsonl", home_root / "inbox" / "moved.jsonl")  # not from a temp name
-        deadline = time.monotonic() + 10
-        while "quick.jsonl" not in inbox._renamed and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: "quick.jsonl" in inbox._renamed, timeout=10)
         outcomes, wait = inbox.pass_once()
     finally:
         observer.stop()

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from daemon.trainer import ChildRun, Standby
 from tests.test_child import interrupt_after_first_step, make_spec
+from tests.test_service import wait_for
 
 
 def gone(pid: int) -> bool:
@@ -21,15 +19,6 @@ def gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return state in ("Z", "X")  # a zombie has exited; only its parent's wait() is missing
-
-
-def wait_until(check, timeout: float = 90.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_a_standby_child_runs_the_spec_it_is_handed_as_a_fresh_child_does(tmp_path: Path, tiny_model: Path) -> None:
@@ -99,4 +88,4 @@ def test_a_standby_exits_by_itself_when_its_daemon_dies(tmp_path: Path) -> None:
         "s = Standby(300); s.warm(); print(s.process.pid, flush=True)\n"
         "os._exit(0)\n")], capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
     pid = int(parent.stdout.split()[0])
-    assert wait_until(lambda: gone(pid)), "the standby outlived its parent"
+    wait_for(lambda: gone(pid), timeout=90)  # else: the standby outlived its parent
