@@ -112,6 +112,9 @@ class LoraConfig(Section):
     alpha: float = Field(default=16, gt=0)
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     target_modules: str | list[str] = "auto"
+    # an addition to CONTRACT section 5: the rate of runs whose strategy includes lora (adapters and
+    # classifier head), which learn slowly at strategy.lr, the rate for training every weight
+    lr: float = Field(default=2e-3, gt=0.0, lt=1.0)
 
 
 class LwfConfig(Section):

@@ -133,7 +133,7 @@ class UpdateCycle:
             "strategy": {"name": strategy.name, **{k: v for k, v in strategy.model_dump(by_alias=True).items()
                                                    if isinstance(v, dict)}},
             "loop": {"epochs": strategy.epochs, "batch_size": strategy.batch_size,
-                     "lr": strategy.lr, "weight_decay": strategy.weight_decay, "l1": strategy.l1,
+                     "lr": self._rate(), "weight_decay": strategy.weight_decay, "l1": strategy.l1,
                      "early_stopping_patience": strategy.early_stopping_patience,
                      "class_weights": strategy.class_weights, "precision": self.config.train.precision},
             "data": {"train": str(data / "train.arrow"), "eval": evals, "train_rows": train_rows, "eval_rows": rows},
@@ -143,6 +143,11 @@ class UpdateCycle:
         path = work / "spec.json"
         path.write_text(json.dumps(spec, indent=2))
         return path
+
+    def _rate(self) -> float | str:
+        """strategy.lora.lr when the strategy trains LoRA adapters, else strategy.lr; "auto" searches either way."""
+        strategy = self.config.strategy
+        return strategy.lora.lr if "lora" in strategy.parts and strategy.lr != "auto" else strategy.lr
 
     def _canary_rows(self, store: Store) -> list[tuple[str, str]]:
         path = Path(self.config.gate.canary)

@@ -18,7 +18,7 @@ def test_template_is_the_defaults_and_names_every_key() -> None:
     parsed = config.parse(tomllib.loads(text))
     assert parsed == Config()
     data = tomllib.loads(text)
-    # every key of CONTRACT section 5 (and the two added: strategy.l1, train.standby_seconds) appears in the commented file
+    # every key of CONTRACT section 5 (and the three added: strategy.l1, strategy.lora.lr, train.standby_seconds) appears in the commented file
     expected = {
         "model": {"base", "max_length"},
         "inbox": {"path", "settle_seconds", "eval_fraction", "on_bad_rows", "max_file_bytes", "labels", "polling", "rescan_seconds"},
@@ -33,7 +33,7 @@ def test_template_is_the_defaults_and_names_every_key() -> None:
     assert {k: set(v) for k, v in data.items()} == expected
     assert set(data["strategy"]["replay"]) == {"buffer_rows", "policy", "ratio"}
     assert set(data["strategy"]["ewc"]) == {"lambda", "fisher_samples", "decay"}
-    assert set(data["strategy"]["lora"]) == {"r", "alpha", "dropout", "target_modules"}
+    assert set(data["strategy"]["lora"]) == {"r", "alpha", "dropout", "target_modules", "lr"}
     assert set(data["strategy"]["lwf"]) == {"alpha", "temperature"}
     assert text.count("\n#") > 20  # commented
 

@@ -164,3 +164,14 @@ def test_kustomize_builds_both_variants_and_the_output_validates(tmp_path: Path)
         config = next(doc for doc in built if doc["kind"] == "ConfigMap")["metadata"]["name"]
         assert config.startswith("lifelong-config-")  # hashed: a config change rolls the pod
         assert {v.get("configMap", {}).get("name") for v in sts["spec"]["template"]["spec"]["volumes"]} >= {config}
+
+
+def test_configmap_differs_from_the_init_template_in_three_keys_only() -> None:
+    import tomllib
+
+    template = tomllib.loads((ROOT / "daemon" / "lifelong.toml").read_text())
+    k8s = tomllib.loads((K8S / "lifelong.toml").read_text())
+    changed = {(section, key) for section in template for key in template[section]
+               if k8s[section].get(key) != template[section][key]}
+    assert changed == {("inbox", "path"), ("inbox", "polling"), ("metrics", "bind")}
+    assert all(set(k8s[s]) == set(template[s]) for s in template) and set(k8s) == set(template)
