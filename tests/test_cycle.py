@@ -65,3 +65,21 @@ def test_cycles_promote_then_reject_flipped_labels_then_hold_when_pinned(home_ro
         # a candidate that passes the gate while pinned is held, not promoted
         assert UpdateCycle(home, registry).decide("v0004", GateResult(True, ["ok"]), {}) == "held"
         assert registry.champion() == "v0002" and registry.decision("v0004") == "held"
+
+
+def test_spec_trains_lora_at_its_own_rate_and_every_weight_at_strategy_lr(home_root: Path, tiny_model: Path) -> None:
+    import json
+
+    from daemon.store import Store
+
+    write_config(home_root, inbox={"settle_seconds": 0})
+    drop(home_root, "b1.jsonl", toy(["sport", "food"], 40, seed=1))
+    # the same undecided batch is specified again under each config
+    for name, lr, lora_lr, expected in [("lora+replay", 5e-4, 3e-3, 3e-3), ("lora", "auto", 3e-3, "auto"),
+                                        ("ewc+replay", 5e-4, 3e-3, 5e-4)]:
+        write_config(home_root, model={"base": str(tiny_model)}, strategy={"name": name, "lr": lr, "lora": {"lr": lora_lr}})
+        home = open_home(home_root)
+        with Registry(home.registry) as registry, Store(home.store_path) as store:
+            cycle = UpdateCycle(home, registry)
+            spec = json.loads(cycle.build_spec(store, cycle.close_batch(store)).read_text())
+        assert spec["loop"]["lr"] == expected, name
