@@ -74,6 +74,7 @@ class UpdateCycle:
                 outcome = Outcome(batch=batch, decision=decision, version=version, reasons=gate.reasons,
                                   summary={"metrics": metrics, "train": results["train"],
                                            "eval_seconds": results.get("eval_seconds"),
+                                           "eval_reused": results.get("eval_reused", []),
                                            "child_seconds": round(child_seconds, 3), "child_warm": self.child_warm})
                 shutil.rmtree(self.workdir(batch), ignore_errors=True)
             except TrainingInterrupted:
@@ -111,6 +112,7 @@ class UpdateCycle:
         champion = self.registry.champion()
         champion_dir = self.registry.model_dir(champion) if champion else None  # verified before use
         parent_state = self.registry.artifacts.local_path(champion) / "state" if champion else None
+        kept = self.registry.artifacts.local_path(champion) / "predictions.json" if champion else None
         train_rows = write_rows(data / "train.arrow", store.iter_rows(batch, "train"))
         evals, rows = {}, {}
         for earlier in store.batches():
@@ -130,6 +132,7 @@ class UpdateCycle:
             "old_label_count": len(self.registry.get(champion).info.get("labels", [])) if champion else 0,
             "parent": champion, "parent_state": str(parent_state) if parent_state and parent_state.is_dir() else None,
             "champion": str(champion_dir) if champion_dir else None,
+            "champion_predictions": str(kept) if kept and kept.is_file() else None,
             "strategy": {"name": strategy.name, **{k: v for k, v in strategy.model_dump(by_alias=True).items()
                                                    if isinstance(v, dict)}},
             "loop": {"epochs": strategy.epochs, "batch_size": strategy.batch_size,

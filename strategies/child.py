@@ -5,8 +5,9 @@
 
 The spec (written by the daemon) names the model to start from, the labels, the strategy and its
 config, Arrow files of the training rows and of every held-out set, the champion to score side by
-side, and where to write: `out` (the new version's files: model/ or adapter/ + model-config/, and
-state/), `serving` (merged weights of a LoRA candidate), `checkpoint`, and `results`.
+side (and its predictions kept from when it was the candidate), and where to write: `out` (the new
+version's files: model/ or adapter/ + model-config/, state/, predictions.json), `serving` (merged
+weights of a LoRA candidate), `checkpoint`, and `results`.
 
 Exit codes: 0 done; 75 stopped by SIGTERM after a checkpoint (run again to resume); 1 failed (an
 exception, a non-finite loss, out of memory), with a "failed" line saying why.
@@ -64,7 +65,6 @@ def _run(spec: dict[str, Any], stop: threading.Event, group) -> dict[str, Any] |
     from strategies import models
     from strategies.abc import Context, build
     from strategies.data import Example
-    from strategies.evaluate import predict, scores
     from strategies.loop import Checkpoints, LoopConfig, train
 
     labels: list[str] = spec["labels"]
@@ -118,27 +118,81 @@ def _run(spec: dict[str, Any], stop: threading.Event, group) -> dict[str, Any] |
     strategy.save_state(ctx, out / "state")
 
     emit({"event": "evaluating"})
-    evaluated = {"candidate": candidate}
-    if spec.get("champion"):
-        champion, _ = models.load(spec["champion"], labels)
-        evaluated["champion"] = champion.to(device)
-    results: dict[str, Any] = {"train": stats, "scores": {}, "paired": {}}
-    eval_started = time.perf_counter()
+    results = evaluate(spec, labels, candidate, tokenizer, device, ctx.max_length, out)
+    results["train"] = stats
+    return results
+
+
+def evaluate(spec: dict[str, Any], labels: list[str], candidate, tokenizer, device, max_length: int,  # type: ignore[no-untyped-def]
+             out: Path) -> dict[str, Any]:
+    """Candidate and champion scored on every held-out set, and the rows that changed between them.
+
+    The candidate's predictions are kept with the version (out/predictions.json, each set's keyed by a
+    digest of its texts and max_length): when this candidate is champion, the next update reuses them
+    for every set they cover instead of scoring it again. The champion is scored as it serves, with
+    its own head (its labels are a prefix of `labels`), so kept and fresh predictions agree.
+    """
+    from strategies import models
+    from strategies.evaluate import predict, scores
+
+    kept = _kept_predictions(spec.get("champion_predictions"))
+    champion = None
+    index = {label: i for i, label in enumerate(labels)}
+    results: dict[str, Any] = {"scores": {}, "paired": {}, "eval_reused": []}
+    predictions: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
     for name, path in spec["data"].get("eval", {}).items():
         held_out = read_rows(path)
-        truth = [labels.index(label) for _, label in held_out]
-        right = {}
-        for who, net in evaluated.items():
-            predicted, _ = predict(net, tokenizer, [text for text, _ in held_out], device, ctx.max_length)
-            results["scores"].setdefault(who, {})[name] = {k: v for k, v in scores(truth, predicted, labels).items()
+        texts = [text for text, _ in held_out]
+        truth = [index[label] for _, label in held_out]
+        digest = _digest(texts, max_length)
+        predicted = {"candidate": predict(candidate, tokenizer, texts, device, max_length)[0]}
+        predictions[name] = {"digest": digest, "labels": [labels[i] for i in predicted["candidate"]]}
+        if spec.get("champion"):
+            hit = kept.get(name)
+            if _covers(hit, digest, len(texts), index):
+                predicted["champion"] = [index[label] for label in hit["labels"]]
+                results["eval_reused"].append(name)
+            else:
+                if champion is None:
+                    own = labels[: int(spec.get("old_label_count") or 0)] or labels
+                    champion = models.load(spec["champion"], own)[0].to(device)
+                predicted["champion"] = predict(champion, tokenizer, texts, device, max_length)[0]
+        for who, found in predicted.items():
+            results["scores"].setdefault(who, {})[name] = {k: v for k, v in scores(truth, found, labels).items()
                                                            if k != "per_label"}
-            right[who] = [p == t for p, t in zip(predicted, truth)]
-        if "champion" in right:  # the same rows, both models: what changed, for the gate's sign test
-            pairs = list(zip(right["champion"], right["candidate"]))
+        if "champion" in predicted:  # the same rows, both models: what changed, for the gate's sign test
+            pairs = [(a == t, b == t) for a, b, t in zip(predicted["champion"], predicted["candidate"], truth)]
             results["paired"][name] = {"lost": sum(a and not b for a, b in pairs),
                                        "gained": sum(b and not a for a, b in pairs)}
-    results["eval_seconds"] = round(time.perf_counter() - eval_started, 3)
+    (out / "predictions.json").write_text(json.dumps(predictions))
+    results["eval_seconds"] = round(time.perf_counter() - started, 3)
     return results
+
+
+def _digest(texts: list[str], max_length: int) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps([max_length, texts]).encode()).hexdigest()
+
+
+def _covers(hit: Any, digest: str, rows: int, index: dict[str, int]) -> bool:
+    """Kept predictions that are for exactly these rows, in labels this run knows."""
+    if not isinstance(hit, dict) or hit.get("digest") != digest:
+        return False
+    found = hit.get("labels")
+    return isinstance(found, list) and len(found) == rows and all(label in index for label in found)
+
+
+def _kept_predictions(path: str | None) -> dict[str, Any]:
+    """The champion's predictions from when it was the candidate; {} when there are none or they cannot be read."""
+    if not path:
+        return {}
+    try:
+        kept = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return kept if isinstance(kept, dict) else {}
 
 
 LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3)

@@ -115,3 +115,43 @@ def test_lr_auto_tries_a_grid_and_keeps_the_best(tmp_path: Path, tiny_model: Pat
     assert [e["lr"] for e in tried] == [1e-4, 3e-4, 1e-3, 3e-3]
     assert chosen == min(tried, key=lambda e: e["validation_loss"])["lr"]
     assert results["train"]["lr"] == chosen
+
+
+def test_kept_predictions_stand_in_for_the_champion_exactly(tmp_path: Path, tiny_model: Path) -> None:
+    """A version keeps its predictions; as champion they replace scoring it again, with the same figures."""
+    for folder in "abc":
+        (tmp_path / folder).mkdir()
+    first = json.loads(make_spec(tmp_path / "a", tiny_model, rows=80).read_text())
+    assert ChildRun(Path(tmp_path / "a" / "spec.json")).start().wait()["eval_reused"] == []
+    kept = tmp_path / "a" / "out" / "predictions.json"
+    assert set(json.loads(kept.read_text())) == {"1"}
+
+    def second(folder: str, predictions: Path | None) -> dict:
+        spec = json.loads(make_spec(tmp_path / folder, tiny_model, rows=80, champion=tmp_path / "a" / "out" / "model",
+                                    parent="v0001").read_text())
+        write_rows(tmp_path / folder / "data" / "eval-2.arrow", toy(["music", "tech"], 10, seed=3))
+        spec.update(labels=["sport", "food", "music", "tech"], old_label_count=2,
+                    champion_predictions=str(predictions) if predictions else None)
+        spec["data"]["eval"] = {"1": first["data"]["eval"]["1"], "2": str(tmp_path / folder / "data" / "eval-2.arrow")}
+        write_rows(Path(spec["data"]["train"]), toy(["music", "tech"], 80, seed=4) + toy(["sport", "food"], 40, seed=5))
+        (tmp_path / folder / "spec.json").write_text(json.dumps(spec))
+        return ChildRun(tmp_path / folder / "spec.json").start().wait()
+
+    reused, fresh = second("b", kept), second("c", None)
+    assert reused["eval_reused"] == ["1"] and fresh["eval_reused"] == []
+    assert reused["scores"]["champion"] == fresh["scores"]["champion"]
+    assert reused["paired"] == fresh["paired"] and set(reused["paired"]) == {"1", "2"}
+    # the champion scored as it serves: its own two labels, never the new ones
+    assert reused["scores"]["champion"]["2"]["accuracy"] == 0.0
+
+
+def test_kept_predictions_cover_only_the_same_rows_in_known_labels() -> None:
+    from strategies.child import _covers, _digest
+
+    index = {"sport": 0, "food": 1}
+    digest = _digest(["a", "b"], 64)
+    assert _covers({"digest": digest, "labels": ["food", "sport"]}, digest, 2, index)
+    assert not _covers({"digest": _digest(["a", "b"], 32), "labels": ["food", "sport"]}, digest, 2, index)
+    assert not _covers({"digest": digest, "labels": ["food"]}, digest, 2, index)
+    assert not _covers({"digest": digest, "labels": ["food", "music"]}, digest, 2, index)
+    assert not _covers(None, digest, 2, index)

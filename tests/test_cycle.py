@@ -45,6 +45,7 @@ def test_cycles_promote_then_reject_flipped_labels_then_hold_when_pinned(home_ro
     second = cycle(home_root)
     assert second["decision"] == "promoted", second
     assert second["metrics"]["candidate"]["old"] > 0.8  # replay kept batch 1
+    assert second["eval_reused"] == ["1"]  # the champion's predictions on batch 1 were kept from its own update
     flipped = [(t, {"sport": "food", "food": "sport"}[l]) for t, l in toy(["sport", "food"], 120, seed=3)]
     drop(home_root, "b3.jsonl", flipped)
     third = cycle(home_root)
