@@ -33,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -328,26 +328,34 @@ def main() -> None:
                                         "wall_seconds": earlier.get("total_wall_seconds")}]
         for run in runs:
             run["contenders"] = [n for n in run["contenders"] if n in kept]
+    streams = {}
     for seed in profile["seeds"]:
         parts = build(args.stream, seed, profile["per_group"][args.stream])
-        files = write(parts, work / f"stream-seed{seed}")
+        streams[seed] = (parts, write(parts, work / f"stream-seed{seed}"))
 
-        def contend(name: str, parts=parts, files=files, seed=seed) -> tuple[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
-            print(f"{name} (seed {seed})", flush=True)
-            if name in ("joint", "retrain"):
-                return name, run_reference(name, parts, seed, profile, args.model, work)
-            return name, run_strategy(name, files, seed, profile, args.model, work)
+    def contend(task: tuple[str, int]) -> tuple[str, int, dict[str, Any]]:
+        name, seed = task
+        parts, files = streams[seed]
+        print(f"{name} (seed {seed})", flush=True)
+        if name in ("joint", "retrain"):
+            return name, seed, run_reference(name, parts, seed, profile, args.model, work)
+        return name, seed, run_strategy(name, files, seed, profile, args.model, work)
 
-        order = sorted(names, key=lambda n: SLOWEST_FIRST.index(n) if n in SLOWEST_FIRST else 0)
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            done = dict(pool.map(contend, order))
-        for name in names:  # recorded in the order asked for
-            run = done[name]
-            per_seed[name].append({**figures(run), "matrix": run["matrix"]})
-            matrices.setdefault(name, run["matrix"])  # the first seed's matrix is plotted
-        partial = {"stream": args.stream, "profile": args.profile, "seeds": profile["seeds"],
-                   "strategies": {n: aggregate(v) for n, v in per_seed.items() if v}}
-        (args.out / "results.partial.json").write_text(json.dumps({**partial, "per_seed": per_seed}, indent=2))
+    # one queue over every seed, slowest contenders first: no seed waits for the last of the one before
+    tasks = sorted(((n, seed) for seed in profile["seeds"] for n in names),
+                   key=lambda t: (SLOWEST_FIRST.index(t[0]) if t[0] in SLOWEST_FIRST else 0, t[1]))
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for future in as_completed([pool.submit(contend, task) for task in tasks]):
+            name, seed, run = future.result()
+            done[name, seed] = run
+            partial = {n: [figures(done[n, s]) for s in profile["seeds"] if (n, s) in done] for n in names}
+            (args.out / "results.partial.json").write_text(json.dumps(
+                {"stream": args.stream, "profile": args.profile, "seeds": profile["seeds"],
+                 "strategies": {n: aggregate(v) for n, v in partial.items() if v}, "per_seed": partial}, indent=2))
+    for name in names:  # recorded in the order asked for, seeds in order
+        per_seed[name] = [{**figures(done[name, seed]), "matrix": done[name, seed]["matrix"]} for seed in profile["seeds"]]
+        matrices[name] = done[name, profile["seeds"][0]]["matrix"]  # the first seed's matrix is plotted
     order = [n for n in STRATEGIES + ("joint", "retrain") if n in kept or n in per_seed]
     order += [n for n in per_seed if n not in order]
     per_seed = {n: kept.get(n) or per_seed[n] for n in order}
@@ -375,7 +383,8 @@ def main() -> None:
             target = img / f"quality-{args.stream}-{args.profile}-{png.name}"
             shutil.copy(png, target)
             copied.append(target.relative_to(ROOT))
-        rows_total = sum(len(p.rows) for p in parts)  # the last seed's stream: every seed's has the same size
+        parts = streams[profile["seeds"][0]][0]  # every seed's stream has the same size
+        rows_total = sum(len(p.rows) for p in parts)
         section = [f"## Learning quality: {args.stream} ({args.profile})", "",
                    *(f"Command: `{r['command']}`  " for r in runs), "",
                    f"Machine: {machine()}. Model embedded:minilm; {rows_total} rows per seed in "
