@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test venv tools bench-ingest clean
+.PHONY: run test venv tools bench-ingest bench-quality clean
 
 venv: $(VENV)/.installed
 
@@ -39,6 +39,13 @@ tools: .tools/bin/promtool
 bench-ingest: venv
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench.ingest
+
+# learning quality through the real daemon (BENCHMARKS.md): make bench-quality STREAM=vader PROFILE=full
+STREAM ?= bbc
+PROFILE ?= quick
+bench-quality: venv
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m bench.quality --stream $(STREAM) --profile $(PROFILE) --out bench/out/quality-$(STREAM)-$(PROFILE) --jobs 2
 
 clean:
 	rm -rf $(VENV) .tools build *.egg-info .pytest_cache .hypothesis
