@@ -129,7 +129,8 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
     return {"matrix": matrix, "train_samples": samples, "promoted": promoted, "rejected": rejected}
 
 
-def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, Any], model: str, work: Path) -> dict[str, Any]:
+def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, Any], model: str, work: Path,
+                  lr: float | None = None) -> dict[str, Any]:
     """`joint` or `retrain` through the training child (same loop, same evaluation), held-out rows split as the daemon does."""
     from daemon.config import StrategyConfig
     from daemon.splits import is_eval
@@ -156,7 +157,7 @@ def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, An
         spec = {"batch": stage, "labels": labels, "seed": seed, "device": "auto", "num_processes": 1,
                 "max_length": profile["max_length"], "base": model, "old_label_count": 0, "parent": None,
                 "parent_state": None, "champion": None, "strategy": {"name": "finetune"},
-                "loop": {"epochs": profile["epochs"], "batch_size": defaults.batch_size, "lr": defaults.lr,
+                "loop": {"epochs": profile["epochs"], "batch_size": defaults.batch_size, "lr": lr or defaults.lr,
                          "weight_decay": defaults.weight_decay, "early_stopping_patience": defaults.early_stopping_patience,
                          "class_weights": defaults.class_weights, "precision": "auto"},
                 "data": {"train": str(run / "train.arrow"),

@@ -126,7 +126,7 @@ class StrategyConfig(Section):
     name: str = "lora+replay"
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=16, ge=1)
-    lr: float | Literal["auto"] = 5e-4
+    lr: float | Literal["auto"] = 1e-4  # CONTRACT says 5e-4; see the template
     early_stopping_patience: int = Field(default=2, ge=0)
     weight_decay: float = Field(default=0.01, ge=0.0)
     l1: float = Field(default=0.0, ge=0.0)  # an addition to CONTRACT section 5: L1 on the trained weights

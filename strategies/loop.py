@@ -37,7 +37,7 @@ class NonFiniteLoss(RuntimeError):
 class LoopConfig:
     epochs: int = 2
     batch_size: int = 16
-    lr: float = 5e-4
+    lr: float = 1e-4
     weight_decay: float = 0.01
     l1: float = 0.0
     warmup_ratio: float = 0.1
