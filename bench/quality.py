@@ -12,7 +12,9 @@ is scored on the same rows.
 
 Figures per strategy: `acc`, the final champion's mean accuracy over every batch's held-out rows;
 `bwt`, backward transfer, the mean over earlier batches of final minus just-learned accuracy;
-`forgetting_max`, the largest drop from an earlier batch's best accuracy to its final one;
+`forgetting_max`, the largest drop from an earlier batch's best accuracy to its final one (the
+champion's, what users are served); `candidate_drop_max`, the largest drop any candidate showed on an
+earlier batch against its champion (the forgetting the gate saw, and stopped when it rejected);
 `train_samples`, every example the training loop processed; `wall_seconds`; `promoted`/`rejected`.
 Writes DIR/results.json, DIR/table.md, DIR/matrices.png, DIR/compute.png, and (unless --no-write)
 the BENCHMARKS.md section with the plots copied to docs/img/.
@@ -112,6 +114,7 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
 
     matrix: list[list[float | None]] = []
     samples = promoted = rejected = 0
+    drops: list[float] = []
     champion: dict[str, float | None] = {}
     with Registry(home / "registry") as registry:
         by_batch = {int(r.info["data"]["experience"]): (r, registry.decision_record(r.version)) for r in registry.versions()}
@@ -123,10 +126,13 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
             verdict = decision.decision if decision else None
             promoted += verdict == "promoted"
             rejected += verdict == "rejected"
+            if metrics.get("forgetting_max") is not None:
+                drops.append(metrics["forgetting_max"])
             who = "candidate" if verdict == "promoted" else "champion"
             champion = dict(((metrics.get(who) or {}).get("per_experience")) or champion)
         matrix.append([champion.get(str(j)) for j in range(1, batches + 1)])
-    return {"matrix": matrix, "train_samples": samples, "promoted": promoted, "rejected": rejected}
+    return {"matrix": matrix, "train_samples": samples, "promoted": promoted, "rejected": rejected,
+            "candidate_drop_max": max(drops, default=None)}
 
 
 def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, Any], model: str, work: Path,
@@ -190,18 +196,18 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
     drops = [b - final[j] for j, b in zip(earlier, best) if b is not None]
     return {"acc": acc, "bwt": bwt, "forgetting_max": max(drops) if drops else None,
             "train_samples": run["train_samples"], "wall_seconds": round(run["wall_seconds"], 1),
-            "promoted": run["promoted"], "rejected": run["rejected"]}
+            "promoted": run["promoted"], "rejected": run["rejected"], "candidate_drop_max": run.get("candidate_drop_max")}
 
 
 def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("acc", "bwt", "forgetting_max", "train_samples", "wall_seconds", "promoted", "rejected"):
-        values = [f[key] for f in per_seed if f[key] is not None]
+    for key in ("acc", "bwt", "forgetting_max", "candidate_drop_max", "train_samples", "wall_seconds", "promoted", "rejected"):
+        values = [f[key] for f in per_seed if f.get(key) is not None]
         if not values:
             out[key] = None
             continue
         out[key] = statistics.fmean(values)
-        if len(per_seed) > 1 and key in ("acc", "bwt", "forgetting_max"):
+        if len(per_seed) > 1 and key in ("acc", "bwt", "forgetting_max", "candidate_drop_max"):
             out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     return out
 
@@ -217,16 +223,21 @@ def table(results: dict[str, Any]) -> str:
         spread = rows[name].get(f"{key}_std") if multi else None
         return f"{value:.3f}" + (f" ± {spread:.3f}" if spread is not None else "")
 
-    lines = ["| strategy | ACC | BWT | forgetting max | train samples | vs retrain | wall s | promoted / rejected |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| strategy | ACC | BWT | forgetting max | candidate drop max | train samples | vs retrain | wall s | promoted / rejected |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in rows.items():
         share = f"{r['train_samples'] / retrain:.0%}" if retrain else "-"
         decided = "-" if r["promoted"] is None else f"{r['promoted']:.3g} / {r['rejected']:.3g}"
         label = f"**{name}** (default)" if name == DEFAULT_STRATEGY else name
         lines.append(f"| {label} | {fmt(r['acc'], 'acc', name)} | {fmt(r['bwt'], 'bwt', name)} | "
-                     f"{fmt(r['forgetting_max'], 'forgetting_max', name)} | {r['train_samples']:,.0f} | {share} | "
+                     f"{fmt(r['forgetting_max'], 'forgetting_max', name)} | "
+                     f"{fmt(r.get('candidate_drop_max'), 'candidate_drop_max', name)} | {r['train_samples']:,.0f} | {share} | "
                      f"{r['wall_seconds']:.0f} | {decided} |")
     return "\n".join(lines)
+
+
+def fmt_or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def verdicts(results: dict[str, Any], profile_name: str) -> list[str]:
@@ -246,7 +257,10 @@ def verdicts(results: dict[str, Any], profile_name: str) -> list[str]:
     out.append(f"- default training samples {share:.0%} of retrain's ({'met' if share <= limits[2] else 'MISSED'}, "
                f"target <= {limits[2]:.0%})")
     if "finetune" in rows and rows["finetune"]["bwt"] is not None:
-        out.append(f"- finetune BWT {rows['finetune']['bwt']:.3f}, forgetting max {rows['finetune']['forgetting_max'] or 0:.3f}")
+        f = rows["finetune"]
+        out.append(f"- finetune BWT {f['bwt']:.3f}, forgetting max {f['forgetting_max'] or 0:.3f} (its champion's); "
+                   f"its candidates' largest drop on an earlier batch {fmt_or_dash(f.get('candidate_drop_max'))} "
+                   f"(what the gate stopped; {f['rejected']:.3g} of {f['promoted'] + f['rejected']:.3g} rejected)")
     return out
 
 
