@@ -44,7 +44,15 @@ from bench.streams import Part, build, write
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("finetune", "replay", "ewc", "lora", "lwf", "lora+replay", "ewc+replay")
-DEFAULT_STRATEGY = "lora+replay"  # CONTRACT section 5
+
+
+def _default_strategy() -> str:
+    from daemon.config import StrategyConfig
+
+    return StrategyConfig().name
+
+
+DEFAULT_STRATEGY = _default_strategy()
 SLOWEST_FIRST = ("retrain", "ewc+replay", "replay", "lora+replay", "lwf", "ewc", "finetune", "lora", "joint")
 
 # Sized for 2 CPU cores with --jobs 2: quick, the whole bbc table in under 20 minutes; full, three
