@@ -329,7 +329,13 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true",
                         help="keep the other contenders' figures from DIR/results.json (same stream and profile) "
                              "and run only --strategies")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: render DIR/results.json again (table, plots, BENCHMARKS.md section), "
+                             "e.g. after the default strategy changed")
     args = parser.parse_args()
+    if args.report:
+        report(args)
+        return
     profile = PROFILES[args.profile]
     names = args.strategies.split(",")
     if args.jobs > 1:
@@ -391,39 +397,60 @@ def main() -> None:
     results = {"stream": args.stream, "profile": args.profile, "seeds": profile["seeds"],
                "strategies": {n: aggregate(v) for n, v in per_seed.items()},
                "per_seed": per_seed, "runs": runs, "total_wall_seconds": round(sum(r["wall_seconds"] or 0 for r in runs), 1),
-               "settings": {k: v for k, v in profile.items() if k != "per_group"} | {"per_group": profile["per_group"][args.stream]}}
+               "settings": {k: v for k, v in profile.items() if k != "per_group"} | {"per_group": profile["per_group"][args.stream],
+                                                                                  "jobs": args.jobs, "threads": os.environ.get("OMP_NUM_THREADS")}}
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    pngs = plots(results, matrices, args.out)
+    publish(results, matrices, args.out, write=not args.no_write)
+
+
+def report(args: argparse.Namespace) -> None:
+    results = json.loads((args.out / "results.json").read_text())
+    if (results["stream"], results["profile"]) != (args.stream, args.profile):
+        raise SystemExit(f"--report: {args.out}/results.json is {results['stream']} {results['profile']}")
+    results["strategies"] = {n: aggregate(v) for n, v in results["per_seed"].items()}
+    results["settings"].setdefault("jobs", args.jobs)
+    results["settings"].setdefault("threads", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    publish(results, {n: v[0]["matrix"] for n, v in results["per_seed"].items()}, args.out, write=not args.no_write)
+
+
+def publish(results: dict[str, Any], matrices: dict[str, list[list[float | None]]], out: Path, *, write: bool) -> None:
+    """table.md and the plots in `out`; unless `write` is false, the BENCHMARKS.md section and docs/img/ copies."""
+    stream, profile_name, runs = results["stream"], results["profile"], results["runs"]
+    profile, settings = PROFILES[profile_name], results["settings"]
+    pngs = plots(results, matrices, out)
     body = table(results)
-    (args.out / "table.md").write_text(body + "\n")
+    (out / "table.md").write_text(body + "\n")
     print(body)
-    print("\n".join(verdicts(results, args.profile)))
-    if not args.no_write:
-        img = ROOT / "docs" / "img"
-        img.mkdir(parents=True, exist_ok=True)
-        copied = []
-        for png in pngs:
-            target = img / f"quality-{args.stream}-{args.profile}-{png.name}"
-            shutil.copy(png, target)
-            copied.append(target.relative_to(ROOT))
-        parts = streams[profile["seeds"][0]][0]  # every seed's stream has the same size
-        rows_total = sum(len(p.rows) for p in parts)
-        section = [f"## Learning quality: {args.stream} ({args.profile})", "",
-                   *(f"Command: `{r['command']}`  " for r in runs), "",
-                   f"Machine: {machine()}. Model embedded:minilm; {rows_total} rows per seed in "
-                   f"{len(parts)} files (one update each); seeds "
-                   f"{profile['seeds']}; max_length {profile['max_length']}, eval_fraction {profile['eval_fraction']}, "
-                   f"epochs {profile['epochs']}; everything else at the config defaults (gate included), "
-                   f"the references with the same loop settings. "
-                   + (f"{args.jobs} contenders at a time, {os.environ['OMP_NUM_THREADS']} torch thread(s) each "
-                      "(wall seconds per contender measured side by side). " if args.jobs > 1 else "")
-                   + (f"Whole run: {results['total_wall_seconds'] / 60:.1f} min." if len(runs) == 1 else
-                      "Run in parts (`--merge`): " + "; ".join(
-                          f"{', '.join(r['contenders'])}: {r['wall_seconds'] / 60:.1f} min" for r in runs)
-                      + f"; {results['total_wall_seconds'] / 60:.1f} min in all."), "",
-                   body, "", *verdicts(results, args.profile), "",
-                   *(f"![{p.stem}]({p})" for p in copied)]
-        write_section(f"quality-{args.stream}-{args.profile}", "\n".join(section))
+    print("\n".join(verdicts(results, profile_name)))
+    if not write:
+        return
+    img = ROOT / "docs" / "img"
+    img.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for png in pngs:
+        target = img / f"quality-{stream}-{profile_name}-{png.name}"
+        shutil.copy(png, target)
+        copied.append(target.relative_to(ROOT))
+    parts = build(stream, profile["seeds"][0], settings["per_group"])  # every seed's stream has the same size
+    rows_total = sum(len(p.rows) for p in parts)
+    jobs, threads = settings.get("jobs", 1), settings.get("threads")
+    section = [f"## Learning quality: {stream} ({profile_name})", "",
+               *(f"Command: `{r['command']}`  " for r in runs), "",
+               f"Machine: {machine()}. Model embedded:minilm; {rows_total} rows per seed in "
+               f"{len(parts)} files (one update each); seeds "
+               f"{profile['seeds']}; max_length {profile['max_length']}, eval_fraction {profile['eval_fraction']}, "
+               f"epochs {profile['epochs']}; everything else at the config defaults (gate included), "
+               f"the references with the same loop settings as full-weight training. "
+               + (f"{jobs} contenders at a time, {threads} torch thread(s) each "
+                  "(wall seconds per contender measured side by side). " if jobs > 1 else "")
+               + (f"Whole run: {results['total_wall_seconds'] / 60:.1f} min." if len(runs) == 1 else
+                  "Run in parts (`--merge`): " + "; ".join(
+                      f"{', '.join(r['contenders'])}: {r['wall_seconds'] / 60:.1f} min" for r in runs)
+                  + f"; {results['total_wall_seconds'] / 60:.1f} min in all."), "",
+               body, "", *verdicts(results, profile_name), "",
+               *(f"![{p.stem}]({p})" for p in copied)]
+    write_section(f"quality-{stream}-{profile_name}", "\n".join(section))
 
 
 def _wait(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
