@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from bench.report import machine, write_section
+from daemon.config import StrategyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 WARM_UP = 20.0
@@ -205,7 +206,7 @@ def main() -> None:
         "",
         f"Command: `python -m bench.overhead --rows {args.rows} --idle {args.idle:g} --standby-seconds {args.standby_seconds:g}"
         + (f" --section {args.section}" if args.section != "overhead" else "") + "`  ",
-        f"Machine: {machine()}. A fresh home with the defaults (embedded MiniLM, `lora+replay`, 2 epochs);",
+        f"Machine: {machine()}. A fresh home with the defaults (embedded MiniLM, `{StrategyConfig().name}`, 2 epochs);",
         f"one file of {args.rows} labeled sentences renamed into the inbox; the first model trains at once",
         f"({warm['train_samples']} samples trained). Wall: file renamed into the inbox -> decision recorded.",
         "",
