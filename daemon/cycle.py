@@ -113,7 +113,10 @@ class UpdateCycle:
         champion_dir = self.registry.model_dir(champion) if champion else None  # verified before use
         parent_state = self.registry.artifacts.local_path(champion) / "state" if champion else None
         kept = self.registry.artifacts.local_path(champion) / "predictions.json" if champion else None
-        train_rows = write_rows(data / "train.arrow", store.iter_rows(batch, "train"))
+        # with no champion yet, a first model learns from every batch so far: rows of batches whose
+        # first-model candidates were rejected (or failed) would otherwise never be trained on
+        learn = [b["batch"] for b in store.batches() if b["batch"] <= batch] if champion is None else [batch]
+        train_rows = write_rows(data / "train.arrow", (row for b in learn for row in store.iter_rows(b, "train")))  # type: ignore[arg-type]
         evals, rows = {}, {}
         for earlier in store.batches():
             if earlier["batch"] > batch:

@@ -84,3 +84,27 @@ def test_spec_trains_lora_at_its_own_rate_and_every_weight_at_strategy_lr(home_r
             cycle = UpdateCycle(home, registry)
             spec = json.loads(cycle.build_spec(store, cycle.close_batch(store)).read_text())
         assert spec["loop"]["lr"] == expected, name
+
+
+def test_with_no_champion_a_first_model_learns_from_every_batch_so_far(home_root: Path, tiny_model: Path) -> None:
+    import json
+
+    from daemon.store import Store
+
+    write_config(home_root, model={"base": str(tiny_model)}, inbox={"settle_seconds": 0, "eval_fraction": 0.25})
+    drop(home_root, "b1.jsonl", toy(["sport", "food"], 40, seed=1))
+    home = open_home(home_root)
+    with Registry(home.registry) as registry, Store(home.store_path) as store:
+        cycle = UpdateCycle(home, registry)
+        first = json.loads(cycle.build_spec(store, cycle.close_batch(store)).read_text())
+        # its candidate lost to the majority class: rejected, no champion
+        store.record_update(batch_id=1, started_at="t", finished_at="t", version=None, decision="rejected",
+                            reasons=["first model: ..."], summary={})
+    drop(home_root, "b2.jsonl", toy(["sport", "food"], 40, seed=2))
+    with Registry(home.registry) as registry, Store(home.store_path) as store:
+        cycle = UpdateCycle(home, registry)
+        batch = cycle.close_batch(store)
+        second = json.loads(cycle.build_spec(store, batch).read_text())
+        own = sum(1 for _ in store.iter_rows(batch, "train"))
+    assert batch == 2 and first["data"]["train_rows"] > 0
+    assert second["data"]["train_rows"] == first["data"]["train_rows"] + own
