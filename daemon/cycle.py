@@ -115,10 +115,11 @@ class UpdateCycle:
         kept = self.registry.artifacts.local_path(champion) / "predictions.json" if champion else None
         # with no champion yet, a first model learns from every batch so far: rows of batches whose
         # first-model candidates were rejected (or failed) would otherwise never be trained on
-        learn = [b["batch"] for b in store.batches() if b["batch"] <= batch] if champion is None else [batch]
+        batches = store.batches()
+        learn = [b["batch"] for b in batches if b["batch"] <= batch] if champion is None else [batch]
         train_rows = write_rows(data / "train.arrow", (row for b in learn for row in store.iter_rows(b, "train")))  # type: ignore[arg-type]
         evals, rows = {}, {}
-        for earlier in store.batches():
+        for earlier in batches:
             if earlier["batch"] > batch:
                 continue
             key = str(earlier["batch"])
