@@ -1,8 +1,10 @@
 """`ewc`: online Elastic Weight Consolidation.
 
 After each update the diagonal Fisher information is estimated on that update's data (which is
-"old" from the next update on), added to the decayed earlier estimate, and stored with the version
-together with the weights it anchors. The loss then adds (lambda / 2) * sum F * (theta - theta*)^2.
+"old" from the next update on), added to the decayed earlier estimate, and stored with the version.
+The anchor theta* is the weights the next update starts from (the champion's own, or with `lora` the
+fresh adapter on the champion's merged weights), taken when it prepares, so the version does not
+store a second copy of its weights. The loss then adds (lambda / 2) * sum F * (theta - theta*)^2.
 A grown head is compared on its old rows only.
 """
 
@@ -30,8 +32,12 @@ class EWC(Strategy):
         self.anchor: dict[str, torch.Tensor] = {}
         if ctx.previous_state is not None and (ctx.previous_state / STATE_FILE).is_file():
             tensors = load_file(str(ctx.previous_state / STATE_FILE), device=str(ctx.device))
+            # states written before the anchor left them also hold "anchor." tensors, not read: for
+            # full weights they equal the champion's, this run's start; a lora run's were an adapter
+            # since merged into the weights this run starts from
             self.fisher = {k[len("fisher."):]: v for k, v in tensors.items() if k.startswith("fisher.")}
-            self.anchor = {k[len("anchor."):]: v for k, v in tensors.items() if k.startswith("anchor.")}
+        # prepare runs after lora has wrapped the model and before any step or checkpoint resume
+        self.anchor = {n: p.detach().clone() for n, p in _trainable(ctx.model) if n in self.fisher}
 
     def loss(self, ctx: Context, batch: dict[str, torch.Tensor], logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         if not self.fisher:
@@ -49,13 +55,10 @@ class EWC(Strategy):
                 value[rows] += self.decay * old[rows]
             merged[name] = value
         self.fisher = merged
-        self.anchor = {n: p.detach().clone() for n, p in _trainable(ctx.model) if n in merged}
 
     def save_state(self, ctx: Context, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {f"fisher.{k}": v.contiguous().cpu() for k, v in self.fisher.items()}
-        tensors.update({f"anchor.{k}": v.contiguous().cpu() for k, v in self.anchor.items()})
-        save_file(tensors, str(folder / STATE_FILE))
+        save_file({f"fisher.{k}": v.contiguous().cpu() for k, v in self.fisher.items()}, str(folder / STATE_FILE))
 
 
 def _trainable(model: torch.nn.Module):  # type: ignore[no-untyped-def]

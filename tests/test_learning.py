@@ -129,6 +129,30 @@ def test_ewc_penalty_matches_a_hand_computation() -> None:
     assert penalty(model, fisher, anchor).item() == pytest.approx(2.25)
 
 
+def test_ewc_anchors_to_the_weights_it_starts_from_and_stores_only_the_fisher(tiny_model: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    config = {"ewc": {"fisher_samples": 16}}
+    ctx = context(tiny_model, ["sport", "food"], toy(["sport", "food"], 20, seed=3))
+    strategy = build("ewc", config)
+    train(ctx, strategy, LoopConfig(epochs=1, lr=1e-3))
+    trained = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
+    out = save(ctx, strategy, tmp_path / "v1")
+    with safe_open(str(out / "state" / "ewc.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("fisher.") for k in keys)  # no second copy of the weights
+    # the next update (a grown head) anchors to v1's weights, whatever its training then does
+    ctx2 = context(out / "model", ["sport", "food", "music"], toy(["music"], 20, seed=4), state=out / "state")
+    second = build("ewc", config)
+    train(ctx2, second, LoopConfig(epochs=1, lr=1e-3))
+    assert set(second.anchor) == {k[len("fisher."):] for k in keys}
+    for name, value in second.anchor.items():
+        rows = tuple(slice(0, n) for n in trained[name].shape)
+        assert torch.equal(value[rows], trained[name]), name
+    moved = [n for n, p in ctx2.model.named_parameters() if n in second.anchor and not torch.equal(p, second.anchor[n])]
+    assert moved  # the anchor is a copy, not the live weights
+
+
 def test_replay_buffers_are_bounded_balanced_and_persisted(tmp_path: Path) -> None:
     from strategies.replay import class_balanced, load_buffer, reservoir, save_buffer
 
