@@ -98,7 +98,7 @@ class ScheduleConfig(Section):
 class ReplayConfig(Section):
     buffer_rows: int = Field(default=2000, ge=0)
     policy: Literal["class_balanced", "reservoir"] = "class_balanced"
-    ratio: float = Field(default=1.0, ge=0.0)  # CONTRACT says 0.5; see the template
+    ratio: float = Field(default=0.75, ge=0.0)  # CONTRACT says 0.5; see the template
 
 
 class EwcConfig(Section):

@@ -25,7 +25,7 @@ class Replay(Strategy):
     def prepare(self, ctx: Context) -> None:
         self.capacity = int(self.config.get("buffer_rows", 2000))
         self.policy = self.config.get("policy", "class_balanced")
-        self.ratio = float(self.config.get("ratio", 1.0))
+        self.ratio = float(self.config.get("ratio", 0.75))
         self.buffer, self.seen = load_buffer(ctx.previous_state)
 
     def examples(self, ctx: Context, examples: list[Example]) -> list[Example]:
