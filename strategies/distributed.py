@@ -58,15 +58,16 @@ class Group:
         padded = list(batches) + [batches[i % len(batches)] for i in range(count * self.world - len(batches))]
         return [padded[i * self.world:(i + 1) * self.world] for i in range(count)]
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank when `flag` is true on any (a stop request, a non-finite loss)."""
+    def any(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag true on every rank when it is true on any (a non-finite loss, a stop request):
+        one all-reduce for all of them."""
         if not self.active:
-            return flag
+            return flags
         import torch.distributed as dist
 
-        value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
+        value = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=_collective_device())
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+        return tuple(bool(v) for v in value.tolist())
 
     def in_sync(self, model: torch.nn.Module) -> bool:
         """True when every rank holds the same trainable weights (what DDP guarantees; checked once)."""

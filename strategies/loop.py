@@ -113,7 +113,10 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progre
             loss = strategy.loss(ctx, batch, logits.float(), loss)
             if cfg.l1:
                 loss = loss + cfg.l1 * sum(p.abs().sum() for p in trainable)
-            if group.any(not torch.isfinite(loss)):
+            # one collective a step: a non-finite loss on any rank, a stop request on any rank
+            stop_requested = checkpoints is not None and checkpoints.stop_requested()
+            non_finite, stop = group.any(not torch.isfinite(loss), stop_requested)
+            if non_finite:
                 raise NonFiniteLoss(f"loss is {loss.item()} at step {progress['step'] + 1}")
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -127,7 +130,7 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progre
                 on_progress({"event": "step", "epoch": epoch + 1, "step": progress["step"], "steps": total,
                              "loss": round(loss.item(), 5),
                              "samples_per_second": round((progress["samples"] - done_samples) / elapsed, 2) if elapsed else None})
-            if checkpoints is not None and group.any(checkpoints.stop_requested()):
+            if stop and checkpoints is not None:  # after the step, so the checkpoint holds it
                 if group.main:
                     checkpoints.save(model, optimizer, scheduler, dict(progress, epoch=epoch), best_state)
                 group.barrier()
