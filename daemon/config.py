@@ -123,7 +123,7 @@ class LwfConfig(Section):
 
 
 class StrategyConfig(Section):
-    name: str = "ewc+replay"  # CONTRACT says lora+replay; see the template
+    name: str = "replay"  # CONTRACT says lora+replay; see the template
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=16, ge=1)
     lr: float | Literal["auto"] = 1e-4  # CONTRACT says 5e-4; see the template
