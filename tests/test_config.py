@@ -43,7 +43,8 @@ def test_defaults_match_the_contract() -> None:
     assert (c.model.base, c.model.max_length) == ("embedded:minilm", 128)
     assert (c.inbox.settle_seconds, c.inbox.eval_fraction, c.inbox.on_bad_rows, c.inbox.max_file_bytes) == (2, 0.1, "reject", 1073741824)
     assert (c.schedule.interval, c.schedule.max_wait, c.schedule.min_new_rows) == (900, 86400, 100)
-    assert c.strategy.parts == ("ewc", "replay")  # CONTRACT: lora+replay; changed after the quality benchmark
+    # CONTRACT: lora+replay at 5e-4, replay ratio 0.5; changed after the quality benchmark (README)
+    assert (c.strategy.parts, c.strategy.lr, c.strategy.replay.ratio) == (("replay",), 1e-4, 0.75)
     assert c.strategy.ewc.lambda_ == 1000.0
     assert c.metrics.host_port == ("127.0.0.1", 9717)
 
