@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -301,11 +302,19 @@ def plots(results: dict[str, Any], matrices: dict[str, list[list[float | None]]]
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name, r in results["strategies"].items():
-        ax.scatter(r["train_samples"], r["acc"], s=60 if name == DEFAULT_STRATEGY else 30,
-                   marker="*" if name == DEFAULT_STRATEGY else "o")
-        ax.annotate(name, (r["train_samples"], r["acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    # contenders at the same compute and nearly the same accuracy (the replay strategies, the ones
+    # the gate held at their first topics) get their labels stacked, best first, in their colours
+    placed: list[tuple[float, float, int]] = []
+    for name, r in sorted(results["strategies"].items(), key=lambda item: -item[1]["acc"]):
+        x, y = r["train_samples"], r["acc"]
+        dot = ax.scatter(x, y, s=90 if name == DEFAULT_STRATEGY else 30, marker="*" if name == DEFAULT_STRATEGY else "o")
+        near = [n for px, py, n in placed if abs(math.log(x / px)) < 0.05 and abs(y - py) < 0.03]
+        slot = max(near, default=-1) + 1
+        placed.append((x, y, slot))
+        ax.annotate(name + (" (default)" if name == DEFAULT_STRATEGY else ""), (x, y), textcoords="offset points",
+                    xytext=(6, 3 - 10 * slot), fontsize=8, color=dot.get_facecolor()[0])
     ax.set_xscale("log")
+    ax.margins(y=0.12)  # room for stacked labels under the lowest points
     ax.set_xlabel("training samples processed (log)")
     ax.set_ylabel("final mean accuracy over every batch")
     ax.set_title(f"{results['stream']} ({results['profile']}): accuracy against training compute")
