@@ -117,7 +117,7 @@ class UpdateCycle:
         # first-model candidates were rejected (or failed) would otherwise never be trained on
         batches = store.batches()
         learn = [b["batch"] for b in batches if b["batch"] <= batch] if champion is None else [batch]
-        train_rows = write_rows(data / "train.arrow", (row for b in learn for row in store.iter_rows(b, "train")))  # type: ignore[arg-type]
+        train_rows = write_rows(data / "train.arrow", (row for b in learn for row in store.iter_rows(b, "train")))
         evals, rows = {}, {}
         for earlier in batches:
             if earlier["batch"] > batch:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from daemon.cycle import UpdateCycle
 from daemon.gate import GateResult
 from daemon.inbox import Inbox
+from daemon.store import Store
 from registry.registry import Registry
 from tests.conftest import jsonl, open_home, write_config
 from tests.test_learning import toy
@@ -69,10 +71,6 @@ def test_cycles_promote_then_reject_flipped_labels_then_hold_when_pinned(home_ro
 
 
 def test_spec_trains_lora_at_its_own_rate_and_every_weight_at_strategy_lr(home_root: Path, tiny_model: Path) -> None:
-    import json
-
-    from daemon.store import Store
-
     write_config(home_root, inbox={"settle_seconds": 0})
     drop(home_root, "b1.jsonl", toy(["sport", "food"], 40, seed=1))
     # the same undecided batch is specified again under each config
@@ -87,10 +85,6 @@ def test_spec_trains_lora_at_its_own_rate_and_every_weight_at_strategy_lr(home_r
 
 
 def test_with_no_champion_a_first_model_learns_from_every_batch_so_far(home_root: Path, tiny_model: Path) -> None:
-    import json
-
-    from daemon.store import Store
-
     write_config(home_root, model={"base": str(tiny_model)}, inbox={"settle_seconds": 0, "eval_fraction": 0.25})
     drop(home_root, "b1.jsonl", toy(["sport", "food"], 40, seed=1))
     home = open_home(home_root)
