@@ -12,16 +12,16 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from registry.fsutil import fsync_dir, remove
 from strategies.abc import Context, Strategy
 from strategies.data import Encoded, Example, length_grouped_batches, sequential_batches
 from strategies.distributed import Group
@@ -68,7 +68,7 @@ class Interrupted(RuntimeError):
 
 
 def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progress | None = None,
-          checkpoints: "Checkpoints | None" = None, group: Group = Group()) -> dict:
+          checkpoints: Checkpoints | None = None, group: Group = Group()) -> dict:
     """Train `ctx.model` in place; with a data-parallel `group`, every rank calls this with the same rows."""
     seed_everything(ctx.seed)
     ctx.model = ctx.model.to(ctx.device)  # before prepare: a teacher copy or an adapter lands on the device too
@@ -168,20 +168,28 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progre
 
 
 class Checkpoints:
-    """Resumable training state in a folder, replaced atomically: trainable and best weights as
-    safetensors, optimizer and scheduler state (tensors and numbers only, read back with
-    weights_only=True), and progress as JSON."""
+    """Resumable training state in a folder, replaced so that a kill at any instant leaves one whole
+    checkpoint: trainable and best weights as safetensors, optimizer and scheduler state (tensors and
+    numbers only, read back with weights_only=True), and progress as JSON, written last.
+
+    A save writes `<folder>.tmp` in full and fsyncs it, moves the previous checkpoint aside to
+    `<folder>.old`, renames the new one into place, then drops the old. Killed between the two
+    renames, `load` finds the previous checkpoint under `.old`."""
 
     def __init__(self, folder: Path, stop: Callable[[], bool] = lambda: False) -> None:
         self.folder = folder
         self.stop_requested = stop
+
+    @property
+    def _old(self) -> Path:
+        return self.folder.with_name(self.folder.name + ".old")
 
     def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, progress: dict,  # type: ignore[no-untyped-def]
              best_state: dict | None) -> None:
         from safetensors.torch import save_file
 
         tmp = self.folder.with_name(self.folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp)
         tmp.mkdir(parents=True)
         save_file({n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad},
                   str(tmp / "weights.safetensors"))
@@ -189,25 +197,37 @@ class Checkpoints:
             save_file({n: t.contiguous().cpu() for n, t in best_state.items()}, str(tmp / "best.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         (tmp / "progress.json").write_text(json.dumps({k: (None if v == -math.inf else v) for k, v in progress.items()}))
-        shutil.rmtree(self.folder, ignore_errors=True)
+        for written in tmp.iterdir():
+            with open(written, "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_dir(tmp)
+        old = self._old
+        if (self.folder / "progress.json").is_file():
+            remove(old)
+            os.replace(self.folder, old)
+        else:
+            remove(self.folder)  # a partial folder never loads; `.old`, if any, is the last whole one
         os.replace(tmp, self.folder)
+        fsync_dir(self.folder.parent)
+        remove(old)
 
     def load(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> tuple[dict, dict | None] | None:  # type: ignore[no-untyped-def]
         from safetensors.torch import load_file
 
-        if not (self.folder / "progress.json").is_file():
+        folder = next((f for f in (self.folder, self._old) if (f / "progress.json").is_file()), None)
+        if folder is None:
             return None
-        weights = load_file(str(self.folder / "weights.safetensors"))
+        weights = load_file(str(folder / "weights.safetensors"))
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if name in weights:
                     param.copy_(weights[name].to(param.device))
-        state = torch.load(self.folder / "optimizer.pt", weights_only=True)
+        state = torch.load(folder / "optimizer.pt", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        progress = json.loads((self.folder / "progress.json").read_text())
+        progress = json.loads((folder / "progress.json").read_text())
         progress["best_score"] = -math.inf if progress["best_score"] is None else progress["best_score"]
-        best = self.folder / "best.safetensors"
+        best = folder / "best.safetensors"
         return progress, (load_file(str(best)) if best.is_file() else None)
 
 

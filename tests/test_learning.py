@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from strategies import models
 from strategies.abc import Context, Strategy, build
 from strategies.data import Example
 from strategies.evaluate import predict, scores
-from strategies.loop import LoopConfig, NonFiniteLoss, train
+from strategies.loop import Checkpoints, LoopConfig, NonFiniteLoss, train
 
 WORDS = {
     "sport": "football goal match team player score league coach",
@@ -96,6 +97,22 @@ def test_training_is_seeded_and_reproducible(tiny_model: Path) -> None:
         train(ctx, build("finetune", {}), LoopConfig(epochs=1, lr=1e-3))
         weights.append(torch.cat([p.flatten() for p in ctx.model.parameters()]))
     assert torch.equal(weights[0], weights[1])
+
+
+def test_a_kill_between_the_checkpoint_renames_resumes_from_the_previous_one(tiny_model: Path, tmp_path: Path) -> None:
+    rows = toy(["sport", "food"], 40, seed=1)
+    folder = tmp_path / "checkpoint"
+    first = train(context(tiny_model, ["sport", "food"], rows), build("finetune", {}), LoopConfig(epochs=1, lr=1e-3),
+                  checkpoints=Checkpoints(folder))
+    # a save moves the previous checkpoint aside before it renames the new one in: killed between the two
+    folder.rename(tmp_path / "checkpoint.old")
+    events: list[dict] = []
+    second = train(context(tiny_model, ["sport", "food"], rows), build("finetune", {}), LoopConfig(epochs=2, lr=1e-3),
+                   on_progress=events.append, checkpoints=Checkpoints(folder))
+    assert [e for e in events if e["event"] == "resumed"] == [{"event": "resumed", "epoch": 2, "step": first["steps"]}]
+    assert second["epochs_run"] == 2 and second["steps"] == 2 * first["steps"]
+    assert json.loads((folder / "progress.json").read_text())["epoch"] == 2
+    assert not (tmp_path / "checkpoint.old").exists() and not (tmp_path / "checkpoint.tmp").exists()
 
 
 def test_a_non_finite_loss_fails_the_run(tiny_model: Path) -> None:
