@@ -45,15 +45,17 @@ def load(model_name: str, labels: list[str], seed: int):  # type: ignore[no-unty
 
 
 def lora_wrap(model, tokenizer, labels, device):  # type: ignore[no-untyped-def]
+    from daemon.config import StrategyConfig
     from strategies.abc import Context
     from strategies.lora import Lora
 
     ctx = Context(model=model, tokenizer=tokenizer, labels=labels, new=[], device=device)
-    Lora({}).prepare(ctx)
+    Lora(StrategyConfig().sections()["lora"]).prepare(ctx)
     return ctx.model
 
 
 def run_ours(args, mode, train_rows, labels, device) -> tuple[float, object, object]:  # type: ignore[no-untyped-def]
+    from daemon.config import StrategyConfig
     from strategies.abc import Context, build
     from strategies.data import Example
     from strategies.loop import LoopConfig, train
@@ -62,7 +64,7 @@ def run_ours(args, mode, train_rows, labels, device) -> tuple[float, object, obj
     examples = [Example(text, labels.index(label)) for text, label in train_rows]
     ctx = Context(model=model, tokenizer=tokenizer, labels=labels, new=examples, device=device,
                   max_length=args.max_length, seed=args.seed, rng=random.Random(args.seed))
-    strategy = build("lora" if mode == "lora" else "finetune", {})
+    strategy = build("lora" if mode == "lora" else "finetune", StrategyConfig().sections())
     cfg = LoopConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr_for(args, mode), weight_decay=0.01,
                      warmup_ratio=0.1, val_fraction=0.0, early_stopping_patience=0)
     started = time.perf_counter()

@@ -158,6 +158,11 @@ class StrategyConfig(Section):
     def parts(self) -> tuple[str, ...]:
         return tuple(self.name.split("+"))
 
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """Every strategy's section, each key present, as the child's strategies read them (their
+        options carry no defaults of their own). `lora.lr` stays here: it picks the loop's rate."""
+        return self.model_dump(by_alias=True, include={"replay", "ewc", "lora", "lwf"}, exclude={"lora": {"lr"}})
+
 
 class TrainConfig(Section):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")

@@ -137,8 +137,7 @@ class UpdateCycle:
             "parent": champion, "parent_state": str(parent_state) if parent_state and parent_state.is_dir() else None,
             "champion": str(champion_dir) if champion_dir else None,
             "champion_predictions": str(kept) if kept and kept.is_file() else None,
-            "strategy": {"name": strategy.name, **{k: v for k, v in strategy.model_dump(by_alias=True).items()
-                                                   if isinstance(v, dict)}},
+            "strategy": {"name": strategy.name, **strategy.sections()},
             "loop": {"epochs": strategy.epochs, "batch_size": strategy.batch_size,
                      "lr": self._rate(), "weight_decay": strategy.weight_decay, "l1": strategy.l1,
                      "early_stopping_patience": strategy.early_stopping_patience,

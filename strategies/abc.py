@@ -3,17 +3,25 @@
 A strategy is registered under its config name (`replay`, `ewc`, ...) and overrides only hooks
 named in HOOKS; a public method with any other name is refused when the class is defined, so a
 misspelt hook can never be silently skipped. Combinations (`lora+replay`) are a `Composite`.
+
+Each strategy reads its `strategy.<name>` section into a frozen `Options` dataclass whose fields have
+no defaults: the defaults live once, in the daemon's config (daemon/config.py), which hands the child
+every key; a missing or unknown key is a ConfigError naming it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import keyword
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from registry.errors import ConfigError
 from strategies.data import Example
 
 HOOKS = ("prepare", "examples", "loss", "after_update", "save_state")
@@ -36,15 +44,42 @@ class Context:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, kw_only=True)
+class NoOptions:
+    """A strategy without options (`finetune`)."""
+
+
+O = TypeVar("O")
+
+
+def read_options(cls: type[O], section: str, config: Mapping[str, Any]) -> O:
+    """`strategy.<section>` as the frozen dataclass `cls`; a key named like a Python keyword
+    (`lambda`) fills the field with a trailing underscore (`lambda_`)."""
+    fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    values = {}
+    for key, value in config.items():
+        name = f"{key}_" if keyword.iskeyword(key) else key
+        if name not in fields:
+            known = ", ".join(f.rstrip("_") for f in fields) or "none"
+            raise ConfigError(f"strategy.{section}.{key}", f"not an option of {section} (options: {known})")
+        values[name] = value
+    missing = [f.rstrip("_") for f in fields if f not in values]
+    if missing:
+        raise ConfigError(f"strategy.{section}.{missing[0]}", "missing (the daemon's config passes every key)")
+    return cls(**values)
+
+
 class Strategy:
     name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
 
-    def __init__(self, config: dict[str, Any] | None = None) -> None:
-        self.config = config or {}
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        self.options = read_options(self.Options, self.name, config or {})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        unknown = [n for n, v in vars(cls).items() if callable(v) and not n.startswith("_") and n not in HOOKS]
+        unknown = [n for n, v in vars(cls).items()
+                   if callable(v) and not isinstance(v, type) and not n.startswith("_") and n not in HOOKS]
         if unknown:
             raise TypeError(f"{cls.__name__} defines {', '.join(unknown)}: not a strategy hook ({', '.join(HOOKS)})")
         if cls.name:
@@ -72,7 +107,7 @@ class Composite(Strategy):
     """Several strategies at once; each hook runs on every part, in order."""
 
     def __init__(self, parts: list[Strategy]) -> None:
-        super().__init__({})
+        super().__init__()
         self.parts = parts
 
     def prepare(self, ctx: Context) -> None:
@@ -101,8 +136,9 @@ class Composite(Strategy):
 ORDER = ("lora", "finetune", "lwf", "ewc", "replay")  # lora wraps the model before the others look at it
 
 
-def build(name: str, config: dict[str, Any]) -> Strategy:
-    """`"lora+replay"` -> a Composite of the registered strategies, each with its config section."""
+def build(name: str, config: Mapping[str, Any]) -> Strategy:
+    """`"lora+replay"` -> a Composite of the registered strategies, each with its config section
+    (`config["replay"]`, ...; sections of parts not in `name` are ignored)."""
     import strategies.finetune, strategies.replay, strategies.ewc, strategies.lora, strategies.lwf  # noqa: F401,E401
 
     parts = name.split("+")

@@ -10,6 +10,7 @@ A grown head is compared on its old rows only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,13 +22,21 @@ from strategies.data import Encoded, sequential_batches
 STATE_FILE = "ewc.safetensors"
 
 
+@dataclass(frozen=True, kw_only=True)
+class EWCOptions:
+    lambda_: float  # the penalty's weight (config key `lambda`)
+    fisher_samples: int  # rows the Fisher is estimated on after each update
+    decay: float  # how much of the earlier Fisher carries into the next (online EWC)
+
+
 class EWC(Strategy):
     name = "ewc"
+    Options = EWCOptions
 
     def prepare(self, ctx: Context) -> None:
-        self.lam = float(self.config.get("lambda", 1000.0))
-        self.samples = int(self.config.get("fisher_samples", 512))
-        self.decay = float(self.config.get("decay", 0.9))
+        self.lam = float(self.options.lambda_)
+        self.samples = self.options.fisher_samples
+        self.decay = float(self.options.decay)
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
         if ctx.previous_state is not None and (ctx.previous_state / STATE_FILE).is_file():

@@ -6,6 +6,8 @@ serving (see registry and strategies/materialize.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from strategies.abc import Context, Strategy
@@ -31,16 +33,25 @@ def head_modules(model: torch.nn.Module) -> list[str]:
     return heads + sorted(poolers)
 
 
+@dataclass(frozen=True, kw_only=True)
+class LoraOptions:
+    r: int  # the adapters' rank
+    alpha: float
+    dropout: float
+    target_modules: str | list[str]  # "auto": the attention query and value projections
+
+
 class Lora(Strategy):
     name = "lora"
+    Options = LoraOptions
 
     def prepare(self, ctx: Context) -> None:
         from peft import LoraConfig, get_peft_model
 
-        targets = self.config.get("target_modules", "auto")
+        targets = self.options.target_modules
         targets = auto_targets(ctx.model) if targets == "auto" else ([targets] if isinstance(targets, str) else list(targets))
-        config = LoraConfig(r=int(self.config.get("r", 8)), lora_alpha=float(self.config.get("alpha", 16)),
-                            lora_dropout=float(self.config.get("dropout", 0.05)), target_modules=targets,
+        config = LoraConfig(r=self.options.r, lora_alpha=float(self.options.alpha),
+                            lora_dropout=float(self.options.dropout), target_modules=targets,
                             modules_to_save=head_modules(ctx.model))
         ctx.model = get_peft_model(ctx.model, config)
         ctx.extras["lora"] = True

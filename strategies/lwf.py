@@ -7,6 +7,7 @@ softmaxes at temperature T.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,12 +15,19 @@ import torch.nn.functional as F
 from strategies.abc import Context, Strategy
 
 
+@dataclass(frozen=True, kw_only=True)
+class LwFOptions:
+    alpha: float  # the distillation term's weight
+    temperature: float  # both softmaxes' temperature T
+
+
 class LwF(Strategy):
     name = "lwf"
+    Options = LwFOptions
 
     def prepare(self, ctx: Context) -> None:
-        self.alpha = float(self.config.get("alpha", 1.0))
-        self.temperature = float(self.config.get("temperature", 2.0))
+        self.alpha = float(self.options.alpha)
+        self.temperature = float(self.options.temperature)
         self.known = int(ctx.extras.get("old_label_count", 0))
         self.teacher = copy.deepcopy(ctx.model).eval() if self.known else None
         if self.teacher is not None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -19,13 +21,21 @@ from strategies.data import Example
 BUFFER_FILE = "replay.arrow"
 
 
+@dataclass(frozen=True, kw_only=True)
+class ReplayOptions:
+    buffer_rows: int  # rows kept across versions
+    policy: Literal["class_balanced", "reservoir"]
+    ratio: float  # remembered rows mixed in per new row
+
+
 class Replay(Strategy):
     name = "replay"
+    Options = ReplayOptions
 
     def prepare(self, ctx: Context) -> None:
-        self.capacity = int(self.config.get("buffer_rows", 2000))
-        self.policy = self.config.get("policy", "class_balanced")
-        self.ratio = float(self.config.get("ratio", 0.75))
+        self.capacity = self.options.buffer_rows
+        self.policy = self.options.policy
+        self.ratio = self.options.ratio
         self.buffer, self.seen = load_buffer(ctx.previous_state)
 
     def examples(self, ctx: Context, examples: list[Example]) -> list[Example]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon.trainer import ChildRun, Standby, TrainingFailed, TrainingInterrupted, write_rows
-from tests.test_learning import toy
+from tests.test_learning import sections, toy
 
 
 def make_spec(tmp_path: Path, model: Path, *, strategy: str = "replay", epochs: int = 2, lr: float = 1e-3, parent: str | None = None,
@@ -22,7 +22,7 @@ def make_spec(tmp_path: Path, model: Path, *, strategy: str = "replay", epochs: 
     spec = {
         "base": str(model), "labels": ["sport", "food"], "old_label_count": 2, "seed": 0, "device": "cpu",
         "max_length": 64, "parent_state": None, "parent": parent, "champion": str(champion) if champion else None,
-        "strategy": {"name": strategy, "replay": {"buffer_rows": 50}, "lora": {"r": 4}},
+        "strategy": {"name": strategy, **sections(replay={"buffer_rows": 50}, lora={"r": 4})},
         "loop": {"epochs": epochs, "lr": lr, "batch_size": 8, "early_stopping_patience": 0},
         "data": {"train": str(data / "train.arrow"), "eval": {"1": str(data / "eval-1.arrow")}},
         "out": str(tmp_path / "out"), "serving": str(tmp_path / "serving"),

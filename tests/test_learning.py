@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from registry.errors import ConfigError
 from strategies import models
 from strategies.abc import Context, Strategy, build
 from strategies.data import Example
@@ -33,6 +34,13 @@ def toy(labels: list[str], per_label: int, seed: int) -> list[tuple[str, str]]:
             rows.append((" ".join(rng.choice(words) if rng.random() < 0.5 else rng.choice(FILLER) for _ in range(8)), label))
     rng.shuffle(rows)
     return rows
+
+
+def sections(**changed: dict) -> dict:
+    """Every strategy's section as the daemon hands it to the child, with the keys in `changed` set."""
+    from daemon.config import StrategyConfig
+
+    return StrategyConfig.model_validate(changed).sections()
 
 
 def context(model_dir: Path, labels: list[str], rows: list[tuple[str, str]], state: Path | None = None,
@@ -132,6 +140,19 @@ def test_a_misspelt_hook_is_refused() -> None:
                 pass
 
 
+def test_a_strategy_reads_its_whole_section_and_names_a_wrong_key() -> None:
+    full = sections()  # what the daemon hands the child
+    for name in ("finetune", "replay", "ewc", "lora", "lwf"):
+        build(name, full)  # every key the daemon passes is an option, and every option is passed
+    assert build("ewc", sections(ewc={"lambda": 5.0})).options.lambda_ == 5.0
+    with pytest.raises(ConfigError) as info:
+        build("replay", {"replay": {**full["replay"], "ratoi": 1.0}})
+    assert info.value.key == "strategy.replay.ratoi"
+    with pytest.raises(ConfigError) as info:
+        build("lora+ewc", {**full, "ewc": {k: v for k, v in full["ewc"].items() if k != "lambda"}})
+    assert info.value.key == "strategy.ewc.lambda"
+
+
 def test_ewc_penalty_matches_a_hand_computation() -> None:
     from strategies.ewc import penalty
 
@@ -149,7 +170,7 @@ def test_ewc_penalty_matches_a_hand_computation() -> None:
 def test_ewc_anchors_to_the_weights_it_starts_from_and_stores_only_the_fisher(tiny_model: Path, tmp_path: Path) -> None:
     from safetensors import safe_open
 
-    config = {"ewc": {"fisher_samples": 16}}
+    config = sections(ewc={"fisher_samples": 16})
     ctx = context(tiny_model, ["sport", "food"], toy(["sport", "food"], 20, seed=3))
     strategy = build("ewc", config)
     train(ctx, strategy, LoopConfig(epochs=1, lr=1e-3))
@@ -186,7 +207,7 @@ def test_replay_buffers_are_bounded_balanced_and_persisted(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("name", ["finetune", "replay", "ewc", "lora", "lwf", "lora+replay", "ewc+replay", "lwf+ewc"])
 def test_every_strategy_trains_and_saves_its_state(tiny_model: Path, tmp_path: Path, name: str) -> None:
-    config = {"replay": {"buffer_rows": 30}, "ewc": {"fisher_samples": 16}, "lora": {"r": 4}}
+    config = sections(replay={"buffer_rows": 30}, ewc={"fisher_samples": 16}, lora={"r": 4})
     first = toy(["sport", "food"], 20, seed=3)
     ctx = context(tiny_model, ["sport", "food"], first)
     strategy = build(name, config)
@@ -208,7 +229,7 @@ def test_every_strategy_trains_and_saves_its_state(tiny_model: Path, tmp_path: P
 
 def run_stream(model_dir: Path, tmp_path: Path, name: str, seed: int = 0, ewc_lambda: float = 50.0) -> tuple[float, float]:
     """Two class-incremental batches; the final model's accuracy on batch 1's and batch 2's held-out rows."""
-    config = {"replay": {"buffer_rows": 200, "ratio": 1.0}, "ewc": {"lambda": ewc_lambda, "fisher_samples": 200}}
+    config = sections(replay={"buffer_rows": 200, "ratio": 1.0}, ewc={"lambda": ewc_lambda, "fisher_samples": 200})
     loop = LoopConfig(epochs=4, lr=2e-3, batch_size=16, early_stopping_patience=0)
     old_labels, all_labels = ["sport", "food"], ["sport", "food", "music", "tech"]
     first, first_eval = toy(old_labels, 120, seed=10), toy(old_labels, 40, seed=11)
