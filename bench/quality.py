@@ -85,7 +85,8 @@ def lifelong(*args: str, env: dict[str, str], timeout: float | None = None) -> s
                           text=True, timeout=timeout)
 
 
-def run_strategy(strategy: str, files: list[Path], seed: int, profile: dict[str, Any], model: str, work: Path) -> dict[str, Any]:
+def run_strategy(strategy: str, files: list[Path], seed: int, profile: dict[str, Any], model: str, work: Path,
+                 keep_home: bool = False) -> dict[str, Any]:
     """Drive a real daemon through the stream; the per-update records read back from its registry."""
     home = work / f"{strategy.replace('+', '-')}-seed{seed}"
     shutil.rmtree(home, ignore_errors=True)
@@ -114,7 +115,18 @@ def run_strategy(strategy: str, files: list[Path], seed: int, profile: dict[str,
         daemon.terminate()
         daemon.wait(timeout=300)
     wall = time.monotonic() - started
-    return {"wall_seconds": wall, **read_back(home, len(files))}
+    measured = read_back(home, len(files))
+    if not keep_home:
+        prune(home)
+    return {"wall_seconds": wall, **measured}
+
+
+def prune(home: Path) -> None:
+    """Drop a finished home's weights: every version (88 to 175 MB each on MiniLM), the materialised
+    champion and the update work folders; the registry's records, the row store and the archive stay.
+    Without this a full table's homes hold about 20 GB."""
+    for heavy in (home / "registry" / "versions", home / "registry" / "serving", home / "state" / "work"):
+        shutil.rmtree(heavy, ignore_errors=True)
 
 
 def read_back(home: Path, batches: int) -> dict[str, Any]:
@@ -334,6 +346,9 @@ def main() -> None:
     parser.add_argument("--strategies", default=",".join(STRATEGIES + ("joint", "retrain")))
     parser.add_argument("--model", default="embedded:minilm")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md or docs/img")
+    parser.add_argument("--keep-homes", action="store_true",
+                        help="keep each finished daemon home whole under DIR/runs (a full table: about 20 GB); "
+                             "by default its weights are deleted once its figures are read")
     parser.add_argument("--jobs", type=int, default=1, help="contenders run at once (see the module's text)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other contenders' figures from DIR/results.json (same stream and profile) "
@@ -377,7 +392,7 @@ def main() -> None:
         print(f"{name} (seed {seed})", flush=True)
         if name in ("joint", "retrain"):
             return name, seed, run_reference(name, parts, seed, profile, args.model, work)
-        return name, seed, run_strategy(name, files, seed, profile, args.model, work)
+        return name, seed, run_strategy(name, files, seed, profile, args.model, work, keep_home=args.keep_homes)
 
     # one queue over every seed, slowest contenders first: no seed waits for the last of the one before
     tasks = sorted(((n, seed) for seed in profile["seeds"] for n in names),
