@@ -123,8 +123,8 @@ def run_strategy(strategy: str, files: list[Path], seed: int, profile: dict[str,
 
 def prune(home: Path) -> None:
     """Drop a finished home's weights: every version (88 to 175 MB each on MiniLM), the materialised
-    champion and the update work folders; the registry's records, the row store and the archive stay.
-    Without this a full table's homes hold about 20 GB."""
+    champion and the update work folders (the registry's database, the row store, the archive and the
+    daemon's log stay; the home no longer opens as a registry). A full table's homes hold about 20 GB."""
     for heavy in (home / "registry" / "versions", home / "registry" / "serving", home / "state" / "work"):
         shutil.rmtree(heavy, ignore_errors=True)
 
