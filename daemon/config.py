@@ -161,7 +161,8 @@ class StrategyConfig(Section):
     def sections(self) -> dict[str, dict[str, Any]]:
         """Every strategy's section, each key present, as the child's strategies read them (their
         options carry no defaults of their own). `lora.lr` stays here: it picks the loop's rate."""
-        return self.model_dump(by_alias=True, include={"replay", "ewc", "lora", "lwf"}, exclude={"lora": {"lr"}})
+        with_options = {part for part in STRATEGY_PARTS if part in type(self).model_fields}  # finetune has none
+        return self.model_dump(by_alias=True, include=with_options, exclude={"lora": {"lr"}})
 
 
 class TrainConfig(Section):
