@@ -62,6 +62,11 @@ class InboxConfig(Section):
     labels: list[str | int] = Field(default_factory=list)
     polling: bool = False
     rescan_seconds: Duration = 30.0
+    # caps on hostile input: each is an invalid-row reason past its bound
+    max_row_bytes: int = Field(default=1 << 20, gt=0)
+    max_text_chars: int = Field(default=100_000, gt=0)
+    max_labels: int = Field(default=1000, ge=2)
+    max_label_chars: int = Field(default=200, gt=0)
 
     @field_validator("labels")
     @classmethod
@@ -86,6 +91,8 @@ class ScheduleConfig(Section):
     cron: str = ""
     min_new_rows: int = Field(default=100, ge=0)
     max_wait: Duration = 86400.0
+    # an update failing this many times in a row is recorded failed for good; later batches go on
+    max_attempts: int = Field(default=3, ge=1)
 
     @field_validator("cron")
     @classmethod
@@ -182,6 +189,14 @@ class GateConfig(Section):
     max_canary_drop: float = Field(default=0.0, ge=0.0)
 
 
+class RegistryConfig(Section):
+    # versions whose weights are kept (the champion and its rollback history first); older ones
+    # keep their metadata, scores and audit
+    keep_versions: int = Field(default=20, ge=1)
+    # an update that would leave less than this free on the home's file system is skipped
+    min_free_bytes: int = Field(default=2 << 30, ge=0)
+
+
 class MetricsConfig(Section):
     bind: str = Field(default="127.0.0.1:9717", pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]*):\d{1,5}$")
 
@@ -210,6 +225,7 @@ class Config(Section):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
 

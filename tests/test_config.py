@@ -21,12 +21,14 @@ def test_template_is_the_defaults_and_names_every_key() -> None:
     # every key of CONTRACT section 5 (and the three added: strategy.l1, strategy.lora.lr, train.standby_seconds) appears in the commented file
     expected = {
         "model": {"base", "max_length"},
-        "inbox": {"path", "settle_seconds", "eval_fraction", "on_bad_rows", "max_file_bytes", "labels", "polling", "rescan_seconds"},
-        "schedule": {"interval", "cron", "min_new_rows", "max_wait"},
+        "inbox": {"path", "settle_seconds", "eval_fraction", "on_bad_rows", "max_file_bytes", "labels", "polling", "rescan_seconds",
+                  "max_row_bytes", "max_text_chars", "max_labels", "max_label_chars"},
+        "schedule": {"interval", "cron", "min_new_rows", "max_wait", "max_attempts"},
         "strategy": {"name", "epochs", "batch_size", "lr", "early_stopping_patience", "weight_decay", "l1", "class_weights",
                      "replay", "ewc", "lora", "lwf"},
         "train": {"device", "precision", "num_processes", "seed", "standby_seconds"},
         "gate": {"metric", "min_gain_new", "max_forgetting", "min_eval_rows", "canary", "max_canary_drop"},
+        "registry": {"keep_versions", "min_free_bytes"},
         "metrics": {"bind"},
         "hooks": {"on_champion_change"},
     }
@@ -46,6 +48,9 @@ def test_defaults_match_the_contract() -> None:
     # CONTRACT: lora+replay at 5e-4, replay ratio 0.5; changed after the quality benchmark (README)
     assert (c.strategy.parts, c.strategy.lr, c.strategy.replay.ratio) == (("replay",), 1e-4, 0.75)
     assert c.strategy.ewc.lambda_ == 1000.0
+    assert (c.inbox.max_row_bytes, c.inbox.max_text_chars, c.inbox.max_labels, c.inbox.max_label_chars) == (1048576, 100000, 1000, 200)
+    assert c.schedule.max_attempts == 3
+    assert (c.registry.keep_versions, c.registry.min_free_bytes) == (20, 2147483648)
     assert c.metrics.host_port == ("127.0.0.1", 9717)
 
 
