@@ -94,30 +94,42 @@ def ingest(home_dir: Path | None, as_json: bool, once: bool, max_wait: float) ->
     """Ingest what is in the inbox now, then exit."""
     from daemon.inbox import Inbox
 
+    from daemon.names import display
+
     home = open_home(home_dir)
     inbox = Inbox(home)
     with _progress_reporter() as on_progress:
         outcomes, unsettled = inbox.drain(max_wait=max_wait, on_progress=on_progress)
+    stuck = [{"file": display(name), "reason": entry.reason, "message": entry.message}
+             for name, entry in sorted(inbox.stuck.items())]
     if as_json:
-        emit({"files": [_outcome_doc(o) for o in outcomes], "unsettled": unsettled})
-        return
-    for outcome in outcomes:
-        detail = f"{outcome.rows_train} train + {outcome.rows_eval} eval rows"
-        if outcome.rows_rejected:
-            detail += f", {outcome.rows_rejected} rejected"
-        if outcome.outcome == "quarantined":
-            detail = f"reason {outcome.reason}; see {outcome.dest}.error.json"
-        click.echo(f"{outcome.outcome:<11} {outcome.name}: {detail}")
-    for name in unsettled:
-        click.echo(f"waiting     {name}: still being written; left in the inbox")
-    if not outcomes and not unsettled:
-        click.echo(f"inbox {home.inbox} is empty")
+        emit({"files": [_outcome_doc(o) for o in outcomes], "unsettled": [display(name) for name in unsettled],
+              "stuck": stuck})
+    else:
+        for outcome in outcomes:
+            detail = f"{outcome.rows_train} train + {outcome.rows_eval} eval rows"
+            if outcome.rows_rejected:
+                detail += f", {outcome.rows_rejected} rejected"
+            if outcome.outcome == "quarantined":
+                detail = f"reason {outcome.reason}; see {display(outcome.dest.name)}.error.json"
+            click.echo(f"{outcome.outcome:<11} {display(outcome.name)}: {detail}")
+        for name in unsettled:
+            why = inbox.waiting.get(name, "still being written")
+            click.echo(f"waiting     {display(name)}: {why}; left in the inbox")
+        for entry in stuck:
+            click.echo(f"stuck       {entry['file']}: {entry['message']}; left in the inbox")
+        if not outcomes and not unsettled and not stuck:
+            click.echo(f"inbox {display(str(home.inbox))} is empty")
+    if stuck:
+        sys.exit(1)  # every other file was ingested; these need an operator
 
 
 def _outcome_doc(outcome: Any) -> dict[str, Any]:
-    return {"file": outcome.name, "outcome": outcome.outcome, "reason": outcome.reason,
+    from daemon.names import display
+
+    return {"file": display(outcome.name), "outcome": outcome.outcome, "reason": outcome.reason,
             "rows": {"train": outcome.rows_train, "eval": outcome.rows_eval, "rejected": outcome.rows_rejected},
-            "dest": str(outcome.dest)}
+            "dest": display(str(outcome.dest))}
 
 
 class _progress_reporter:
@@ -140,7 +152,9 @@ class _progress_reporter:
         if total < PROGRESS_MIN_BYTES:
             return
         if name not in self._tasks:
-            self._tasks[name] = self._progress.add_task(name, total=total)
+            from daemon.names import display
+
+            self._tasks[name] = self._progress.add_task(display(name), total=total)
         self._progress.update(self._tasks[name], completed=min(done, total))
 
     def __exit__(self, *exc: object) -> None:

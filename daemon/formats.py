@@ -2,6 +2,9 @@
 
 Each reader yields `Chunk`s: line numbers and, for each, a dict of the row's fields or a
 `RowError` for a row that cannot become a dict. Whole-file problems raise `FileRejected`.
+Every byte is hostile: time and memory are linear in the input, a line (or CSV record, or Parquet
+row) past `max_row_bytes` becomes a `row_too_large` error without ever being held whole, and
+decompressed `.gz` data and Parquet's materialised values count against `max_file_bytes`.
 Nothing reads a file whole into memory; chunks keep the per-row interpreter overhead low.
 """
 
@@ -10,6 +13,8 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
+import reprlib
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +26,17 @@ from registry.errors import FileRejected
 
 REQUIRED = ("text", "label")
 CHUNK_ROWS = 4096
-# A gzip member may expand to at most this many times `inbox.max_file_bytes` (a bomb guard).
-GZIP_EXPANSION_LIMIT = 100
+BLOCK_BYTES = 1 << 20
+# Parquet rows are materialised in batches of about this many bytes (by the file's own metadata).
+PARQUET_BATCH_BYTES = 8 << 20
 _SUFFIXES = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".jsonl.gz": "jsonl", ".ndjson.gz": "jsonl",
     ".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet",
 }
+
+
+_SHORT = reprlib.Repr()  # Python 3.10 and 3.11 take no keyword arguments here
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 200, 200, 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +49,9 @@ class RowError:
     def as_dict(self) -> dict[str, object]:
         value = self.value
         if value is not None and not isinstance(value, (str, int, float, bool)):
-            value = repr(value)
+            value = _SHORT.repr(value)  # bounded depth and length, whatever the row held
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1 << 53:
+            value = _SHORT.repr(value)
         if isinstance(value, str) and len(value) > 200:
             value = value[:200] + "..."
         return {"line": self.line, "field": self.field, "reason": self.reason, "value": value}
@@ -86,40 +98,56 @@ class NotFast(Exception):
     """The fast reader cannot take this file as it is; read it again with `fast=False`."""
 
 
-def read(path: Path, max_bytes: int, on_progress: Callable[[int], None] | None = None, *,
-         fast: bool = False) -> Iterator[Chunk]:
-    """Yield chunks for every data row of the file at `path`.
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one file: its bytes (decompressed or materialised) and each row's bytes."""
+
+    max_file_bytes: int
+    max_row_bytes: int = 1 << 20
+
+
+def read(source: Path | BinaryIO, limits: Limits | int, on_progress: Callable[[int], None] | None = None, *,
+         name: str | None = None, fast: bool = False) -> Iterator[Chunk]:
+    """Yield chunks for every data row of a file: a path, or a binary stream opened by the caller
+    (then `name` says which format it is). An int for `limits` is `max_file_bytes`.
 
     `fast=True` lets plain two-column CSV files go through Arrow's C++ parser; it raises `NotFast`
     (possibly after some chunks) when the file needs the exact row-by-row reader.
     """
-    found = format_of(path.name)
+    limits = Limits(limits) if isinstance(limits, int) else limits
+    name = name or os.fsdecode(getattr(source, "name", ""))
+    found = format_of(name)
     if found is None:
-        raise FileRejected("unsupported_format", f"{path.name}: not one of {', '.join(sorted(_SUFFIXES))}")
-    kind, gzipped = found
-    if kind == "parquet":
-        yield from _read_parquet(path, on_progress)
+        raise FileRejected("unsupported_format", f"not one of {', '.join(sorted(_SUFFIXES))}")
+    if isinstance(source, Path):
+        with open(source, "rb") as raw:
+            yield from read(raw, limits, on_progress, name=name, fast=fast)
         return
-    with open(path, "rb") as raw:
-        stream: BinaryIO = raw
-        if gzipped:
-            stream = io.BufferedReader(_Limited(gzip.GzipFile(fileobj=raw, mode="rb"), max_bytes * GZIP_EXPANSION_LIMIT),
-                                       1 << 20)
-        if kind == "jsonl":
-            reader = _read_jsonl(stream)
-        else:
-            reader = _read_csv_arrow(stream) if fast else _read_csv(stream)
-        try:
-            for chunk in reader:
-                if on_progress:
-                    on_progress(raw.tell())
-                yield chunk
-        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            raise FileRejected("unreadable", f"corrupt or truncated gzip data: {exc}") from None
+    kind, gzipped = found
+    raw = source
+    if kind == "parquet":
+        yield from _read_parquet(raw, limits, on_progress)
+        return
+    stream: BinaryIO = raw
+    if gzipped:
+        stream = _Limited(gzip.GzipFile(fileobj=raw, mode="rb"), limits.max_file_bytes)  # type: ignore[assignment]
+    if kind == "jsonl":
+        reader = _read_jsonl(stream, limits.max_row_bytes)
+    else:
+        reader = _read_csv_arrow(stream) if fast else _read_csv(stream, limits.max_row_bytes)
+    try:
+        for chunk in reader:
+            if on_progress:
+                on_progress(raw.tell())
+            yield chunk
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise FileRejected("unreadable", f"corrupt or truncated gzip data: {exc}") from None
 
 
 class _Limited(io.RawIOBase):
-    """A read-only stream that fails as too_large past `limit` bytes (for decompressed data)."""
+    """A read-only stream that fails as too_large past `limit` bytes (for decompressed data).
+
+    Reads go straight to the decompressor in blocks, never through a buffer that grows."""
 
     def __init__(self, inner: BinaryIO, limit: int) -> None:
         self._inner = inner
@@ -133,7 +161,7 @@ class _Limited(io.RawIOBase):
         data = self._inner.read(len(buffer))
         self._left -= len(data)
         if self._left < 0:
-            raise FileRejected("too_large", f"decompressed data exceeds {self._limit} bytes")
+            raise FileRejected("too_large", f"decompressed data exceeds inbox.max_file_bytes = {self._limit}")
         buffer[: len(data)] = data
         return len(data)
 
@@ -146,27 +174,64 @@ def _utf8_error(raw: bytes, line: int) -> FileRejected | None:
     return None
 
 
-def _line_blocks(stream: BinaryIO) -> Iterator[tuple[int, list[bytes]]]:
-    """(number of the first line, lines without b"\\n") in blocks of about 1 MiB."""
-    carry = b""
+@dataclass(frozen=True, slots=True)
+class Oversize:
+    """Stands for a line longer than `max_row_bytes`; its bytes were counted, never kept."""
+
+    size: int
+
+
+def _line_blocks(stream: BinaryIO, max_row_bytes: int) -> Iterator[tuple[int, list[bytes | Oversize]]]:
+    """(number of the first line, lines without b"\\n") in blocks of about 1 MiB.
+
+    Linear in the input: each byte is split once and joined at most once, and a line longer than
+    `max_row_bytes` is only counted from then on (an `Oversize` in its place), so no line, however
+    long, is held whole or copied again as each block arrives.
+    """
+    pieces: list[bytes] = []  # the start of the line that runs across blocks
+    held = 0  # bytes in pieces
+    skipped = -1  # >= 0 while the current line is past the cap: its length so far
     first = 1
-    while data := stream.read(1 << 20):
-        lines = (carry + data).split(b"\n")
-        carry = lines.pop()
-        if lines:
-            yield first, lines
-            first += len(lines)
-    if carry:
-        yield first, [carry]
+    while data := stream.read(BLOCK_BYTES):
+        parts = data.split(b"\n")
+        tail = parts.pop()  # the start of a line that goes on in the next block
+        if parts:  # parts[0] ends the carried line
+            head = parts[0]
+            if skipped >= 0:
+                parts[0] = Oversize(skipped + len(head))  # type: ignore[call-overload]
+            elif held + len(head) > max_row_bytes:
+                parts[0] = Oversize(held + len(head))  # type: ignore[call-overload]
+            elif pieces:
+                parts[0] = b"".join((*pieces, head))
+            if max(map(len, parts[1:]), default=0) > max_row_bytes:
+                parts[1:] = [line if len(line) <= max_row_bytes else Oversize(len(line)) for line in parts[1:]]
+            yield first, parts  # type: ignore[misc]
+            first += len(parts)
+            pieces, held, skipped = [], 0, -1
+        if skipped >= 0:
+            skipped += len(tail)
+        elif held + len(tail) > max_row_bytes:
+            skipped, pieces, held = held + len(tail), [], 0
+        elif tail:
+            pieces.append(tail)
+            held += len(tail)
+    if skipped >= 0:
+        yield first, [Oversize(skipped)]
+    elif pieces:
+        yield first, [b"".join(pieces)]
 
 
-def _read_jsonl(stream: BinaryIO) -> Iterator[Chunk]:
+def _too_large(line: int, size: int, max_row_bytes: int) -> RowError:
+    return RowError(line, None, "row_too_large", f"{size} bytes > inbox.max_row_bytes = {max_row_bytes}")
+
+
+def _read_jsonl(stream: BinaryIO, max_row_bytes: int) -> Iterator[Chunk]:
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    parsed = rows = objects = 0
+    parsed = rows = objects = oversize = 0
     seen: set[str] = set()
     first_error: str | None = None
-    for first, block in _line_blocks(stream):
-        if first == 1 and block[0].startswith(b"\xef\xbb\xbf"):
+    for first, block in _line_blocks(stream, max_row_bytes):
+        if first == 1 and isinstance(block[0], bytes) and block[0].startswith(b"\xef\xbb\xbf"):
             block[0] = block[0][3:]
         for start in range(0, len(block), CHUNK_ROWS):
             part = block[start:start + CHUNK_ROWS]
@@ -187,6 +252,12 @@ def _read_jsonl(stream: BinaryIO) -> Iterator[Chunk]:
             lines: list[int] = []
             chunk: list[object] = []
             for line, raw in enumerate(part, base):
+                if type(raw) is Oversize:
+                    rows += 1
+                    oversize += 1
+                    lines.append(line)
+                    chunk.append(_too_large(line, raw.size, max_row_bytes))
+                    continue
                 try:
                     record = loads(raw)
                 except decode_error as exc:
@@ -198,7 +269,7 @@ def _read_jsonl(stream: BinaryIO) -> Iterator[Chunk]:
                     first_error = first_error or f"line {line}: {exc}"
                     rows += 1
                     lines.append(line)
-                    chunk.append(RowError(line, None, "invalid_json", raw.strip().decode()))
+                    chunk.append(RowError(line, None, "invalid_json", raw.strip()[:200].decode(errors="replace")))
                     continue
                 rows += 1
                 parsed += 1
@@ -213,23 +284,68 @@ def _read_jsonl(stream: BinaryIO) -> Iterator[Chunk]:
                 yield Chunk(lines, chunk)
     if rows == 0:
         raise FileRejected("empty", "no data rows")
-    if parsed == 0:
+    if parsed == 0 and oversize < rows:
         raise FileRejected("unreadable", f"no line is valid JSON ({first_error})")
     missing = [key for key in REQUIRED if key not in seen]
     if missing and objects:
         raise FileRejected("missing_columns", f"no row has the required field(s) {', '.join(missing)}")
 
 
-def _read_csv(stream: BinaryIO) -> Iterator[Chunk]:
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict", newline="")
+def _csv_lines(stream: BinaryIO, max_row_bytes: int, oversize: dict[int, int]) -> Iterator[str]:
+    """The file's lines, decoded, for `csv.reader`; a line past the cap is given as an empty line
+    and noted in `oversize` (line number -> bytes), so the row holding it can be refused."""
+    for first, block in _line_blocks(stream, max_row_bytes):
+        if first == 1 and isinstance(block[0], bytes) and block[0].startswith(b"\xef\xbb\xbf"):
+            block[0] = block[0][3:]
+        for line, raw in enumerate(block, first):
+            if type(raw) is Oversize:
+                oversize[line] = raw.size
+                yield "\n"
+                continue
+            try:
+                yield raw.decode("utf-8") + "\n"
+            except UnicodeDecodeError as exc:
+                raise FileRejected("unreadable", f"line {line}: not valid UTF-8 ({exc.reason})") from None
+
+
+def _read_csv(stream: BinaryIO, max_row_bytes: int) -> Iterator[Chunk]:
+    oversize: dict[int, int] = {}
     # Not strict: text after a closing quote stays part of the field ("ab"c reads as abc), as in
     # Arrow's and pandas' parsers, so both of our CSV readers agree on every file.
-    reader = csv.reader(text, strict=False)
+    reader = csv.reader(_csv_lines(stream, max_row_bytes, oversize), strict=False)
+    csv.field_size_limit(max_row_bytes)  # a longer field is refused as the parser meets it
+
+    def records() -> Iterator[tuple[int, list[str] | RowError]]:
+        """(last line, the record's fields or an error) for each record."""
+        last = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                if "field larger than field limit" not in str(exc):
+                    raise
+                yield reader.line_num, _too_large(reader.line_num, max_row_bytes + 1, max_row_bytes)
+                last = reader.line_num
+                continue
+            spanned = [oversize.pop(n) for n in range(last + 1, reader.line_num + 1) if n in oversize]
+            last = reader.line_num
+            if spanned:
+                yield last, _too_large(last, sum(spanned), max_row_bytes)
+            elif len(row) > 1 and sum(map(len, row)) > max_row_bytes:
+                yield last, _too_large(last, sum(map(len, row)), max_row_bytes)
+            else:
+                yield last, row
+
     try:
+        found = records()
         try:
-            header = next(reader)
+            header_line, header = next(found)
         except StopIteration:
             raise FileRejected("empty", "no header and no rows") from None
+        if isinstance(header, RowError):
+            raise FileRejected("unreadable", f"line {header_line}: the header is longer than inbox.max_row_bytes")
         header = [name.strip() for name in header]
         dupes = sorted({name for name in header if header.count(name) > 1})
         if dupes:
@@ -243,41 +359,39 @@ def _read_csv(stream: BinaryIO) -> Iterator[Chunk]:
         rows = 0
         while True:
             lines: list[int] = []
-            values: list[list[str]] = []
+            values: list[list[str] | RowError] = []
             add_line, add_values = lines.append, values.append
-            for row in reader:
-                add_line(reader.line_num)
+            for line, row in found:
+                add_line(line)
                 add_values(row)
                 if len(values) == CHUNK_ROWS:
                     break
             if not values:
                 break
-            if plain and set(map(len, values)) == {2}:  # the common case, no dict per row
+            if plain and set(map(type, values)) == {list} and set(map(len, values)) == {2}:  # the common case
                 rows += len(values)
-                yield Chunk(lines, columns=([v[text_at] for v in values], [v[label_at] for v in values]))
+                yield Chunk(lines, columns=([v[text_at] for v in values], [v[label_at] for v in values]))  # type: ignore[index]
                 continue
             kept_lines: list[int] = []
-            records: list[object] = []
+            records_: list[object] = []
             for line, row in zip(lines, values):
                 if not row:
                     continue  # a blank line
                 rows += 1
                 kept_lines.append(line)
-                if len(row) != width:
-                    records.append(RowError(line, None, "field_count", f"{len(row)} fields, header has {width}: {row!r}"))
+                if isinstance(row, RowError):
+                    records_.append(row)
+                elif len(row) != width:
+                    shown = repr(row)
+                    records_.append(RowError(line, None, "field_count", f"{len(row)} fields, header has {width}: {shown[:200]}"))
                 else:
-                    records.append(dict(zip(header, row)))
-            if records:
-                yield Chunk(kept_lines, records)
+                    records_.append(dict(zip(header, row)))
+            if records_:
+                yield Chunk(kept_lines, records_)
         if rows == 0:
             raise FileRejected("empty", "header only, no data rows")
-    except UnicodeDecodeError as exc:
-        raise FileRejected("unreadable", f"near line {reader.line_num + 1}: not valid UTF-8 ({exc.reason})") from None
     except csv.Error as exc:
         raise FileRejected("unreadable", f"line {reader.line_num}: malformed CSV: {exc}") from None
-
-
-csv.field_size_limit(1 << 30)
 
 
 def _read_csv_arrow(stream: BinaryIO) -> Iterator[Chunk]:
@@ -309,25 +423,69 @@ def _read_csv_arrow(stream: BinaryIO) -> Iterator[Chunk]:
         raise NotFast("no rows")
 
 
-def _read_parquet(path: Path, on_progress: Callable[[int], None] | None) -> Iterator[Chunk]:
+def _read_parquet(source: BinaryIO, limits: Limits, on_progress: Callable[[int], None] | None) -> Iterator[Chunk]:
+    """Parquet in batches sized from the file's metadata. Its values are counted as they are
+    materialised (dictionary and run-length encodings make a few bytes stand for millions), and
+    string columns stay dictionary-encoded until each row's size has been checked."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq  # only Parquet files pay for the import
 
     try:
-        parquet = pq.ParquetFile(path)
-        names = parquet.schema_arrow.names
+        parquet = pq.ParquetFile(source)
+        schema = parquet.schema_arrow
+        metadata = parquet.metadata
+        declared = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise FileRejected("unreadable", f"not a readable Parquet file: {exc}") from None
+    names = schema.names
     missing = [key for key in REQUIRED if key not in names]
     if missing:
         raise FileRejected("missing_columns", f"schema lacks required column(s) {', '.join(missing)}; it has {', '.join(names) or 'none'}")
-    if parquet.metadata.num_rows == 0:
+    if metadata.num_rows == 0:
         raise FileRejected("empty", "no data rows")
-    line = 0
+    if declared > limits.max_file_bytes:
+        raise FileRejected("too_large", f"its metadata declares {declared} bytes of values > inbox.max_file_bytes = {limits.max_file_bytes}")
+    strings = [field.name for field in schema
+               if pa.types.is_string(field.type) or pa.types.is_large_string(field.type) or pa.types.is_binary(field.type)]
+    per_row = max(declared // max(metadata.num_rows, 1), 1)
+    batch_rows = int(min(CHUNK_ROWS, max(1, PARQUET_BATCH_BYTES // per_row)))
     try:
-        for index, batch in enumerate(parquet.iter_batches(batch_size=CHUNK_ROWS)):
-            yield Chunk(range(line + 1, line + 1 + batch.num_rows), batch.to_pylist())
+        parquet = pq.ParquetFile(source, read_dictionary=strings)
+        line = total = 0
+        for index, batch in enumerate(parquet.iter_batches(batch_size=batch_rows)):
+            sizes = _row_bytes(batch, pa, pc)
+            total += int(pc.sum(sizes).as_py() or 0)
+            if total > limits.max_file_bytes:
+                raise FileRejected("too_large", f"its values exceed inbox.max_file_bytes = {limits.max_file_bytes} once decoded (row {line + 1})")
+            big = pc.greater(sizes, limits.max_row_bytes)
+            lines = range(line + 1, line + 1 + batch.num_rows)
+            if pc.any(big).as_py():
+                fits = iter(batch.filter(pc.invert(big)).to_pylist())
+                records: list[object] = [_too_large(n, size, limits.max_row_bytes) if size > limits.max_row_bytes
+                                         else next(fits) for n, size in zip(lines, sizes.to_pylist())]
+            else:
+                records = batch.to_pylist()
+            yield Chunk(lines, records)
             line += batch.num_rows
             if on_progress:
-                on_progress(int(path.stat().st_size * (index + 1) / max(parquet.num_row_groups, 1)))
-    except (OSError, ValueError) as exc:
+                on_progress(int(metadata.serialized_size + declared * line / max(metadata.num_rows, 1)))
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        if isinstance(exc, FileRejected):
+            raise
         raise FileRejected("unreadable", f"row {line + 1}: {exc}") from None
+
+
+def _row_bytes(batch, pa, pc):  # type: ignore[no-untyped-def]
+    """Bytes each row takes once materialised: its strings' lengths (dictionary values counted per
+    use), plus a fixed width for other columns."""
+    sizes = pa.array([0] * batch.num_rows, pa.int64())
+    for column in batch.columns:
+        if pa.types.is_dictionary(column.type):
+            lengths = pc.take(pc.binary_length(column.dictionary), column.indices)
+        elif pa.types.is_string(column.type) or pa.types.is_binary(column.type) or pa.types.is_large_string(column.type):
+            lengths = pc.binary_length(column)
+        else:
+            lengths = pa.array([column.nbytes // max(len(column), 1)] * len(column), pa.int64())
+        sizes = pc.add(sizes, pc.fill_null(pc.cast(lengths, pa.int64()), 0))
+    return sizes

@@ -1,24 +1,34 @@
 """The inbox: which names are taken, when a file has settled, and one ingest pass over it.
 
 A pass is the source of truth (a full scan); file-system events only make passes come sooner.
+One entry never stops the others: whatever goes wrong with it ends with the entry quarantined
+(`internal_error`, with the message) or, where even that fails, left in place as "stuck": counted,
+retried with a growing backoff and logged once per step, while every other file is ingested.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import stat
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from daemon import names
 from daemon.home import Home
-from daemon.ingest import Ingestor, Outcome
-from registry.lock import PidLock
+from daemon.ingest import Ingestor, Outcome, Waiting
 from daemon.store import Store
+from registry.errors import Stopping
+from registry.fsutil import atomic_write
+from registry.lock import PidLock
 
 log = logging.getLogger(__name__)
+RETRY_FIRST, RETRY_MAX = 10.0, 3600.0  # seconds before a stuck entry is tried again, doubling
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", "~")
 # Never moved out of an inbox that sits at the root of a file system (Kubernetes volumes).
@@ -102,15 +112,44 @@ class Settler:
         self._seen.pop(name, None)
 
 
-class Inbox:
-    """One home's inbox and row store; passes hold the home's ingest lock."""
+@dataclass
+class Stuck:
+    """An entry that could be neither ingested nor quarantined: why, and when it is tried again."""
 
-    def __init__(self, home: Home) -> None:
+    reason: str  # permission_denied | os_error | internal_error
+    message: str
+    attempts: int
+    retry_at: float
+
+
+def error_reason(exc: BaseException) -> str:
+    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "permission_denied"
+    return "os_error" if isinstance(exc, OSError) else "internal_error"
+
+
+class Inbox:
+    """One home's inbox and row store; passes hold the home's ingest lock.
+
+    `tick` is called often during long work (a large file); the daemon sets it to feed its liveness
+    checks and to raise `Stopping` when asked to stop.
+    """
+
+    def __init__(self, home: Home, clock: Callable[[], float] = time.monotonic) -> None:
         self.home = home
+        self.clock = clock
         self.settler = Settler(home.config.inbox.settle_seconds)
         self.lock = PidLock(home.state / "ingest.lock", "an ingest pass")
+        self.tick: Callable[[], None] = lambda: None
         self._temps: set[tuple[int, int]] = set()  # temp-named files seen by the last pass
         self._renamed: set[str] = set()  # names a file-system event saw renamed from a temp name
+        self.stuck: dict[str, Stuck] = {}
+        self.waiting: dict[str, str] = {}  # name -> why it is not taken yet (logged once)
+        self.errors: Counter[str] = Counter()  # failures by reason since start
+
+    @property
+    def stuck_path(self) -> Path:
+        return self.home.state / "inbox-stuck.json"
 
     def renamed(self, source: str, target: str) -> None:
         """A file-system event: `source` was renamed to `target`. From a temporary name into the inbox
@@ -125,36 +164,109 @@ class Inbox:
                   only: set[str] | None = None) -> tuple[list[Outcome], float | None]:
         """Recover, scan, ingest every settled file. Returns outcomes and seconds until the next may settle."""
         outcomes: list[Outcome] = []
+        stuck_before = dict(self.stuck)
         with self.lock, Store(self.home.store_path) as store:
             ingestor = Ingestor(store=store, inbox=self.home.inbox, archive=self.home.archive,
-                                quarantine=self.home.quarantine, config=self.home.config.inbox)
-            ingestor.recover()
-            found = {name: st for name, st in entries(self.home.inbox) if only is None or name in only}
+                                quarantine=self.home.quarantine, config=self.home.config.inbox, tick=self.tick)
+            unfinished = ingestor.recover(due=lambda record: self._due(record.name))
+            for name, exc in unfinished.items():
+                if self._due(name):
+                    self._stick(name, exc)
+            found = {name: st for name, st in entries(self.home.inbox)
+                     if (only is None or name in only) and name not in unfinished}
             renamed, self._renamed = self._renamed, set()
             finished = self._temps | {(found[n].st_dev, found[n].st_ino) for n in renamed if n in found}
             ready, wait = self.settler.ready(found, finished)
             self._temps = temp_files(self.home.inbox)
             for name in ready:
-                size = found[name].st_size
-                progress = (lambda done, name=name, size=size: on_progress(name, done, size)) if on_progress else None
-                try:
-                    outcome = ingestor.ingest(self.home.inbox / name, progress)
-                except OSError as exc:
-                    # e.g. permission denied: leave the file, say why, carry on with the others
-                    log.error("cannot ingest %s: %s", name, exc, extra={"file": name})
+                if not self._due(name):
                     continue
-                self.settler.forget(name)
+                outcome = self._take(ingestor, store, name, found[name], on_progress)
+                if isinstance(outcome, Waiting):
+                    if self.waiting.get(name) != outcome.why:
+                        log.info("%s not taken yet: %s", names.display(name), outcome.why,
+                                 extra={"file": names.display(name)})
+                    self.waiting[name] = outcome.why
+                    wait = self.home.config.inbox.settle_seconds if wait is None else min(wait, self.home.config.inbox.settle_seconds)
+                    continue
+                self.waiting.pop(name, None)
+                if name not in self.stuck:
+                    self.settler.forget(name)
                 if outcome is None:
-                    wait = self.home.config.inbox.settle_seconds if wait is None else wait
+                    if name not in self.stuck:
+                        wait = self.home.config.inbox.settle_seconds if wait is None else wait
                     continue
-                log.info("%s %s", outcome.outcome, name, extra={
-                    "file": name, "outcome": outcome.outcome, "reason": outcome.reason,
+                self.stuck.pop(name, None)
+                log.info("%s %s", outcome.outcome, names.display(name), extra={
+                    "file": names.display(name), "outcome": outcome.outcome, "reason": outcome.reason,
                     "rows_train": outcome.rows_train, "rows_eval": outcome.rows_eval,
                     "rows_rejected": outcome.rows_rejected})
                 outcomes.append(outcome)
                 if on_file:
                     on_file(outcome)
+        present = set(found) | set(unfinished)
+        for name in set(self.stuck) - present:
+            if not os.path.lexists(self.home.inbox / name):
+                del self.stuck[name]  # finished at last, or taken away by someone
+        for name in set(self.waiting) - set(found):
+            del self.waiting[name]
+        if self.stuck:
+            retry = max(0.0, min(entry.retry_at for entry in self.stuck.values()) - self.clock())
+            wait = retry if wait is None else min(wait, retry)
+        if self.stuck != stuck_before:
+            self._save_stuck()
         return outcomes, wait
+
+    def _take(self, ingestor: Ingestor, store: Store, name: str, chosen: os.stat_result,
+              on_progress: Callable[[str, int, int], None] | None) -> Outcome | Waiting | None:
+        """Ingest one entry; whatever goes wrong ends with it quarantined or stuck, never raised."""
+        path = self.home.inbox / name
+        progress = (lambda done: on_progress(name, done, chosen.st_size)) if on_progress else None
+        try:
+            return ingestor.ingest(path, progress, chosen=chosen)
+        except Stopping:
+            raise
+        except Exception as exc:
+            if any(record.name == name for record in store.unfinalized()):
+                self._stick(name, exc)  # recorded, but it could not be moved: finishing is retried
+                return None
+            log.error("ingesting %s failed (%s: %s); quarantining it as internal_error", names.display(name),
+                      type(exc).__name__, exc, exc_info=True, extra={"file": names.display(name)})
+            self.errors["internal_error"] += 1
+            try:
+                return ingestor.quarantine_internal(path, exc)
+            except Stopping:
+                raise
+            except Exception as again:
+                self._stick(name, again)
+                return None
+
+    def _due(self, name: str) -> bool:
+        entry = self.stuck.get(name)
+        return entry is None or self.clock() >= entry.retry_at
+
+    def _stick(self, name: str, exc: BaseException) -> None:
+        """Leave the entry where it is; count it, log it once for this step of the backoff."""
+        previous = self.stuck.get(name)
+        attempts = previous.attempts + 1 if previous else 1
+        delay = min(RETRY_FIRST * 2 ** (attempts - 1), RETRY_MAX)
+        reason = error_reason(exc)
+        self.stuck[name] = Stuck(reason=reason, message=f"{type(exc).__name__}: {exc}"[:500], attempts=attempts,
+                                 retry_at=self.clock() + delay)
+        self.errors[reason] += 1
+        log.warning("cannot ingest or quarantine %s (%s: %s); left in the inbox, try %d in %.0fs",
+                    names.display(name), type(exc).__name__, exc, attempts + 1, delay,
+                    extra={"file": names.display(name), "reason": reason, "attempts": attempts})
+
+    def _save_stuck(self) -> None:
+        """For `lifelong status`, which runs in another process."""
+        doc = [{"file": names.display(name), **{k: v for k, v in asdict(entry).items() if k != "retry_at"},
+                "retry_in_seconds": round(max(0.0, entry.retry_at - self.clock()), 1)}
+               for name, entry in sorted(self.stuck.items())]
+        try:
+            atomic_write(self.stuck_path, json.dumps(doc, ensure_ascii=False))
+        except OSError as exc:
+            log.warning("cannot record stuck inbox entries: %s", exc)
 
     def drain(self, *, max_wait: float, on_file: Callable[[Outcome], None] | None = None,
               on_progress: Callable[[str, int, int], None] | None = None, sleep: Callable[[float], None] = time.sleep
@@ -169,7 +281,7 @@ class Inbox:
         while True:
             done, wait = self.pass_once(on_file, on_progress, only=present)
             outcomes.extend(done)
-            present -= {outcome.name for outcome in done}
+            present -= {outcome.name for outcome in done} | set(self.stuck)
             present &= {name for name, _ in entries(self.home.inbox)}
             if wait is None or not present or time.monotonic() + wait > deadline:
                 return outcomes, sorted(present)

@@ -6,36 +6,49 @@ The order makes it crash-safe: (1) the file's rows are written to a segment that
 marked finalized. A crash before the commit leaves the file in the inbox to be taken again (and at
 most an orphan segment, removed by `recover()`); a crash after it is finished by `recover()` at the
 next start, so every file ends in exactly one of archive/ or quarantine/ and no row is stored twice.
+
+Every entry is hostile: it is opened once (`O_NOFOLLOW | O_NONBLOCK`), the descriptor is checked
+against the `lstat` that chose it, and hashing, parsing and a copy across file systems all read
+that one descriptor, so a swap of the name between check and use can neither make us read a
+symlink's target nor block on a FIFO. Entries that are not regular files are never opened or
+copied: they are renamed aside within the inbox's own file system.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import logging
 import os
+import signal
 import stat
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from daemon import formats
+from daemon import formats, names
 from daemon.config import InboxConfig
 from daemon.formats import RowError
-from registry.fsutil import atomic_write, fsync_dir, move, remove
 from daemon.rows import LabelSet, Validator
 from daemon.segments import SegmentWriter
 from daemon.store import FileRecord, Store
 from registry.errors import FileRejected
-from registry.manifest import sha256_file
+from registry.fsutil import atomic_write, fsync_dir, remove
 
 log = logging.getLogger(__name__)
 
 MAX_LISTED_ERRORS = 100
-_CHUNK = 4096
+_BLOCK = 1 << 20
+# Where entries that are not regular files go when quarantine/ is on another file system than the
+# inbox (a rename cannot cross it, and such entries are never copied). Hidden: never ingested.
+HELD_ASIDE = ".lifelong-quarantine"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,81 +62,140 @@ class Outcome:
     dest: Path
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """The file is not taken yet, and why (another hard link to it, a writer still has it open)."""
+
+    name: str
+    why: str
+
+
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _noop() -> None:
+    pass
+
+
 class Ingestor:
-    """Takes files out of one inbox into one store. The caller holds the home's ingest lock."""
+    """Takes files out of one inbox into one store. The caller holds the home's ingest lock.
+
+    `tick` is called between blocks of every long step (hashing, parsing, copying): the daemon
+    feeds its liveness checks there, and stops the work by raising `Stopping` from it.
+    """
 
     def __init__(self, *, store: Store, inbox: Path, archive: Path, quarantine: Path, config: InboxConfig,
-                 clock: Callable[[], str] = utcnow) -> None:
+                 clock: Callable[[], str] = utcnow, tick: Callable[[], None] = _noop) -> None:
         self.store = store
         self.inbox = inbox
         self.archive = archive
         self.quarantine = quarantine
         self.config = config
         self.clock = clock
+        self.tick = tick
 
     # -- one file ---------------------------------------------------------------------------------
-    def ingest(self, path: Path, on_progress: Callable[[int], None] | None = None) -> Outcome | None:
-        """Ingest the inbox entry at `path`; None when it vanished or changed while being read."""
+    def ingest(self, path: Path, on_progress: Callable[[int], None] | None = None,
+               chosen: os.stat_result | None = None) -> Outcome | Waiting | None:
+        """Ingest the inbox entry at `path` (chosen by the `lstat` result `chosen`, taken now if not
+        given); None when it vanished or changed while being read, `Waiting` when not alone yet."""
         try:
-            before = os.lstat(path)
+            before = chosen or os.lstat(path)
         except FileNotFoundError:
             return None
-        received_at = self.clock()
-        sha = None
-        problem: FileRejected | None = None
         if not stat.S_ISREG(before.st_mode):
-            kind = _kind(before.st_mode)
-            problem = FileRejected("not_regular_file", f"{path.name} is a {kind}, not a regular file; it was not opened")
-        elif before.st_size > self.config.max_file_bytes:
-            problem = FileRejected("too_large", f"{before.st_size} bytes > inbox.max_file_bytes = {self.config.max_file_bytes}")
-        else:
-            try:
-                sha = sha256_file(path)
-            except PermissionError as exc:
-                problem = FileRejected("unreadable", f"cannot open {path.name}: {exc.strerror}")
-        if problem is None and sha is not None:
-            if formats.format_of(path.name) is None:
-                problem = FileRejected("unsupported_format", f"{path.name}: supported are .jsonl, .ndjson, .csv (each also .gz) and .parquet")
+            problem = FileRejected("not_regular_file", f"a {_kind(before.st_mode)}, not a regular file; it was not opened")
+            return self._commit(path, before, None, lambda file_id, sha: self._finish_rejected(file_id, path.name, sha, problem))
+        try:
+            handle = _open_checked(path, before)
+        except PermissionError as exc:
+            problem = FileRejected("unreadable", f"cannot open it: {exc.strerror}")
+            return self._commit(path, before, None, lambda file_id, sha: self._finish_rejected(file_id, path.name, sha, problem))
+        if handle is None:
+            return None
+        with handle:
+            opened = os.fstat(handle.fileno())
+            if opened.st_nlink > 1:
+                return Waiting(path.name, f"it has {opened.st_nlink - 1} other hard link(s); taken once it is the only one")
+            if _open_for_writing(handle.fileno()):
+                return Waiting(path.name, "another process has it open for writing; taken once it is closed")
+            if opened.st_size > self.config.max_file_bytes:
+                problem = FileRejected("too_large", f"{opened.st_size} bytes > inbox.max_file_bytes = {self.config.max_file_bytes}")
+                return self._commit(path, opened, handle, lambda file_id, sha: self._finish_rejected(file_id, path.name, sha, problem))
+            sha = self._hash(handle)
 
+            def record(file_id: int, sha: str | None) -> None:
+                duplicate_of = self.store.accepted_with_sha(sha) if sha else None
+                if formats.format_of(path.name) is None:
+                    self._finish_rejected(file_id, path.name, sha, FileRejected(
+                        "unsupported_format", "supported are .jsonl, .ndjson, .csv (each also .gz) and .parquet"))
+                elif duplicate_of is not None:
+                    dest = self._free_name(self.archive, path.name, file_id)
+                    self.store.finish_file(file_id, outcome="duplicate", dest=dest, duplicate_of=duplicate_of,
+                                           message=f"same bytes as file #{duplicate_of}")
+                else:
+                    self._read_rows(file_id, path.name, handle, sha, on_progress)
+            return self._commit(path, opened, handle, record, sha)
+
+    def _commit(self, path: Path, before: os.stat_result, handle: BinaryIO | None,
+                record: Callable[[int, str | None], None], sha: str | None = None) -> Outcome | None:
+        """Record the file in one transaction (rolled back if the entry changed meanwhile), then move it."""
+        received_at = self.clock()
         self.store.begin()
         try:
             file_id = self.store.add_file(name=path.name, sha256=sha, size=before.st_size, received_at=received_at)
-            duplicate_of = self.store.accepted_with_sha(sha) if sha and problem is None else None
-            if problem is not None:
-                self._finish_rejected(file_id, path.name, sha, received_at, problem, [])
-            elif duplicate_of is not None:
-                dest = self._free_name(self.archive, path.name, file_id)
-                self.store.finish_file(file_id, outcome="duplicate", dest=dest, duplicate_of=duplicate_of,
-                                       message=f"same bytes as file #{duplicate_of}")
-            else:
-                self._read_rows(file_id, path, sha, received_at, on_progress)
-            if not _unchanged(path, before):
+            self._received_at = received_at
+            record(file_id, sha)
+            if not _unchanged(path, before, handle):
                 self.store.rollback()
-                log.info("inbox file changed while read; will retry", extra={"file": path.name})
+                log.info("inbox file changed while read; will retry", extra={"file": names.display(path.name)})
                 return None
             self.store.commit()
         except BaseException:
             self.store.rollback()
             raise
-        record = next(r for r in self.store.unfinalized() if r.id == file_id)
-        dest = self.finalize(record)
-        return Outcome(name=path.name, outcome=record.outcome, reason=record.reason, rows_train=record.rows_train,
-                       rows_eval=record.rows_eval, rows_rejected=record.rows_rejected, dest=dest)
+        committed = self.store.file_record(file_id)
+        dest = self.finalize(committed, handle)
+        return Outcome(name=path.name, outcome=committed.outcome, reason=committed.reason, rows_train=committed.rows_train,
+                       rows_eval=committed.rows_eval, rows_rejected=committed.rows_rejected, dest=dest)
 
-    def _read_rows(self, file_id: int, path: Path, sha: str | None, received_at: str,
+    def quarantine_internal(self, path: Path, exc: BaseException) -> Outcome | None:
+        """Quarantine an entry whose ingestion failed in a way nobody predicted, with the message."""
+        try:
+            before = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        message = f"{type(exc).__name__}: {exc}"[:2000]
+        problem = FileRejected("internal_error", message)
+        handle = _open_checked(path, before) if stat.S_ISREG(before.st_mode) else None
+        try:
+            return self._commit(path, before, handle,
+                                lambda file_id, sha: self._finish_rejected(file_id, path.name, sha, problem))
+        finally:
+            if handle is not None:
+                handle.close()
+
+    def _hash(self, handle: BinaryIO) -> str:
+        digest = hashlib.sha256()
+        handle.seek(0)
+        while block := handle.read(_BLOCK):
+            digest.update(block)
+            self.tick()
+        handle.seek(0)
+        return digest.hexdigest()
+
+    def _read_rows(self, file_id: int, name: str, handle: BinaryIO, sha: str | None,
                    on_progress: Callable[[int], None] | None) -> None:
         """Parse and validate; rows stream into a segment that is published only if the file is accepted."""
         try:
             try:
-                scan = self._scan(file_id, path, on_progress, fast=True)
+                scan = self._scan(file_id, name, handle, on_progress, fast=True)
             except formats.NotFast:
-                scan = self._scan(file_id, path, on_progress, fast=False)
+                handle.seek(0)
+                scan = self._scan(file_id, name, handle, on_progress, fast=False)
         except FileRejected as problem:
-            self._finish_rejected(file_id, path.name, sha, received_at, problem, [])
+            self._finish_rejected(file_id, name, sha, problem)
             return
         skip = self.config.on_bad_rows == "skip"
         good_rows = scan.counts[0] + scan.counts[1]
@@ -132,26 +204,31 @@ class Ingestor:
             first = scan.listed[0]
             message = (f"{scan.bad} of {scan.total} rows are invalid (first: line {first['line']}, field "
                        f"{first['field']}: {first['reason']}); inbox.on_bad_rows = {self.config.on_bad_rows!r}")
-            self._finish_rejected(file_id, path.name, sha, received_at, FileRejected("invalid_rows", message),
+            self._finish_rejected(file_id, name, sha, FileRejected("invalid_rows", message),
                                   scan.listed, rows_rejected=scan.bad)
             return
         scan.publish()
         self.store.add_labels(file_id, scan.labels.added)
         self.store.finish_file(
-            file_id, outcome="accepted", dest=self._free_name(self.archive, path.name, file_id),
+            file_id, outcome="accepted", dest=self._free_name(self.archive, name, file_id),
             message=f"{good_rows} rows ingested, {scan.bad} skipped" if scan.bad else f"{good_rows} rows ingested",
             rows_train=scan.counts[0], rows_eval=scan.counts[1], rows_rejected=scan.bad,
         )
 
-    def _scan(self, file_id: int, path: Path, on_progress: Callable[[int], None] | None, *, fast: bool) -> "_Scan":
+    def _scan(self, file_id: int, name: str, handle: BinaryIO, on_progress: Callable[[int], None] | None, *,
+              fast: bool) -> "_Scan":
         """One read of the file; raises NotFast (having cleaned up) when the fast reader must give way."""
-        skip = self.config.on_bad_rows == "skip"
-        labels = LabelSet.of(self.store.labels(), self.config.labels)
-        validate = Validator(labels, self.config.eval_fraction)
+        config = self.config
+        skip = config.on_bad_rows == "skip"
+        labels = LabelSet.of(self.store.labels(), config.labels, max_labels=config.max_labels)
+        validate = Validator(labels, config.eval_fraction, max_text_chars=config.max_text_chars,
+                             max_label_chars=config.max_label_chars)
         rejected = _RejectedRows(self.quarantine / f".tmp-{file_id}.rejected.jsonl") if skip else None
         scan = _Scan(labels=labels, writer=self.store.segment_writer(file_id), rejected=rejected)
+        limits = formats.Limits(config.max_file_bytes, config.max_row_bytes)
         try:
-            for chunk in formats.read(path, self.config.max_file_bytes, on_progress, fast=fast):
+            for chunk in formats.read(handle, limits, on_progress, name=name, fast=fast):
+                self.tick()
                 scan.total += len(chunk)
                 if not scan.bad or skip:
                     plain = validate.fast_chunk(chunk)
@@ -179,56 +256,147 @@ class Ingestor:
             raise
         return scan
 
-    def _finish_rejected(self, file_id: int, name: str, sha: str | None, received_at: str, problem: FileRejected,
-                         errors: list[dict[str, object]], rows_rejected: int = 0) -> None:
+    def _finish_rejected(self, file_id: int, name: str, sha: str | None, problem: FileRejected,
+                         errors: list[dict[str, object]] | None = None, rows_rejected: int = 0) -> None:
         dest = self._free_name(self.quarantine, name, file_id)
-        doc = {"file": name, "sha256": sha, "received_at": received_at, "reason": problem.reason,
-               "message": problem.message, "errors": errors}
+        doc: dict[str, object] = {"file": names.display(name), "sha256": sha, "received_at": self._received_at,
+                                  "reason": problem.reason, "message": problem.message, "errors": errors or []}
+        if not names.is_text(name):
+            doc["file_name_bytes_hex"] = os.fsencode(name).hex()  # the exact name, which is not UTF-8
         self.store.finish_file(file_id, outcome="quarantined", dest=dest, reason=problem.reason, message=problem.message,
                                error_doc=json.dumps(doc, ensure_ascii=False, indent=2), rows_rejected=rows_rejected)
 
     def _free_name(self, folder: Path, name: str, file_id: int) -> str:
-        """`name`, or `name` with `~<file id>` before its extension when that name is taken."""
-        taken = lambda candidate: os.path.lexists(folder / candidate) or os.path.lexists(folder / f"{candidate}.error.json")
+        """`name`, or `name` with `~<file id>` before its extension when that name or a sidecar of it is taken."""
+        def taken(candidate: str) -> bool:
+            return any(os.path.lexists(folder / f"{candidate}{suffix}")
+                       for suffix in ("", ".error.json", ".rejected.jsonl"))
         if not taken(name):
             return name
         stem, dot, ext = name.partition(".")
         return f"{stem}~{file_id}{dot}{ext}"
 
     # -- finishing and recovery -------------------------------------------------------------------
-    def finalize(self, record: FileRecord) -> Path:
-        """Move a committed file to its destination and write its sidecars; idempotent."""
+    def finalize(self, record: FileRecord, handle: BinaryIO | None = None) -> Path:
+        """Move a committed file to its destination and write its sidecars; idempotent.
+
+        `handle` is the descriptor the file was read from, when there is one: a copy across file
+        systems reads it, and the name is moved only while it still names that file."""
         src = self.inbox / record.name
         folder = self.quarantine if record.outcome == "quarantined" else self.archive
         dest = folder / record.dest
+        try:
+            current = os.lstat(src)
+        except FileNotFoundError:
+            current = None
+        if current is not None and not stat.S_ISREG(current.st_mode):
+            if record.outcome == "quarantined":  # only ever quarantined; never copied
+                dest = self._set_aside(src, dest)
+        elif current is not None:
+            dest = self._move_file(src, dest, record, handle)
+        elif not os.path.lexists(dest) and os.path.lexists(self.inbox / HELD_ASIDE / record.dest):
+            dest = self.inbox / HELD_ASIDE / record.dest  # set aside before a crash
         if record.error_doc is not None:
-            atomic_write(self.quarantine / f"{record.dest}.error.json", record.error_doc)
+            doc = record.error_doc
+            if dest.parent != folder:
+                doc = json.dumps({**json.loads(doc), "moved_to": names.display(str(dest))}, ensure_ascii=False, indent=2)
+            atomic_write(self.quarantine / f"{record.dest}.error.json", doc)
         rejected_tmp = self.quarantine / f".tmp-{record.id}.rejected.jsonl"
         if rejected_tmp.exists():
-            os.replace(rejected_tmp, self.quarantine / f"{record.dest}.rejected.jsonl")
-            fsync_dir(self.quarantine)
-        if os.path.lexists(src):
-            same = record.sha256 is None or _sha_or_none(src) == record.sha256
-            if same and not os.path.lexists(dest):
-                move(src, dest)
-            elif same:
-                remove(src)  # a cross-file-system move had copied it before the crash
-                fsync_dir(src.parent)
+            _publish_no_replace(rejected_tmp, self.quarantine, f"{record.dest}.rejected.jsonl", record.id)
         self.store.mark_finalized(record.id)
         return dest
 
-    def recover(self) -> int:
-        """Finish what a crashed run left half-done; remove its temp files. Returns files finished."""
+    def _move_file(self, src: Path, dest: Path, record: FileRecord, handle: BinaryIO | None) -> Path:
+        """Rename `src` to `dest`; across file systems, copy from the checked descriptor first."""
+        own = handle
+        try:
+            if own is None:  # recovery after a crash: check it is still the file that was recorded
+                own = _open_checked(src, os.lstat(src))
+                if own is None:
+                    return dest
+                if record.sha256 is not None and self._hash(own) != record.sha256:
+                    log.warning("a different file now has the name of a finished one; left for the next pass",
+                                extra={"file": names.display(record.name)})
+                    return dest
+            if os.path.lexists(dest):  # a cross-file-system move had copied it before a crash
+                _unlink_if_same(src, own)
+                return dest
+            try:
+                os.rename(src, dest)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                self._copy_across(own, dest)
+                _unlink_if_same(src, own)
+            fsync_dir(dest.parent)
+            fsync_dir(src.parent)
+            return dest
+        finally:
+            if own is not None and own is not handle:
+                own.close()
+
+    def _copy_across(self, handle: BinaryIO, dest: Path) -> None:
+        tmp = dest.with_name(f".{dest.name}.xdev.tmp")
+        remove(tmp)
+        handle.seek(0)
+        with open(tmp, "xb") as writer:
+            while block := handle.read(_BLOCK):
+                writer.write(block)
+                self.tick()
+            writer.flush()
+            os.fsync(writer.fileno())
+        st = os.fstat(handle.fileno())
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.rename(tmp, dest)
+
+    def _set_aside(self, src: Path, dest: Path) -> Path:
+        """Rename an entry that is not a regular file into quarantine/, or, where that is another file
+        system, into a hidden folder of the inbox: such entries are never copied."""
+        try:
+            os.rename(src, dest)
+            fsync_dir(dest.parent)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            aside = self.inbox / HELD_ASIDE
+            aside.mkdir(exist_ok=True)
+            dest = aside / dest.name
+            os.rename(src, dest)
+            fsync_dir(aside)
+        fsync_dir(src.parent)
+        return dest
+
+    def recover(self, due: Callable[[FileRecord], bool] = lambda record: True) -> dict[str, BaseException]:
+        """Finish what a crashed (or failed) run left half-done; remove its temp files.
+
+        Returns the names whose finishing failed, with the error: each is left as it is, one never
+        stops the others, and the caller retries it (only records `due` are tried).
+        """
         self.store.remove_orphan_segments()
-        records = self.store.unfinalized()
-        for record in records:
-            log.info("finishing interrupted ingest", extra={"file": record.name, "outcome": record.outcome})
-            self.finalize(record)
+        failed: dict[str, BaseException] = {}
+        for record in self.store.unfinalized():
+            if not due(record):
+                failed[record.name] = RuntimeError("waiting to retry")
+                continue
+            log.info("finishing interrupted ingest", extra={"file": names.display(record.name), "outcome": record.outcome})
+            try:
+                self.finalize(record)
+            except Exception as exc:
+                failed[record.name] = exc
         for folder in (self.quarantine, self.archive):
             for entry in os.scandir(folder):
                 if (entry.name.startswith(".") and entry.name.endswith(".tmp")) or entry.name.startswith(".tmp-"):
-                    remove(Path(entry.path))
-        return len(records)
+                    if not (entry.name.startswith(".tmp-") and entry.name.endswith(".rejected.jsonl")
+                            and _pending_rejected(entry.name, self.store)):
+                        remove(Path(entry.path))
+        return failed
+
+
+def _pending_rejected(name: str, store: Store) -> bool:
+    """Whether a temp rejected-rows file still belongs to an unfinished record."""
+    stem = name.removeprefix(".tmp-").removesuffix(".rejected.jsonl")
+    return stem.isdigit() and any(record.id == int(stem) for record in store.unfinalized())
 
 
 @dataclass
@@ -270,8 +438,13 @@ class _RejectedRows:
     def write(self, line: int, errors: list[RowError], record: object) -> None:
         if self._handle is None:
             self._handle = open(self.path, "w", encoding="utf-8")
-        entry = {"line": line, "errors": [e.as_dict() for e in errors], "row": record if isinstance(record, dict) else None}
-        self._handle.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+        row = record if isinstance(record, dict) and not any(e.reason == "too_deeply_nested" for e in errors) else None
+        entry = {"line": line, "errors": [e.as_dict() for e in errors], "row": row}
+        try:
+            text = json.dumps(entry, ensure_ascii=False, default=str)
+        except (ValueError, TypeError, RecursionError):
+            text = json.dumps({**entry, "row": None}, ensure_ascii=False, default=str)
+        self._handle.write(text + "\n")
 
     def close(self) -> None:
         if self._handle is not None:
@@ -287,6 +460,81 @@ class _RejectedRows:
         remove(self.path)
 
 
+def _publish_no_replace(tmp: Path, folder: Path, name: str, file_id: int) -> Path:
+    """Give `tmp` the name `name` in `folder` without replacing anything there (a hard link, then
+    the temp name removed); `~<file id>` is added when the name is taken by another file."""
+    stem, dot, ext = name.partition(".")
+    for candidate in (name, f"{stem}~{file_id}{dot}{ext}", f"{stem}~{file_id}~{os.getpid()}{dot}{ext}"):
+        target = folder / candidate
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            if os.path.samefile(tmp, target):  # linked before a crash
+                break
+            continue
+        break
+    else:
+        raise FileExistsError(errno.EEXIST, "no free name for the rejected rows", str(folder / name))
+    tmp.unlink()
+    fsync_dir(folder)
+    return target
+
+
+def _open_checked(path: Path, chosen: os.stat_result) -> BinaryIO | None:
+    """Open `path` without following a link or blocking on a FIFO; None unless the descriptor is
+    the regular file that `chosen` (its lstat) described."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EWOULDBLOCK):
+            return None  # gone, or swapped for a link or a special file since it was chosen
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (chosen.st_dev, chosen.st_ino):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb", buffering=0)
+
+
+_lease_checks = threading.Lock()
+_leases_usable: bool | None = None
+
+
+def _open_for_writing(fd: int) -> bool:
+    """Whether another process has the file open for writing, by asking for a read lease (refused
+    with EAGAIN exactly then) and giving it back at once. Where leases are not available (a file of
+    another owner without CAP_LEASE, NFS) it says False and the settle rule alone applies."""
+    global _leases_usable
+    with _lease_checks:
+        if _leases_usable is None:
+            # breaking a lease sends SIGIO, whose default action ends the process; leases are
+            # taken only where it can be ignored (the main thread sets that once)
+            try:
+                signal.signal(signal.SIGIO, signal.SIG_IGN)
+                _leases_usable = True
+            except ValueError:  # not the main thread
+                _leases_usable = signal.getsignal(signal.SIGIO) == signal.SIG_IGN
+        if not _leases_usable:
+            return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return exc.errno == errno.EAGAIN
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
+
+
+def _unlink_if_same(src: Path, handle: BinaryIO) -> None:
+    """Remove the inbox name only while it still names the file that was read."""
+    try:
+        st = os.lstat(src)
+    except FileNotFoundError:
+        return
+    own = os.fstat(handle.fileno())
+    if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+        os.unlink(src)
+
+
 def _kind(mode: int) -> str:
     if stat.S_ISLNK(mode):
         return "symbolic link"
@@ -299,16 +547,15 @@ def _kind(mode: int) -> str:
     return "device or special file"
 
 
-def _unchanged(path: Path, before: os.stat_result) -> bool:
+def _unchanged(path: Path, before: os.stat_result, handle: BinaryIO | None) -> bool:
+    """The name still names the entry that was chosen, and (read through `handle`) it was not written to."""
     try:
         after = os.lstat(path)
     except FileNotFoundError:
         return False
-    return (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
-
-
-def _sha_or_none(path: Path) -> str | None:
-    try:
-        return sha256_file(path) if stat.S_ISREG(os.lstat(path).st_mode) else None
-    except OSError:
-        return None
+    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+        return False
+    if handle is None:
+        return stat.S_IFMT(after.st_mode) == stat.S_IFMT(before.st_mode)
+    read = os.fstat(handle.fileno())
+    return (read.st_size, read.st_mtime_ns) == (before.st_size, before.st_mtime_ns)

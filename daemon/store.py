@@ -12,11 +12,11 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import pyarrow.compute as pc
 
-from daemon import segments
+from daemon import names, segments
 from daemon.segments import SegmentWriter
 from registry.errors import StoreError
 
@@ -83,6 +83,12 @@ class FileRecord:
     finalized: bool
 
 
+def _record(r: tuple) -> FileRecord:  # type: ignore[type-arg]
+    return FileRecord(id=r[0], name=names.from_db(r[1]), sha256=r[2], outcome=r[3], reason=r[4],
+                      dest=names.from_db(r[5]), error_doc=r[6], rows_train=r[7], rows_eval=r[8],
+                      rows_rejected=r[9], finalized=bool(r[10]))
+
+
 class Store:
     """SQLite row store. One writer at a time (the ingest lock); any number of readers."""
 
@@ -135,7 +141,7 @@ class Store:
         """Insert a file record inside the open transaction (as quarantined until `finish_file`)."""
         cursor = self._db.execute(
             "INSERT INTO files (name, sha256, size, received_at, outcome, dest) VALUES (?, ?, ?, ?, 'quarantined', ?)",
-            (name, sha256, size, received_at, name),
+            (names.to_db(name), sha256, size, received_at, names.to_db(name)),
         )
         return int(cursor.lastrowid)  # type: ignore[arg-type]
 
@@ -156,7 +162,8 @@ class Store:
         self._db.execute(
             "UPDATE files SET outcome = ?, dest = ?, reason = ?, message = ?, error_doc = ?, duplicate_of = ?,"
             " rows_train = ?, rows_eval = ?, rows_rejected = ? WHERE id = ?",
-            (outcome, dest, reason, message, error_doc, duplicate_of, rows_train, rows_eval, rows_rejected, file_id),
+            (outcome, names.to_db(dest), reason, message, error_doc, duplicate_of, rows_train, rows_eval, rows_rejected,
+             file_id),
         )
 
     def mark_finalized(self, file_id: int) -> None:
@@ -169,13 +176,14 @@ class Store:
         ).fetchone()
         return None if row is None else int(row[0])
 
+    _RECORD = ("SELECT id, name, sha256, outcome, reason, dest, error_doc, rows_train, rows_eval, rows_rejected,"
+               " finalized FROM files")
+
     def unfinalized(self) -> list[FileRecord]:
-        cursor = self._db.execute(
-            "SELECT id, name, sha256, outcome, reason, dest, error_doc, rows_train, rows_eval, rows_rejected, finalized"
-            " FROM files WHERE finalized = 0 ORDER BY id"
-        )
-        return [FileRecord(id=r[0], name=r[1], sha256=r[2], outcome=r[3], reason=r[4], dest=r[5], error_doc=r[6],
-                           rows_train=r[7], rows_eval=r[8], rows_rejected=r[9], finalized=bool(r[10])) for r in cursor]
+        return [_record(r) for r in self._db.execute(f"{self._RECORD} WHERE finalized = 0 ORDER BY id")]
+
+    def file_record(self, file_id: int) -> FileRecord:
+        return _record(self._db.execute(f"{self._RECORD} WHERE id = ?", (file_id,)).fetchone())
 
     def labels(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT name FROM labels ORDER BY position")]
@@ -230,7 +238,9 @@ class Store:
         return [{"batch": r[0], "closed_at": r[1], "train": r[2], "eval": r[3]} for r in cursor]
 
     def batch_files(self, batch_id: int) -> list[str]:
-        return [row[0] for row in self._db.execute("SELECT dest FROM files WHERE batch_id = ? ORDER BY id", (batch_id,))]
+        """The archive names of a batch's files, shown safely (any byte may be in a name)."""
+        return [names.display(names.from_db(row[0]))
+                for row in self._db.execute("SELECT dest FROM files WHERE batch_id = ? ORDER BY id", (batch_id,))]
 
     def batch_file_ids(self, batch_id: int) -> list[int]:
         return [row[0] for row in self._db.execute(
@@ -245,11 +255,26 @@ class Store:
             yield from zip(table["text"].to_pylist(), table["label"].to_pylist())
 
     def undecided_batch(self) -> int | None:
-        """The newest batch no update has decided yet (a failed or interrupted one is retried)."""
+        """The newest batch no update has decided yet (a failed or interrupted one is retried) and
+        that was not given up after `schedule.max_attempts` failures."""
         row = self._db.execute(
-            "SELECT MAX(id) FROM batches WHERE id NOT IN "
-            "(SELECT batch_id FROM updates WHERE decision != 'failed')").fetchone()
+            "SELECT MAX(id) FROM batches WHERE id NOT IN (SELECT batch_id FROM updates"
+            " WHERE decision != 'failed' OR json_extract(summary, '$.gave_up'))").fetchone()
         return row[0]
+
+    def failed_attempts(self, batch_id: int) -> int:
+        """Failed updates of one batch. Attempts of one batch are always in a row: any other
+        decision ends its retries; an interrupted run (SIGTERM) records nothing and is no attempt."""
+        return int(self._db.execute(
+            "SELECT COUNT(*) FROM updates WHERE batch_id = ? AND decision = 'failed'", (batch_id,)).fetchone()[0])
+
+    def given_up(self) -> list[dict[str, Any]]:
+        """Batches recorded `failed` for good, newest first: attempts, the last error, when."""
+        cursor = self._db.execute(
+            "SELECT batch_id, json_extract(summary, '$.attempt'), reasons, finished_at FROM updates"
+            " WHERE decision = 'failed' AND json_extract(summary, '$.gave_up') ORDER BY id DESC")
+        return [{"batch": r[0], "attempts": r[1], "last_error": "; ".join(json.loads(r[2])), "finished_at": r[3]}
+                for r in cursor]
 
     def record_update(self, *, batch_id: int, started_at: str, finished_at: str, version: str | None, decision: str,
                       reasons: list[str], summary: dict) -> None:

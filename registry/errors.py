@@ -63,7 +63,7 @@ class FileRejected(LifelongError, ValueError):
     """An inbox file cannot be ingested. `reason` is a CONTRACT section 3 reason code."""
 
     REASONS = ("unsupported_format", "unreadable", "empty", "missing_columns", "invalid_rows",
-               "too_large", "not_regular_file")
+               "too_large", "not_regular_file", "internal_error")
 
     def __init__(self, reason: str, message: str) -> None:
         if reason not in self.REASONS:
@@ -73,12 +73,29 @@ class FileRejected(LifelongError, ValueError):
         super().__init__(f"{reason}: {message}")
 
 
+class Stopping(LifelongError):
+    """Long work (ingesting a large file) was asked to stop: the daemon is shutting down. What was
+    half done is rolled back and taken again at the next start."""
+
+
 class VersionNotFound(LifelongError, LookupError):
     exit_code = 4
 
     def __init__(self, version: str) -> None:
         self.version = version
         super().__init__(f"no such version: {version}")
+
+
+class VersionPruned(VersionNotFound):
+    """The version's weights were dropped by retention (`registry.keep_versions`); its record stays."""
+
+    def __init__(self, version: str, at: str | None = None) -> None:
+        self.version = version
+        self.at = at
+        when = f" at {at}" if at else ""
+        LookupError.__init__(self, f"{version}'s weights were pruned{when} by retention (registry.keep_versions); "
+                             "its metadata, scores and audit are kept, but it cannot be served, promoted, rolled "
+                             "back to or exported")
 
 
 class IntegrityError(LifelongError, RuntimeError):
