@@ -17,6 +17,11 @@ GPU = ROOT / "deploy" / "k8s" / "gpu"
 VALIDATE = [sys.executable, "-m", "kubernetes_validate", "--strict"]
 NOT_IN_SCHEMAS = {"Kustomization", "PodMonitor"}  # kustomize's own file and a Prometheus Operator CRD
 CHECKPOINT_SECONDS = 120  # daemon/service.py STOP_GRACE: how long the child may take to checkpoint
+LOCAL_CONFIG = "config.kubernetes.io/local-config"
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"  # set by the API server on every namespace
+# ways of choosing GPUs that would override the device plugin's allocation
+VISIBILITY = ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ROCR_VISIBLE_DEVICES",
+              "HIP_VISIBLE_DEVICES")
 
 
 def documents(path: Path) -> list[dict]:
@@ -90,6 +95,8 @@ def test_pod_policy(gpu: bool) -> None:
         assert "nvidia.com/gpu" not in resources.get("requests", {})
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["LIFELONG_TRAIN__DEVICE"] == "cuda"
+        # the device plugin says which GPU the container sees; the pod never names one
+        assert not set(env) & set(VISIBILITY), set(env) & set(VISIBILITY)
         assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     else:
         assert not any("gpu" in key for key in resources["limits"])
@@ -135,6 +142,8 @@ def test_kustomizations_name_files_that_exist_and_resources_they_patch() -> None
     for name in base["resources"]:
         assert (K8S / name).is_file(), name
     for generator in base["configMapGenerator"]:
+        if generator.get("options", {}).get("annotations", {}).get(LOCAL_CONFIG) == "true":
+            continue  # the manifests' own settings, read by replacements and never deployed
         assert all((K8S / f).is_file() for f in generator["files"])
         volumes = statefulset()["spec"]["template"]["spec"]["volumes"]
         assert any(v.get("configMap", {}).get("name") == generator["name"] for v in volumes)
@@ -164,6 +173,62 @@ def test_kustomize_builds_both_variants_and_the_output_validates(tmp_path: Path)
         config = next(doc for doc in built if doc["kind"] == "ConfigMap")["metadata"]["name"]
         assert config.startswith("lifelong-config-")  # hashed: a config change rolls the pod
         assert {v.get("configMap", {}).get("name") for v in sts["spec"]["template"]["spec"]["volumes"]} >= {config}
+
+
+def metrics_ingress(policy: dict) -> tuple[str, set[int]]:
+    """The one namespace an ingress rule admits, and the ports it admits it to; fails on anything wider."""
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]  # no rule without `from`: that would admit every source
+    assert set(peer) == {"namespaceSelector"}, peer  # no ipBlock, no podSelector widening it
+    (namespace,) = peer["namespaceSelector"]["matchLabels"].items()
+    assert namespace[0] == NAMESPACE_LABEL and "matchExpressions" not in peer["namespaceSelector"]
+    return namespace[1], {port["port"] for port in rule["ports"]}
+
+
+def test_network_policy_admits_metrics_only_from_the_monitoring_namespace() -> None:
+    found = resources()
+    policy = found["NetworkPolicy"]
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    container = found["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    metrics_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
+    namespace, ports = metrics_ingress(policy)
+    assert ports == {metrics_port}
+    settings = next(g for g in yaml.safe_load((K8S / "kustomization.yaml").read_text())["configMapGenerator"]
+                    if g["name"] == "lifelong-deploy-settings")
+    # the manifest holds the kustomization's default, so it is right on its own too
+    assert f"monitoringNamespace={namespace}" in settings["literals"]
+
+
+def build(folder: Path) -> list[dict]:
+    done = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_the_monitoring_namespace_is_set_in_the_kustomization(tmp_path: Path) -> None:
+    for folder in (K8S, GPU):
+        built = build(folder)
+        assert not any(LOCAL_CONFIG in (doc["metadata"].get("annotations") or {}) for doc in built)
+        policy = next(doc for doc in built if doc["kind"] == "NetworkPolicy")
+        assert metrics_ingress(policy) == ("monitoring", {9717})
+    copy = tmp_path / "base"
+    shutil.copytree(K8S, copy)
+    kustomization = copy / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text().replace("monitoringNamespace=monitoring",
+                                                               "monitoringNamespace=observability"))
+    policy = next(doc for doc in build(copy) if doc["kind"] == "NetworkPolicy")
+    assert metrics_ingress(policy) == ("observability", {9717})
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_the_gpu_variant_leaves_device_visibility_to_the_device_plugin() -> None:
+    sts = next(doc for doc in build(GPU) if doc["kind"] == "StatefulSet")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    assert "envFrom" not in container  # variables from elsewhere could name devices unseen
+    names = {e["name"] for e in container["env"]}
+    assert not names & set(VISIBILITY), names & set(VISIBILITY)
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
 def test_configmap_differs_from_the_init_template_in_three_keys_only() -> None:
