@@ -105,6 +105,14 @@ class MetadataBackend(abc.ABC):
     def set_serving_manifest(self, version: str, manifest_sha256: str | None) -> None: ...
 
     @abc.abstractmethod
+    def mark_pruned(self, version: str, at: str) -> None:
+        """Record that the version's files are to go (retention); written before any file is touched."""
+
+    @abc.abstractmethod
+    def pruned(self) -> dict[str, str]:
+        """version -> when its files were pruned, for every pruned version."""
+
+    @abc.abstractmethod
     def close(self) -> None: ...
 
 
@@ -128,6 +136,18 @@ class ArtifactStore(abc.ABC):
     @abc.abstractmethod
     def discard(self, version: str) -> None:
         """Remove a version's files (only for versions the metadata never recorded: crash leftovers)."""
+
+    @abc.abstractmethod
+    def prune(self, version: str) -> None:
+        """Remove a recorded version's files for good, once the metadata marks it pruned.
+
+        Crash-safe and idempotent: the files leave the version's place at once (whole), and a crash
+        while they are deleted leaves only a leftover that `clean_pruned` removes.
+        """
+
+    @abc.abstractmethod
+    def clean_pruned(self) -> int:
+        """Remove leftovers of interrupted prunes; returns how many."""
 
     @abc.abstractmethod
     def staging_dir(self) -> Path:

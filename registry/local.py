@@ -80,6 +80,26 @@ class LocalArtifacts(ArtifactStore):
             shutil.rmtree(path)
             fsync_dir(self.versions)
 
+    def prune(self, version: str) -> None:
+        path, trash = self.versions / version, self.versions / f".pruned-{version}"
+        if path.exists():
+            self._remove(trash)
+            os.rename(path, trash)  # atomic: the version is whole or out of sight, never half-deleted
+            fsync_dir(self.versions)
+        self._remove(trash)
+
+    def _remove(self, path: Path) -> None:
+        if path.exists():
+            _writable(path)
+            shutil.rmtree(path)
+            fsync_dir(self.versions)
+
+    def clean_pruned(self) -> int:
+        leftovers = [entry for entry in self.versions.iterdir() if entry.name.startswith(".pruned-")]
+        for entry in leftovers:
+            self.prune(entry.name.removeprefix(".pruned-"))
+        return len(leftovers)
+
     def clean_staging(self) -> int:
         removed = 0
         for entry in list(self.staging.iterdir()):

@@ -4,6 +4,7 @@ Layout under the registry root (HOME/registry):
     registry.sqlite        version records and append-only events (decisions, switches, pins)
     versions/vNNNN/        each version's files, read-only, with manifest.json
     serving/vNNNN/         merged weights materialised for a LoRA version (a cache, re-creatable)
+    versions/.pruned-vNNNN a version's files on their way out (retention; removed at the next open)
     champion               symlink -> a complete Hugging Face model directory of the champion
 
 A version directory holds `model/` (a complete model: a "full" version) or `adapter/` plus
@@ -12,7 +13,8 @@ and optionally `state/` (what the strategy needs next time) and `version.json` (
 
 Every change of champion is serialised by a lock, written to the audit log (the source of truth)
 and only then applied to the `champion` symlink by an atomic rename; `open` repairs a symlink left
-behind by a crash between the two.
+behind by a crash between the two. Retention (`gc`) likewise records a version as pruned before its
+files are renamed out of sight and deleted; `open` finishes a prune a crash interrupted.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from registry import manifest
+from registry import manifest, retention
 from registry.abc import (CHAMPION_ACTIONS, ArtifactStore, AuditEntry, Decision, MetadataBackend, VersionRecord)
-from registry.errors import Conflict, IntegrityError, UsageError, VersionNotFound
+from registry.errors import Conflict, IntegrityError, UsageError, VersionNotFound, VersionPruned
 from registry.fsutil import fsync_dir
 from registry.local import LocalArtifacts, _writable
 from registry.lock import PidLock
@@ -89,6 +91,7 @@ class Registry:
         """Remove leftovers of interrupted writes and make the champion link match the audit log."""
         with self.lock.acquire(timeout=LOCK_TIMEOUT):
             self.artifacts.clean_staging()
+            self._finish_prunes()
             known = {record.version for record in self.meta.list_versions()}
             for orphan in self.artifacts.versions_present() - known:
                 log.warning("removing %s: its files were written but never recorded (interrupted)", orphan)
@@ -148,8 +151,10 @@ class Registry:
         return self.meta.list_versions()
 
     def verify(self, version: str, *, full: bool = False) -> Path:
-        """Check every file of the version against its manifest; its directory. Raises IntegrityError."""
+        """Check every file of the version against its manifest; its directory. Raises IntegrityError,
+        or VersionPruned when retention dropped its files."""
         record = self.get(version)
+        self.require_weights(version)
         path = self.artifacts.local_path(version)
         if not path.is_dir():
             raise IntegrityError(version, ".", "the version's directory is missing")
@@ -196,6 +201,63 @@ class Registry:
 
     def size(self, version: str) -> int:
         return self.artifacts.size(version)
+
+    # -- retention --------------------------------------------------------------------------------
+    def pruned(self) -> dict[str, str]:
+        """version -> when retention dropped its files."""
+        return self.meta.pruned()
+
+    def require_weights(self, version: str) -> None:
+        """Raise VersionPruned when retention dropped the version's files."""
+        at = self.meta.pruned().get(version)
+        if at is not None:
+            raise VersionPruned(version, at)
+
+    def gc(self, keep_versions: int, *, dry_run: bool = False,
+           lock_timeout: float | None = LOCK_TIMEOUT) -> retention.Retention:
+        """Apply `registry.keep_versions` now: drop the files of every version retention does not keep."""
+        with self.lock.acquire(timeout=lock_timeout):
+            if not dry_run:
+                self._finish_prunes()
+            records = self.meta.list_versions()
+            before = self.meta.pruned()
+            keep = retention.to_keep(records, self.meta.audit(), set(before), keep_versions)
+            doomed = [r.version for r in records if r.version not in keep and r.version not in before]
+            sizes = {version: self.artifacts.size(version) + _tree_bytes(self.serving / version) for version in doomed}
+            if not dry_run:
+                for version in doomed:
+                    self._prune(version)
+        if doomed and not dry_run:
+            log.info("retention pruned the weights of %s (%d bytes)", ", ".join(doomed), sum(sizes.values()),
+                     extra={"pruned": doomed, "keep_versions": keep_versions})
+        return retention.Retention(keep_versions=keep_versions, dry_run=dry_run,
+                                   kept=[r.version for r in records if r.version in keep and r.version not in before],
+                                   pruned=doomed, bytes_freed=sizes, pruned_before=sorted(before))
+
+    def _prune(self, version: str) -> None:
+        # recorded first: from this commit on the version counts as pruned whatever happens to its files
+        self.meta.mark_pruned(version, self.clock())
+        self._drop_serving(version)
+        self.artifacts.prune(version)
+
+    def _drop_serving(self, version: str) -> None:
+        if (self.serving / version).exists():
+            trash = self.serving / f".{version}.pruned"
+            _remove_tree(trash)
+            os.rename(self.serving / version, trash)  # out of sight whole; recover removes serving/.* leftovers
+            fsync_dir(self.serving)
+            _remove_tree(trash)
+
+    def _finish_prunes(self) -> None:
+        """Complete prunes a crash interrupted: files of versions recorded as pruned, and half-deleted leftovers."""
+        pruned = set(self.meta.pruned())
+        for version in sorted(pruned & self.artifacts.versions_present()):
+            log.warning("finishing the prune of %s (interrupted)", version)
+            self._drop_serving(version)
+            self.artifacts.prune(version)
+        for version in sorted(pruned & {p.name for p in self.serving.iterdir()}):
+            self._drop_serving(version)
+        self.artifacts.clean_pruned()
 
     def total_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.is_symlink())
@@ -259,6 +321,9 @@ class Registry:
                 raise Conflict("there is no champion to roll back")
             choice = to or self._previous_champion(current)
             if choice is None:
+                earlier = retention.rollback_order(self.meta.audit(), current)
+                if earlier:  # every earlier champion's weights are gone
+                    raise VersionPruned(earlier[0], self.meta.pruned().get(earlier[0]))
                 raise Conflict(f"{current} is the first champion; there is nothing earlier to roll back to")
             if choice == current:
                 raise Conflict(f"{choice} is already the champion")
@@ -269,12 +334,10 @@ class Registry:
         return entry
 
     def _previous_champion(self, current: str) -> str | None:
-        history = [e.to for e in self.meta.audit() if e.action in CHAMPION_ACTIONS and e.to]
-        skip = self.rolled_back() | {current}
-        for version in reversed(history):
-            if version not in skip:
-                return version
-        return None
+        """The newest former champion not rolled back and with its weights (retention keeps the
+        first `keep_versions` of this order, so only champions beyond the bound are ever skipped)."""
+        pruned = self.meta.pruned()
+        return next((v for v in retention.rollback_order(self.meta.audit(), current) if v not in pruned), None)
 
     def pin(self, *, actor: str, reason: str = "") -> None:
         with self.lock.acquire(timeout=LOCK_TIMEOUT), self.meta.transaction():
@@ -384,6 +447,10 @@ def _kind_of(staging: Path) -> str:
     if (staging / "adapter").is_dir() and (staging / "model-config" / "config.json").is_file():
         return "lora"
     raise UsageError(f"{staging} holds neither model/ (a full version) nor adapter/ + model-config/ (a LoRA version)")
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.is_dir() else 0
 
 
 def _remove_tree(path: Path) -> None:

@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS file_stamps (
     inode INTEGER NOT NULL,
     PRIMARY KEY (version, file)
 );
+-- added with retention; registries made before it gain the table when opened
+CREATE TABLE IF NOT EXISTS pruned (
+    version TEXT PRIMARY KEY REFERENCES versions (version),
+    at TEXT NOT NULL
+);
 """
 
 
@@ -163,6 +168,15 @@ class SqliteMetadata(MetadataBackend):
             self._db.execute("DELETE FROM file_stamps WHERE version = ?", (f"{version}/serving",))
             if manifest_sha256 is not None:
                 self._db.execute("INSERT INTO serving VALUES (?, ?)", (version, manifest_sha256))
+
+    def mark_pruned(self, version: str, at: str) -> None:
+        with self.transaction():
+            self._db.execute("INSERT OR IGNORE INTO pruned VALUES (?, ?)", (version, at))
+            self._db.execute("DELETE FROM file_stamps WHERE version IN (?, ?)", (version, f"{version}/serving"))
+            self._db.execute("DELETE FROM serving WHERE version = ?", (version,))
+
+    def pruned(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT version, at FROM pruned ORDER BY version"))
 
     def close(self) -> None:
         self._db.close()

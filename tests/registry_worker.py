@@ -1,4 +1,5 @@
-"""A process that keeps writing versions and switching the champion, to be killed at random (tests)."""
+"""Processes to be killed (tests): one that keeps writing versions and switching the champion, at
+random; one gc that kills itself at a chosen file operation."""
 
 from __future__ import annotations
 
@@ -29,5 +30,29 @@ def main(root: str, model: str, seed: str) -> None:
                 pass
 
 
+def gc(root: str, keep: str, kill_at: str) -> None:
+    """Run one gc, SIGKILLing this process at its `kill_at`-th file operation (0: never); print the count."""
+    import os
+    import signal
+
+    calls = [0]
+
+    def counted(name: str):  # type: ignore[no-untyped-def]
+        real = getattr(os, name)
+
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls[0] += 1
+            if calls[0] == int(kill_at):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args, **kwargs)
+        return call
+
+    with Registry(Path(root)) as registry:
+        for name in ("rename", "unlink", "rmdir", "fsync"):
+            setattr(os, name, counted(name))
+        registry.gc(int(keep))
+    print(calls[0])
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    gc(*sys.argv[2:]) if sys.argv[1] == "gc" else main(*sys.argv[1:])

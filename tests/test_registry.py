@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from registry.errors import Conflict, IntegrityError, UsageError, VersionNotFound
+from registry.errors import Conflict, IntegrityError, UsageError, VersionNotFound, VersionPruned
 from registry.local import LocalArtifacts
 from registry.registry import Registry
 from registry.sqlite import SqliteMetadata
@@ -242,3 +243,123 @@ def test_a_correct_link_is_left_alone_when_the_registry_is_opened_by_a_relative_
         assert relative.champion() == "v0001"
     assert "repaired" not in caplog.text  # it once compared a resolved link with a relative path
     assert os.lstat(tmp_path / "registry" / "champion").st_mtime_ns == stamp
+
+
+def promote_history(registry: Registry, tiny_model: Path) -> None:
+    """v0001..v0003 promoted in turn, v0004 and v0005 rejected, v0006 held: the champion is v0003."""
+    for marker in "abcdef":
+        registry.create_version(stage_full(registry, tiny_model, marker), parent=None, strategy="replay")
+    for version in ("v0001", "v0002", "v0003"):
+        registry.record_decision(version, "promoted")
+        registry.promote(version, actor="daemon")
+    for version, decision in (("v0004", "rejected"), ("v0005", "rejected"), ("v0006", "held")):
+        registry.record_decision(version, decision, gate={"passed": decision == "held", "reasons": ["r"]})
+
+
+def test_metadata_records_pruned_versions(make_registry, tiny_model: Path) -> None:
+    registry = make_registry()
+    for marker in "ab":
+        registry.create_version(stage_full(registry, tiny_model, marker), parent=None, strategy="replay")
+    assert registry.meta.pruned() == {}
+    with registry.meta.transaction():
+        registry.meta.mark_pruned("v0001", "2026-01-01T00:00:00.000Z")
+        registry.meta.mark_pruned("v0001", "2026-02-02T00:00:00.000Z")  # the first record stands
+    assert registry.meta.pruned() == {"v0001": "2026-01-01T00:00:00.000Z"}
+    assert registry.meta.file_stamps("v0001") == {} and registry.meta.file_stamps("v0002")
+    registry.artifacts.prune("v0001")
+    registry.artifacts.prune("v0001")  # idempotent: a retry after a crash
+    assert not registry.artifacts.exists("v0001") and registry.artifacts.versions_present() == {"v0002"}
+    registry.close()
+    reopened = make_registry()
+    assert reopened.pruned() == {"v0001": "2026-01-01T00:00:00.000Z"}
+    assert [r.version for r in reopened.versions()] == ["v0001", "v0002"]  # the record stays
+
+
+def test_gc_keeps_the_champion_its_rollback_history_and_the_newest(make_registry, tiny_model: Path) -> None:
+    registry = make_registry()
+    promote_history(registry, tiny_model)
+    before = {r.version: registry.size(r.version) for r in registry.versions()}
+    dry = registry.gc(3, dry_run=True)
+    assert (dry.dry_run, dry.pruned, dry.kept) == (True, ["v0004", "v0005"], ["v0001", "v0002", "v0003", "v0006"])
+    assert dry.bytes_freed == {"v0004": before["v0004"], "v0005": before["v0005"]}
+    assert registry.pruned() == {} and registry.artifacts.versions_present() == set(before)  # nothing moved
+    report = registry.gc(3)
+    assert report.pruned == ["v0004", "v0005"] and set(registry.pruned()) == {"v0004", "v0005"}
+    assert registry.artifacts.versions_present() == {"v0001", "v0002", "v0003", "v0006"}
+    for version in report.kept:
+        registry.verify(version, full=True)
+    # what stays of a pruned version: its record, decision and gate; its files are gone
+    assert registry.get("v0004").strategy == "replay" and registry.decision("v0004") == "rejected"
+    with pytest.raises(VersionPruned) as info:
+        registry.verify("v0004")
+    assert isinstance(info.value, VersionNotFound) and info.value.version == "v0004"
+    assert "pruned" in str(info.value) and "keep_versions" in str(info.value)
+    for attempt in (lambda: registry.promote("v0004", actor="cli", manual=True),
+                    lambda: registry.rollback(to="v0005", actor="cli"),
+                    lambda: registry.export("v0004", registry.root.parent / "out"),
+                    lambda: registry.model_dir("v0005")):
+        with pytest.raises(VersionPruned):
+            attempt()
+    assert registry.champion() == "v0003"
+    again = registry.gc(3)
+    assert again.pruned == [] and again.pruned_before == ["v0004", "v0005"]
+    # keep 1: only the champion, and the newest version (the candidate an update is deciding)
+    assert registry.gc(1).pruned == ["v0001", "v0002"]
+    assert registry.artifacts.versions_present() == {"v0003", "v0006"}
+
+
+def test_rollback_walks_the_kept_history_and_names_pruned_champions(make_registry, tiny_model: Path) -> None:
+    registry = make_registry()
+    promote_history(registry, tiny_model)
+    assert registry.gc(2).pruned == ["v0001", "v0004", "v0005"]  # v0002 is the rollback target within the bound
+    assert registry.rollback(actor="cli").to == "v0002"
+    with pytest.raises(VersionPruned) as info:  # v0001, the champion before, was beyond the bound
+        registry.rollback(actor="cli")
+    assert info.value.version == "v0001" and registry.champion() == "v0002"
+    assert registry.decision("v0001") == "promoted" and registry.audit("v0001")  # its history stays
+
+
+def test_automatic_rollback_skips_a_pruned_champion_beyond_the_bound(make_registry, tiny_model: Path) -> None:
+    from tests.test_registry_crash import copy_materializer, fake_version
+
+    registry = make_registry(materializer=copy_materializer)
+    for marker in "ab":
+        registry.create_version(stage_full(registry, tiny_model, marker), parent=None, strategy="replay")
+    registry.create_version(fake_version(registry, "c", lora=True), parent="v0001", strategy="lora")
+    for version in ("v0001", "v0002", "v0003"):
+        registry.promote(version, actor="daemon")
+    # keep 1: the champion v0003 and v0001, the weights it adapts; v0002, the champion before, goes
+    assert registry.gc(1).pruned == ["v0002"]
+    assert registry.rollback(actor="cli").to == "v0001"
+
+
+def test_gc_keeps_the_weights_a_kept_lora_version_adapts(make_registry, tiny_model: Path) -> None:
+    from tests.test_registry_crash import copy_materializer, fake_version
+
+    registry = make_registry(materializer=copy_materializer)
+    registry.create_version(stage_full(registry, tiny_model, "a"), parent=None, strategy="lora")
+    for parent in ("v0001", "v0002", "v0003"):
+        registry.create_version(fake_version(registry, parent, lora=True), parent=parent, strategy="lora")
+        registry.promote(f"v{int(parent[1:]) + 1:04d}", actor="daemon")
+    registry.create_version(stage_full(registry, tiny_model, "b"), parent=None, strategy="replay")  # rejected
+    registry.create_version(stage_full(registry, tiny_model, "c"), parent=None, strategy="replay")  # newest
+    assert registry.gc(1).pruned == ["v0005"]  # the champion v0004 adapts v0003, v0002 and v0001
+    for leftover in registry.serving.iterdir():
+        shutil.rmtree(leftover)
+    registry.meta.set_serving_manifest("v0004", None)
+    assert (registry.model_dir("v0004") / "adapter.txt").read_text() == "v0004"  # merged again from kept weights
+
+
+def test_an_older_sqlite_registry_gains_the_pruned_table(tmp_path: Path, tiny_model: Path) -> None:
+    import sqlite3
+
+    with Registry(tmp_path / "registry") as registry:
+        registry.create_version(stage_full(registry, tiny_model), parent=None, strategy="replay")
+    with sqlite3.connect(tmp_path / "registry" / "registry.sqlite") as db:
+        db.execute("DROP TABLE pruned")  # as a registry made before retention
+    with Registry(tmp_path / "registry") as registry:
+        assert registry.pruned() == {} and registry.gc(1).pruned == []
+        registry.create_version(stage_full(registry, tiny_model), parent=None, strategy="replay")
+        registry.create_version(stage_full(registry, tiny_model), parent=None, strategy="replay")
+        registry.promote("v0003", actor="cli")
+        assert registry.gc(1).pruned == ["v0001", "v0002"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,14 +22,15 @@ def check_consistent(root: Path) -> tuple[str | None, int]:
         champion = registry.champion()
         versions = registry.versions()
         for record in versions:
-            registry.verify(record.version, full=True)  # nothing half-written is visible
+            if record.version not in registry.pruned():
+                registry.verify(record.version, full=True)  # nothing half-written is visible
         if champion is None:
             assert not os.path.lexists(registry.link)
         else:
             assert (registry.root / os.readlink(registry.link)).resolve() == registry.model_dir(champion).resolve()
             assert (registry.link / "config.json").is_file()
         assert list((root / ".staging").iterdir()) == []
-        assert registry.artifacts.versions_present() == {r.version for r in versions}
+        assert registry.artifacts.versions_present() == {r.version for r in versions} - set(registry.pruned())
         return champion, len(registry.audit())
 
 
@@ -84,3 +86,63 @@ def test_parallel_promotes_and_rollbacks_are_serialised(home_root: Path, tiny_mo
         ordered = list(reversed(audit))
         assert all(later.from_ == earlier.to for earlier, later in zip(ordered, ordered[1:]))
         assert os.readlink(registry.link) == f"versions/{registry.champion()}/model"
+
+
+def fake_version(registry: Registry, marker: str, *, lora: bool = False) -> Path:
+    """A small staging directory of several files, so a prune has several steps to be killed at."""
+    staging = registry.new_staging()
+    folder = staging / ("adapter" if lora else "model")
+    folder.mkdir()
+    (folder / "weights.safetensors").write_bytes(marker.encode() * 1000)
+    (folder / "config.json" if not lora else folder / "adapter_config.json").write_text("{}")
+    if lora:
+        (staging / "model-config").mkdir()
+        (staging / "model-config" / "config.json").write_text("{}")
+    (staging / "state").mkdir()
+    (staging / "state" / "replay.arrow").write_bytes(marker.encode() * 500)
+    return staging
+
+
+def copy_materializer(version_dir: Path, parent_dir: Path, out: Path) -> None:
+    shutil.copytree(parent_dir, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
+    (out / "adapter.txt").write_text(version_dir.name)
+
+
+def test_sigkill_at_every_step_of_a_gc_leaves_every_kept_version_verifiable(tmp_path: Path) -> None:
+    template = tmp_path / "template"
+    with Registry(template, materializer=copy_materializer) as registry:
+        for i, marker in enumerate("abcdef", 1):
+            lora = marker in "ce"  # v0003 adapts v0002, v0005 adapts v0004
+            registry.create_version(fake_version(registry, marker, lora=lora), parent=f"v{i - 1:04d}" if lora else None,
+                                    strategy="finetune")
+        for version in ("v0001", "v0002", "v0003", "v0005"):
+            registry.promote(version, actor="daemon")  # v0005's merged copy is made; v0003's stays (rollback target)
+        registry.record_decision("v0006", "rejected")
+    # keep 1: the champion v0005 (with v0004, the weights it adapts) and the newest v0006; v0001,
+    # v0002 and v0003 (with its merged serving copy) go
+    expected, doomed = {"v0004", "v0005", "v0006"}, {"v0001", "v0002", "v0003"}
+    runs = 0
+    for kill_at in range(1, 200):
+        root = tmp_path / f"run{kill_at}"
+        shutil.copytree(template, root, symlinks=True)
+        done = subprocess.run([sys.executable, "-m", "tests.registry_worker", "gc", str(root), "1", str(kill_at)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        runs += 1
+        with Registry(root, materializer=copy_materializer) as registry:  # opening finishes the prune
+            assert set(registry.pruned()) <= doomed
+            assert not [p for p in (root / "versions").iterdir() if p.name.startswith(".")]
+            assert not [p for p in (root / "serving").iterdir() if p.name.startswith(".")]
+            for version in expected:
+                registry.verify(version, full=True)
+            assert registry.artifacts.versions_present() == {f"v000{i}" for i in range(1, 7)} - set(registry.pruned())
+            assert registry.champion() == "v0005" and (registry.link / "config.json").is_file()
+            report = registry.gc(1)  # and a gc run again completes the job
+            assert set(registry.pruned()) == doomed and set(report.kept) == expected
+            assert not (root / "serving" / "v0003").exists()
+            shutil.rmtree(root / "serving" / "v0005")  # a kept LoRA version is merged again from what was kept
+            assert (registry.model_dir("v0005") / "adapter.txt").read_text() == "v0005"
+        if done.returncode == 0:  # kill_at was past the gc's last file operation: every point was hit
+            assert int(done.stdout) == kill_at - 1
+            break
+        assert done.returncode == -signal.SIGKILL, done.stderr
+    assert runs > 8
