@@ -19,6 +19,19 @@ def test_alert_rules_check_and_unit_tests() -> None:
     assert tests.returncode == 0 and "SUCCESS" in tests.stdout, tests.stdout + tests.stderr
 
 
+def test_every_alert_has_unit_tests_that_see_it_fire_and_stay_quiet() -> None:
+    import yaml
+
+    alerts = {rule["alert"] for group in yaml.safe_load((FOLDER / "alerts.yml").read_text())["groups"]
+              for rule in group["rules"] if "alert" in rule}
+    cases = [case for test in yaml.safe_load((FOLDER / "alerts_test.yml").read_text())["tests"]
+             for case in test.get("alert_rule_test", [])]
+    firing = {case["alertname"] for case in cases if case["exp_alerts"]}
+    quiet = {case["alertname"] for case in cases if not case["exp_alerts"]}
+    assert alerts <= firing, alerts - firing
+    assert alerts <= quiet, alerts - quiet
+
+
 def test_alerts_use_only_metrics_the_daemon_exports() -> None:
     from tests.test_metrics import CONTRACT
 
