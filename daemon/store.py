@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from daemon import names, segments
 from daemon.segments import SegmentWriter
 from registry.errors import StoreError
+from registry.fsutil import remove
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -324,6 +325,6 @@ class Store:
         for entry in list(self.segments.iterdir()):
             stem = entry.name.removesuffix(".arrow")
             if entry.name.startswith(".") or not stem.isdigit() or int(stem) not in owned:
-                entry.unlink()
+                remove(entry)  # whatever it is: a stray folder here must not stop every pass
                 removed += 1
         return removed
