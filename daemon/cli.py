@@ -240,6 +240,7 @@ def promote(version: str, home_dir: Path | None, force: bool, reason: str) -> No
     home = open_home(home_dir)
     with open_registry(home) as registry:
         record = registry.get(version)
+        registry.require_weights(version)  # exit 4 before any gate check: its weights are gone
         if not force:
             decision = registry.decision_record(version)
             experience = str((record.info.get("data") or {}).get("experience"))
@@ -289,6 +290,32 @@ def export(version: str, dest: Path, home_dir: Path | None) -> None:
     with open_registry(open_home(home_dir)) as registry:
         path = registry.export(version, dest.absolute())
     click.echo(f"exported {version} to {path}")
+
+
+@main.command()
+@home_option
+@json_option
+@click.option("--dry-run", is_flag=True, help="Say what would be pruned; change nothing.")
+@click.option("--wait", "wait_s", default=10.0, show_default=True, type=float,
+              help="Seconds to wait for a registry change in progress before exiting 3.")
+@errors_to_exit_codes
+def gc(home_dir: Path | None, as_json: bool, dry_run: bool, wait_s: float) -> None:
+    """Apply registry.keep_versions now: drop the weights of versions retention does not keep."""
+    home = open_home(home_dir)
+    keep = home.config.registry.keep_versions
+    with open_registry(home, writable=False) as registry:  # gc takes the registry lock itself
+        done = registry.gc(keep, dry_run=dry_run, lock_timeout=wait_s)
+    freed = sum(done.bytes_freed.values())
+    if as_json:
+        emit({"dry_run": dry_run, "keep_versions": keep, "kept": done.kept, "bytes_freed": freed,
+              "pruned": [{"version": v, "bytes": done.bytes_freed[v]} for v in done.pruned],
+              "pruned_before": done.pruned_before})
+        return
+    verb = "would prune" if dry_run else "pruned"
+    for version in done.pruned:
+        click.echo(f"{verb:11} {version}  {done.bytes_freed[version] / 1e6:.1f} MB")
+    click.echo(f"{'would free' if dry_run else 'freed'} {freed / 1e6:.1f} MB; {len(done.kept)} versions keep their "
+               f"weights (registry.keep_versions = {keep}), {len(done.pruned_before)} pruned before")
 
 
 if __name__ == "__main__":

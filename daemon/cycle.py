@@ -57,6 +57,9 @@ class UpdateCycle:
 
     def run(self) -> Outcome:
         started, clock = utcnow(), time.monotonic()
+        short = self.disk_short()
+        if short is not None:  # the pending rows stay pending for a later try
+            return Outcome(batch=None, decision=None, reasons=[short])
         with Store(self.home.store_path) as store:
             batch = self.close_batch(store)
             if batch is None:
@@ -86,10 +89,40 @@ class UpdateCycle:
             outcome.summary["seconds"] = round(time.monotonic() - clock, 3)
             store.record_update(batch_id=batch, started_at=started, finished_at=utcnow(), version=outcome.version,
                                 decision=outcome.decision, reasons=outcome.reasons, summary=outcome.summary)  # type: ignore[arg-type]
+        if outcome.version is not None:
+            self.retain()
         log.info("update %s", outcome.decision, extra={"batch": batch, "version": outcome.version,
                                                         "reasons": outcome.reasons})
         self.on_event({"event": "decision", **outcome.as_dict()})
         return outcome
+
+    # -- disk -------------------------------------------------------------------------------------
+    def retain(self) -> None:
+        """Apply registry.keep_versions (the registry logs what it pruned); a failure never fails an update."""
+        try:
+            self.registry.gc(self.config.registry.keep_versions)
+        except Exception:
+            log.exception("retention failed; old versions keep their weights until the next try")
+
+    def disk_short(self) -> str | None:
+        """Why this update must wait, when it would leave less than registry.min_free_bytes free on the
+        home's file system; retention makes room first. The update writes about a version of the
+        champion's size (the base model's for a first one); the margin covers its checkpoint."""
+        limit = self.config.registry.min_free_bytes
+        champion = self.registry.champion()
+        base = Path(self.config.model.base)
+        need = self.registry.disk_bytes(champion) if champion else (
+            sum(p.stat().st_size for p in base.rglob("*") if p.is_file()) if base.is_dir() else 0)
+        free = shutil.disk_usage(self.home.root).free
+        if free - need < limit:
+            self.retain()
+            free = shutil.disk_usage(self.home.root).free
+        if free - need >= limit:
+            return None
+        reason = (f"skipped: {free} bytes free on the home's file system, the update writes about {need}, "
+                  f"registry.min_free_bytes = {limit}")
+        log.warning("update %s", reason, extra={"free_bytes": free, "min_free_bytes": limit})
+        return reason
 
     # -- the steps --------------------------------------------------------------------------------
     def close_batch(self, store: Store) -> int | None:

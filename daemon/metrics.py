@@ -8,6 +8,7 @@ global default registry.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -59,6 +60,8 @@ class StateCollector(Collector):
             if time.monotonic() - self._bytes[0] > self.bytes_ttl:
                 self._bytes = (time.monotonic(), registry.total_bytes())
             replay_rows = _replay_rows(registry.artifacts.local_path(champion) / "state" if champion else None)
+            pruned = len(registry.pruned())
+            kept = len(registry.versions()) - pruned
 
         info = GaugeMetricFamily("lifelong_champion_info", "the serving champion", labels=["version", "strategy", "base_model"])
         if record is not None:
@@ -99,6 +102,13 @@ class StateCollector(Collector):
                                 value=_timestamp(last[0]["finished_at"]) if last else 0.0)
         yield GaugeMetricFamily("lifelong_last_promotion_timestamp_seconds", "when the last promotion by an update happened",
                                 value=_timestamp(last_promoted["finished_at"]) if last_promoted else 0.0)
+        yield GaugeMetricFamily("lifelong_disk_free_bytes", "free bytes on the home's file system",
+                                value=shutil.disk_usage(self.home.root).free)
+        versions = GaugeMetricFamily("lifelong_versions", "versions by whether retention kept their weights",
+                                     labels=["state"])
+        versions.add_metric(["kept"], kept)
+        versions.add_metric(["pruned"], pruned)
+        yield versions
         yield GaugeMetricFamily("lifelong_registry_bytes", "bytes under the registry", value=self._bytes[1])
         yield GaugeMetricFamily("lifelong_update_in_progress", "1 while an update runs", value=int(self.in_progress()))
 

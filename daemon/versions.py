@@ -12,9 +12,12 @@ def _common(registry: Registry, record: VersionRecord) -> tuple[dict[str, Any], 
     """The fields both documents share, and the metrics of the version's decision."""
     decision = registry.decision_record(record.version)
     metrics = (decision.metrics if decision else {}) or {}
+    pruned_at = registry.pruned().get(record.version)
     fields = {"version": record.version, "parent": record.parent, "created_at": record.created_at,
               "strategy": record.strategy, "kind": record.kind, "decision": registry.decision(record.version),
-              "champion": registry.champion() == record.version}
+              "champion": registry.champion() == record.version,
+              # retention (registry.keep_versions) drops old versions' files; their record stays
+              "weights": "pruned" if pruned_at else "kept", "pruned_at": pruned_at}
     return fields, metrics
 
 
@@ -55,12 +58,13 @@ def _lineage(registry: Registry, version: str) -> list[str]:
 def render_versions(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no versions yet"
-    lines = [f"{'':1} {'version':8} {'parent':8} {'created':24} {'strategy':14} {'decision':12} {'new':>6} {'old':>6}"]
+    lines = [f"{'':1} {'version':8} {'parent':8} {'created':24} {'strategy':14} {'decision':12} {'new':>6} {'old':>6}"
+             "  weights"]
     for row in rows:
         mark = "*" if row["champion"] else " "
         new, old = (_fmt(row["metrics"]["new"]), _fmt(row["metrics"]["old"]))
         lines.append(f"{mark} {row['version']:8} {row['parent'] or '-':8} {row['created_at']:24} {row['strategy']:14} "
-                     f"{row['decision'] or '-':12} {new:>6} {old:>6}")
+                     f"{row['decision'] or '-':12} {new:>6} {old:>6}  {row['weights']}")
     return "\n".join(lines)
 
 
@@ -72,6 +76,8 @@ def render_detail(doc: dict[str, Any]) -> str:
         f"created   {doc['created_at']}",
         f"strategy  {doc['strategy']} ({doc['kind']}, {doc['bytes'] / 1e6:.1f} MB)",
         f"decision  {doc['decision'] or '-'}",
+        *([f"weights   pruned at {doc['pruned_at']} by retention (registry.keep_versions): metadata, scores and "
+           "audit kept; it cannot be promoted, rolled back to or exported"] if doc["weights"] == "pruned" else []),
         f"gate      {'passed' if gate.get('passed') else 'failed' if gate.get('passed') is False else '-'}",
     ]
     lines += [f"          - {reason}" for reason in gate.get("reasons", [])]

@@ -202,6 +202,10 @@ class Registry:
     def size(self, version: str) -> int:
         return self.artifacts.size(version)
 
+    def disk_bytes(self, version: str) -> int:
+        """What the version takes on disk: its files and its merged serving copy, if any."""
+        return self.artifacts.size(version) + _tree_bytes(self.serving / version)
+
     # -- retention --------------------------------------------------------------------------------
     def pruned(self) -> dict[str, str]:
         """version -> when retention dropped its files."""
@@ -223,7 +227,7 @@ class Registry:
             before = self.meta.pruned()
             keep = retention.to_keep(records, self.meta.audit(), set(before), keep_versions)
             doomed = [r.version for r in records if r.version not in keep and r.version not in before]
-            sizes = {version: self.artifacts.size(version) + _tree_bytes(self.serving / version) for version in doomed}
+            sizes = {version: self.disk_bytes(version) for version in doomed}
             if not dry_run:
                 for version in doomed:
                     self._prune(version)
