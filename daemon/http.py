@@ -56,7 +56,8 @@ class HealthServer:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.scrape = ScrapeCache(metrics, ttl=scrape_ttl, clock=clock)
         self.healthy, self.ready = healthy, ready
-        self.request_timeout, self.max_connections, self.max_head_bytes = request_timeout, max_connections, max_head_bytes
+        self.request_timeout, self.max_connections = request_timeout, max_connections
+        self.max_head_bytes = max_head_bytes
         # bound here, so a taken port fails the caller at once, as an OSError
         self.sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.port = self.sock.getsockname()[1]
@@ -135,8 +136,9 @@ class HealthServer:
 
     async def _route(self, path: bytes) -> tuple[int, bytes, str]:
         if path == b"/metrics":
+            scrape = asyncio.get_running_loop().run_in_executor(self._pool, self.scrape)
             try:
-                body = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._pool, self.scrape), self.request_timeout)
+                body = await asyncio.wait_for(scrape, self.request_timeout)
             except asyncio.TimeoutError:
                 return 503, b"metrics busy\n", TEXT
             return (200, body, CONTENT_TYPE_LATEST) if body is not None else (500, b"internal error\n", TEXT)
