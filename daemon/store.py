@@ -183,6 +183,10 @@ class Store:
     def unfinalized(self) -> list[FileRecord]:
         return [_record(r) for r in self._db.execute(f"{self._RECORD} WHERE finalized = 0 ORDER BY id")]
 
+    def file_records(self) -> list[FileRecord]:
+        """Every inbox file ever recorded, in the order it was taken."""
+        return [_record(r) for r in self._db.execute(f"{self._RECORD} ORDER BY id")]
+
     def file_record(self, file_id: int) -> FileRecord:
         return _record(self._db.execute(f"{self._RECORD} WHERE id = ?", (file_id,)).fetchone())
 
