@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test venv tools bench-ingest bench-quality clean
+.PHONY: run test test-slow venv tools bench-ingest bench-quality clean
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ run: venv
 test: venv
 	-@$(MAKE) --no-print-directory tools 2>/dev/null
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# the long cases (a 1 GiB file through a running daemon, ...), kept out of `make test`
+test-slow: venv
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 # promtool and prometheus (from Debian's prometheus package, unpacked, not installed): metric naming,
 # alert rule tests, and a real scrape of the daemon with every dashboard query
