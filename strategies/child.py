@@ -4,10 +4,11 @@
     python -m strategies.child --standby     # imports first, then reads the spec path from stdin
 
 The spec (written by the daemon) names the model to start from, the labels, the strategy and its
-config, Arrow files of the training rows and of every held-out set, the champion to score side by
-side (and its predictions kept from when it was the candidate), and where to write: `out` (the new
-version's files: model/ or adapter/ + model-config/, state/, predictions.json), `serving` (merged
-weights of a LoRA candidate), `checkpoint`, and `results`.
+config, Arrow files of the training rows, of every held-out set and of rows set aside for the replay
+pool only (batches the daemon gave up on), the champion to score side by side (and its predictions
+kept from when it was the candidate), and where to write: `out` (the new version's files: model/ or
+adapter/ + model-config/, state/, predictions.json), `serving` (merged weights of a LoRA
+candidate), `checkpoint`, and `results`.
 
 Exit codes: 0 done; 75 stopped by SIGTERM after a checkpoint (run again to resume); 1 failed (an
 exception, a non-finite loss, out of memory), with a "failed" line saying why.
@@ -71,6 +72,8 @@ def _run(spec: dict[str, Any], stop: threading.Event, group) -> dict[str, Any] |
     device = group.device(spec.get("device", "auto"))
     rows = read_rows(spec["data"]["train"])
     examples = [Example(text, labels.index(label)) for text, label in rows]
+    # train rows of batches given up after schedule.max_attempts failures: for the replay pool only
+    set_aside = read_rows(spec["data"]["set_aside"]) if spec["data"].get("set_aside") else []
 
     def fresh_context(new: list[Example]) -> Context:
         torch.manual_seed(int(spec.get("seed", 0)))  # a grown head's new rows start the same every run
@@ -79,7 +82,7 @@ def _run(spec: dict[str, Any], stop: threading.Event, group) -> dict[str, Any] |
                        max_length=int(spec.get("max_length", 128)), seed=int(spec.get("seed", 0)),
                        rng=random.Random(int(spec.get("seed", 0))),
                        previous_state=Path(spec["parent_state"]) if spec.get("parent_state") else None,
-                       extras={"old_label_count": int(spec.get("old_label_count", 0))})
+                       extras={"old_label_count": int(spec.get("old_label_count", 0)), "set_aside": set_aside})
 
     strategy_config = spec["strategy"]
     loop_spec = dict(spec.get("loop", {}))

@@ -2,6 +2,7 @@
 
 Policies: `reservoir` (uniform over everything seen) and `class_balanced` (equal room per label).
 The buffer is persisted in each version's state/ as Arrow (never pickled) with its counters.
+Rows the daemon set aside (a batch given up after repeated failures) join the buffer, never the new rows.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class Replay(Strategy):
         self.policy = self.options.policy
         self.ratio = self.options.ratio
         self.buffer, self.seen = load_buffer(ctx.previous_state)
+        # Set-aside rows join before training, so this update already replays a bounded share of
+        # them; as new rows they would be trained on at full weight, and their batch made training fail.
+        set_aside = list(ctx.extras.get("set_aside", []))
+        if set_aside:
+            self._remember(ctx, set_aside)
 
     def examples(self, ctx: Context, examples: list[Example]) -> list[Example]:
         if not self.buffer or self.ratio <= 0:
@@ -50,7 +56,9 @@ class Replay(Strategy):
         return examples + [Example(text, names.index(label)) for text, label in replayed if label in names]
 
     def after_update(self, ctx: Context) -> None:
-        rows = [(e.text, ctx.labels[e.label]) for e in ctx.new]
+        self._remember(ctx, [(e.text, ctx.labels[e.label]) for e in ctx.new])
+
+    def _remember(self, ctx: Context, rows: list[tuple[str, str]]) -> None:
         if self.policy == "reservoir":
             self.buffer, self.seen = reservoir(self.buffer, self.seen, rows, self.capacity, ctx.rng)
         else:
