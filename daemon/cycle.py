@@ -4,8 +4,9 @@
     -> evaluate candidate and champion side by side -> gate -> register the version ->
     promote, reject or hold -> record the decision.
 
-A failed run is recorded as `failed` and its batch retried later; an interrupted run (SIGTERM)
-leaves its checkpoint and batch for the next start to resume.
+A failed run is recorded as `failed` and its batch retried later, until `schedule.max_attempts`
+failures give the batch up for good: later batches go on and its train rows join the replay pool.
+An interrupted run (SIGTERM) leaves its checkpoint and batch for the next start to resume.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Outcome:
     version: str | None = None
     reasons: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    gave_up: bool = False  # failed for the schedule.max_attempts-th time: the batch is not retried
 
     def as_dict(self) -> dict[str, Any]:
         return {"batch": self.batch, "decision": self.decision, "version": self.version, "reasons": self.reasons,
@@ -84,8 +86,7 @@ class UpdateCycle:
                 raise
             except Exception as exc:  # every failure is a recorded `failed`, never a promotion
                 log.exception("update failed", extra={"batch": batch})
-                outcome = Outcome(batch=batch, decision="failed", reasons=[str(exc)],
-                                  summary={"error": type(exc).__name__})
+                outcome = self.failed(store, batch, exc)
             outcome.summary["seconds"] = round(time.monotonic() - clock, 3)
             store.record_update(batch_id=batch, started_at=started, finished_at=utcnow(), version=outcome.version,
                                 decision=outcome.decision, reasons=outcome.reasons, summary=outcome.summary)  # type: ignore[arg-type]
@@ -129,6 +130,18 @@ class UpdateCycle:
         """The undecided batch (a retry or resume), else the pending rows closed into a new one."""
         return store.undecided_batch() or store.close_batch(utcnow())
 
+    def failed(self, store: Store, batch: int, exc: Exception) -> Outcome:
+        """A failed attempt; the `schedule.max_attempts`-th failure of a batch gives it up for good,
+        so an update that can never succeed (out of memory on every try) stops blocking the rest."""
+        attempt = store.failed_attempts(batch) + 1
+        gave_up = attempt >= self.config.schedule.max_attempts
+        if gave_up:
+            log.error("update of batch %s failed %s times: given up; later batches go on and its train rows"
+                      " join the replay pool", batch, attempt, extra={"batch": batch, "error": str(exc)})
+            shutil.rmtree(self.workdir(batch), ignore_errors=True)  # its checkpoint is never resumed
+        return Outcome(batch=batch, decision="failed", reasons=[str(exc)], gave_up=gave_up,
+                       summary={"error": type(exc).__name__, "attempt": attempt, "gave_up": gave_up})
+
     def workdir(self, batch: int) -> Path:
         return self.home.state / "work" / f"batch-{batch:06d}"
 
@@ -149,8 +162,24 @@ class UpdateCycle:
         # with no champion yet, a first model learns from every batch so far: rows of batches whose
         # first-model candidates were rejected (or failed) would otherwise never be trained on
         batches = store.batches()
-        learn = [b["batch"] for b in batches if b["batch"] <= batch] if champion is None else [batch]
+        given_up = {entry["batch"] for entry in store.given_up()}
+        learn = ([b["batch"] for b in batches if b["batch"] <= batch and b["batch"] not in given_up]
+                 if champion is None else [batch])
         train_rows = write_rows(data / "train.arrow", (row for b in learn for row in store.iter_rows(b, "train")))
+        # A batch given up after `schedule.max_attempts` failures is not trained on again at full
+        # weight, first model or not: whatever made its training fail (an oversized or poisoned
+        # batch, rows that break the loss) would fail the update after it too. Its train rows are
+        # offered to the replay pool instead, which keeps a bounded, balanced share of them and mixes
+        # them in at `replay.ratio`. Every update offers the batches given up since the champion's
+        # own batch, so a rejected candidate loses them to no one; once a version trained after them
+        # is champion, its buffer holds them. (Without replay no earlier rows are revisited at all.)
+        since = self._trained_batch(champion)
+        set_aside = sorted(b for b in given_up if since < b < batch)
+        set_aside_rows = write_rows(data / "set_aside.arrow",
+                                    (row for b in set_aside for row in store.iter_rows(b, "train")))
+        # Held-out rows of a given-up batch are still scored as an earlier batch: its rows reach the
+        # model through replay, and the gate's forgetting check (candidate and champion on the same
+        # rows) guards them like any data the service was given.
         evals, rows = {}, {}
         for earlier in batches:
             if earlier["batch"] > batch:
@@ -175,13 +204,22 @@ class UpdateCycle:
                      "lr": self._rate(), "weight_decay": strategy.weight_decay, "l1": strategy.l1,
                      "early_stopping_patience": strategy.early_stopping_patience,
                      "class_weights": strategy.class_weights, "precision": self.config.train.precision},
-            "data": {"train": str(data / "train.arrow"), "eval": evals, "train_rows": train_rows, "eval_rows": rows},
+            "data": {"train": str(data / "train.arrow"), "eval": evals, "train_rows": train_rows, "eval_rows": rows,
+                     "set_aside": str(data / "set_aside.arrow"), "set_aside_rows": set_aside_rows,
+                     "set_aside_batches": set_aside},
             "out": str(work / "out"), "serving": str(work / "serving"), "checkpoint": str(work / "checkpoint"),
             "results": str(work / "results.json"),
         }
         path = work / "spec.json"
         path.write_text(json.dumps(spec, indent=2))
         return path
+
+    def _trained_batch(self, champion: str | None) -> int:
+        """The batch the champion was trained on (0 with no champion, or one registered by hand)."""
+        if champion is None:
+            return 0
+        data = self.registry.get(champion).info.get("data")
+        return int(data.get("experience") or 0) if isinstance(data, dict) else 0
 
     def _rate(self) -> float | str:
         """strategy.lora.lr when the strategy trains LoRA adapters, else strategy.lr; "auto" searches either way."""

@@ -288,18 +288,20 @@ class Service:
         evaluated = stage.get("eval")
         self.metrics.observe({"train": (evaluated or time.monotonic()) - stage["train"],
                               "eval": time.monotonic() - evaluated if evaluated else None, "total": total})
-        if outcome.decision == "failed":
-            self._backoff()
+        if outcome.decision == "failed" and not outcome.gave_up:
+            self._backoff(outcome.batch)
         elif outcome.decision is not None:
-            self.retry_at = 0.0
+            self.retry_at = 0.0  # decided, or given up for good: later batches go on a normal schedule
         self._answer(waiting, outcome.as_dict())
 
-    def _backoff(self) -> None:
+    def _backoff(self, batch: int | None = None) -> None:
+        """Wait longer after each failed attempt of a batch (of any update when the cycle itself crashed)."""
         with Store(self.home.store_path) as store:
-            failures = max(store.consecutive_failures(), 1)
+            failures = max(store.failed_attempts(batch) if batch else store.consecutive_failures(), 1)
         delay = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
         self.retry_at = self.clock() + delay
-        log.warning("update failed %s time(s) in a row; next try in %.0fs", failures, delay)
+        log.warning("update failed %s time(s) in a row (schedule.max_attempts %s); next try in %.0fs",
+                    failures, self.home.config.schedule.max_attempts, delay, extra={"batch": batch})
 
     def _answer(self, waiting: list[dict[str, Any]], result: dict[str, Any]) -> None:
         for request in waiting:
