@@ -18,6 +18,7 @@ def collect(home: Home) -> dict[str, Any]:
         rejected_rows = store.rejected_rows()
         oldest = store.oldest_pending()
         last = store.updates(limit=1)
+        given_up = store.given_up()
     pid = holder_pid(home.state / "daemon.lock")
     daemon_state = _daemon_state(home) if pid else {}
     from registry.registry import Registry
@@ -36,6 +37,7 @@ def collect(home: Home) -> dict[str, Any]:
         "last_update": ({"version": last[0]["version"], "decision": last[0]["decision"],
                          "finished_at": last[0]["finished_at"], "reasons": last[0]["reasons"]} if last else None),
         "next_update": daemon_state.get("next_update") if pid else None,
+        "failed_for_good": given_up,  # batches given up after schedule.max_attempts failures, newest first
         "daemon": {"pid": pid, "updating": daemon_state.get("updating", False),
                    "metrics_port": daemon_state.get("metrics_port"),
                    "standby": daemon_state.get("standby", False)} if pid else None,
@@ -75,4 +77,10 @@ def render(doc: dict[str, Any]) -> str:
         f"last update  {last_text}",
         f"next update  {doc['next_update'] or 'not scheduled'}",
     ]
+    if doc["failed_for_good"]:
+        newest, earlier = doc["failed_for_good"][0], len(doc["failed_for_good"]) - 1
+        reason = " ".join(newest["last_error"].split())
+        reason = reason if len(reason) <= 80 else reason[:79] + "…"
+        lines.append(f"failed       batch {newest['batch']} gave up after {newest['attempts']} attempts: {reason}"
+                     + (f" (and {earlier} earlier)" if earlier else ""))
     return "\n".join(lines)
