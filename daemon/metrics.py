@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -33,10 +33,22 @@ def _timestamp(iso: str | None) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+INGEST_ERRORS = ("internal_error", "permission_denied", "os_error")
+
+
+class InboxState(Protocol):
+    """What the running inbox knows that no file holds: entries it could not finish, failures."""
+
+    stuck: Mapping[str, object]
+    errors: Mapping[str, int]
+
+
 class StateCollector(Collector):
-    def __init__(self, home: Home, in_progress: Callable[[], bool], bytes_ttl: float = 30.0) -> None:
+    def __init__(self, home: Home, in_progress: Callable[[], bool], bytes_ttl: float = 30.0,
+                 inbox: InboxState | None = None) -> None:
         self.home = home
         self.in_progress = in_progress
+        self.inbox = inbox
         self._bytes: tuple[float, int] = (0.0, 0)
         self.bytes_ttl = bytes_ttl
 
@@ -111,6 +123,13 @@ class StateCollector(Collector):
         yield versions
         yield GaugeMetricFamily("lifelong_registry_bytes", "bytes under the registry", value=self._bytes[1])
         yield GaugeMetricFamily("lifelong_update_in_progress", "1 while an update runs", value=int(self.in_progress()))
+        errors = CounterMetricFamily("lifelong_ingest_errors", "inbox entries that failed to ingest or to move, by reason",
+                                     labels=["reason"])
+        for reason in INGEST_ERRORS:
+            errors.add_metric([reason], self.inbox.errors.get(reason, 0) if self.inbox else 0)
+        yield errors
+        yield GaugeMetricFamily("lifelong_inbox_stuck_files", "inbox entries left in place after a failure, retried with backoff",
+                                value=len(self.inbox.stuck) if self.inbox else 0)
 
 
 def _replay_rows(state: Path | None) -> int:
@@ -123,14 +142,15 @@ def _replay_rows(state: Path | None) -> int:
 
 
 class Metrics:
-    def __init__(self, home: Home, in_progress: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, home: Home, in_progress: Callable[[], bool] = lambda: False,
+                 inbox: InboxState | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.duration = Histogram("lifelong_update_duration_seconds", "update cycle time by stage", ["stage"],
                                   registry=self.registry,
                                   buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, float("inf")))
         for stage in STAGES:
             self.duration.labels(stage=stage)  # present at zero from the start
-        self.registry.register(StateCollector(home, in_progress))
+        self.registry.register(StateCollector(home, in_progress, inbox=inbox))
 
     def observe(self, durations: dict[str, float]) -> None:
         for stage, seconds in durations.items():

@@ -26,7 +26,7 @@ from daemon.metrics import Metrics
 from daemon.notify import Notifier
 from daemon.store import Store
 from daemon.trainer import Standby
-from registry.errors import LifelongError
+from registry.errors import LifelongError, Stopping
 from registry.fsutil import atomic_write
 from registry.lock import PidLock
 
@@ -81,7 +81,8 @@ class Service:
         self.lock = PidLock(home.state / "daemon.lock", "lifelong run")
         self.inbox = Inbox(home)
         self.notifier = Notifier()
-        self.metrics = Metrics(home, in_progress=lambda: self.worker is not None and self.worker.is_alive())
+        self.metrics = Metrics(home, in_progress=lambda: self.worker is not None and self.worker.is_alive(),
+                               inbox=self.inbox)
         self.worker: threading.Thread | None = None
         self.child: Any = None
         self.standby = Standby(home.config.train.standby_seconds if home.config.train.num_processes == 1 else 0)
@@ -162,15 +163,27 @@ class Service:
         return self.ready and self.clock() - self.heartbeat < HEARTBEAT_STALE
 
     # -- the loop ---------------------------------------------------------------------------------
+    def _alive(self) -> None:
+        """The main loop is making progress: the heartbeat (/healthz) and systemd's watchdog are fed
+        only from its thread: here, once a round, and from long work it does (a large file)."""
+        self.heartbeat = self.clock()
+        if self.notifier.watchdog_interval and self.heartbeat - self._last_ping >= self.notifier.watchdog_interval:
+            self.notifier.watchdog()  # a stuck loop stops the pings
+            self._last_ping = self.heartbeat
+
+    def _ingest_tick(self) -> None:
+        """Called between blocks while a file is hashed, parsed or copied."""
+        self._alive()
+        if self.stopping.is_set():
+            raise Stopping("the daemon is stopping")
+
     def _loop(self) -> None:
         rescan = self.home.config.inbox.rescan_seconds
         next_pass = self.clock()
-        last_ping = 0.0
+        self._last_ping = 0.0
+        self.inbox.tick = self._ingest_tick
         while not self.stopping.is_set():
-            self.heartbeat = self.clock()
-            if self.notifier.watchdog_interval and self.heartbeat - last_ping >= self.notifier.watchdog_interval:
-                self.notifier.watchdog()  # only from here: a stuck loop stops the pings
-                last_ping = self.heartbeat
+            self._alive()
             if self.wake.is_set() or self.clock() >= next_pass:
                 self.wake.clear()
                 settle_wait = self._ingest_pass()
@@ -190,6 +203,9 @@ class Service:
             if outcomes or wait is not None:  # a file landed or is settling: an update may follow
                 self.standby.warm()
             return wait
+        except Stopping:
+            log.info("ingest pass stopped; the file it was reading stays in the inbox for the next start")
+            return None
         except Exception:
             log.exception("ingest pass failed; retrying at the next rescan")
             return None

@@ -42,10 +42,21 @@ def collect(home: Home) -> dict[str, Any]:
                    "metrics_port": daemon_state.get("metrics_port"),
                    "standby": daemon_state.get("standby", False)} if pid else None,
         "audit": audit,
-        "inbox": {"path": str(home.inbox), "files": files, "rejected_rows": rejected_rows, "oldest_pending": oldest},
+        "inbox": {"path": str(home.inbox), "files": files, "rejected_rows": rejected_rows, "oldest_pending": oldest,
+                  "stuck": _stuck(home) if pid else []},
         "strategy": home.config.strategy.name,
         "base_model": home.config.model.base,
     }
+
+
+def _stuck(home: Home) -> list[dict[str, Any]]:
+    """Inbox entries the running daemon could neither ingest nor quarantine (names already escaped)."""
+    import json
+
+    try:
+        return json.loads((home.state / "inbox-stuck.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
 
 
 def _daemon_state(home: Home) -> dict[str, Any]:
@@ -77,6 +88,11 @@ def render(doc: dict[str, Any]) -> str:
         f"last update  {last_text}",
         f"next update  {doc['next_update'] or 'not scheduled'}",
     ]
+    stuck = doc["inbox"].get("stuck") or []
+    if stuck:
+        first = stuck[0]
+        lines.append(f"stuck files  {len(stuck)} left in the inbox after failures, e.g. {first['file']}: "
+                     f"{first['message'][:80]} (retried with backoff)")
     if doc["failed_for_good"]:
         newest, earlier = doc["failed_for_good"][0], len(doc["failed_for_good"]) - 1
         reason = " ".join(newest["last_error"].split())
