@@ -70,11 +70,12 @@ def render_versions(rows: list[dict[str, Any]]) -> str:
 
 def render_detail(doc: dict[str, Any]) -> str:
     gate = doc["gate"]
+    size = "weights pruned" if doc["weights"] == "pruned" else f"{doc['bytes'] / 1e6:.1f} MB"
     lines = [
         f"version   {doc['version']}{'  (champion)' if doc['champion'] else ''}",
         f"lineage   {' <- '.join(doc['lineage'])}",
         f"created   {doc['created_at']}",
-        f"strategy  {doc['strategy']} ({doc['kind']}, {doc['bytes'] / 1e6:.1f} MB)",
+        f"strategy  {doc['strategy']} ({doc['kind']}, {size})",
         f"decision  {doc['decision'] or '-'}",
         *([f"weights   pruned at {doc['pruned_at']} by retention (registry.keep_versions): metadata, scores and "
            "audit kept; it cannot be promoted, rolled back to or exported"] if doc["weights"] == "pruned" else []),
