@@ -1,4 +1,4 @@
-"""`versions`, `show`, `promote`, `rollback`, `unpin`, `export` through the real CLI."""
+"""`versions`, `show`, `promote`, `rollback`, `unpin`, `export`, `gc` through the real CLI."""
 
 from __future__ import annotations
 
@@ -93,6 +93,10 @@ def test_commands_work_while_the_daemon_runs(home_root: Path, tiny_model: Path) 
         assert cli("rollback", "--home", str(home_root)).exit_code == 0
         assert status(home_root)["champion"] == "v0001"
         assert (home_root / "registry" / "champion").resolve().parent.name == "v0001"
+        gc = cli("gc", "--json", "--home", str(home_root), env={"LIFELONG_REGISTRY__KEEP_VERSIONS": "1"})
+        assert gc.exit_code == 0, gc.output
+        assert [p["version"] for p in json.loads(gc.stdout)["pruned"]] == ["v0002"]  # rolled back, beyond the bound
+        assert (home_root / "registry" / "champion" / "config.json").is_file()
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
