@@ -29,6 +29,11 @@ CONTRACT = {
     "lifelong_last_promotion_timestamp_seconds": set(),
     "lifelong_registry_bytes": set(),
     "lifelong_update_in_progress": set(),
+    # bad input and resources
+    "lifelong_ingest_errors_total": {"reason"},
+    "lifelong_inbox_stuck_files": set(),
+    "lifelong_disk_free_bytes": set(),
+    "lifelong_versions": {"state"},
 }
 
 
@@ -42,6 +47,21 @@ def test_every_contract_metric_is_exposed_from_the_start(home_root: Path) -> Non
     assert 'lifelong_inbox_files_total{outcome="quarantined"} 0.0' in text
     assert 'lifelong_update_duration_seconds_count{stage="train"} 0.0' in text
     assert 'lifelong_ingested_rows_total{split="eval"} 0.0' in text
+    assert 'lifelong_ingest_errors_total{reason="internal_error"} 0.0' in text
+    assert "lifelong_inbox_stuck_files 0.0" in text
+
+
+def test_the_inbox_errors_and_stuck_entries_of_the_running_inbox(home_root: Path) -> None:
+    from daemon.inbox import Inbox
+
+    home = open_home(home_root)
+    inbox = Inbox(home)
+    (home.inbox / "f.jsonl").write_text('{"text": "x", "label": "a"}\n')
+    inbox.errors["permission_denied"] += 2
+    inbox._stick("f.jsonl", PermissionError(13, "Permission denied"))
+    text = Metrics(home, inbox=inbox).exposition().decode()
+    assert 'lifelong_ingest_errors_total{reason="permission_denied"} 3.0' in text
+    assert "lifelong_inbox_stuck_files 1.0" in text
 
 
 def test_promtool_finds_nothing_to_complain_about(home_root: Path) -> None:
