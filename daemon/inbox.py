@@ -122,6 +122,12 @@ class Stuck:
     retry_at: float
 
 
+def _traceback(exc: BaseException) -> str:
+    import traceback
+
+    return names.display("".join(traceback.format_exception(exc))[-4000:]).replace("\\x0a", "\n")
+
+
 def error_reason(exc: BaseException) -> str:
     if isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "permission_denied"
@@ -230,8 +236,9 @@ class Inbox:
             if any(record.name == name for record in store.unfinalized()):
                 self._stick(name, exc)  # recorded, but it could not be moved: finishing is retried
                 return None
-            log.error("ingesting %s failed (%s: %s); quarantining it as internal_error", names.display(name),
-                      type(exc).__name__, exc, exc_info=True, extra={"file": names.display(name)})
+            log.error("ingesting %s failed (%s); quarantining it as internal_error", names.display(name),
+                      names.display(f"{type(exc).__name__}: {exc}"), extra={"file": names.display(name),
+                                                                             "traceback": _traceback(exc)})
             self.errors["internal_error"] += 1
             try:
                 return ingestor.quarantine_internal(path, exc)
@@ -251,11 +258,11 @@ class Inbox:
         attempts = previous.attempts + 1 if previous else 1
         delay = min(RETRY_FIRST * 2 ** (attempts - 1), RETRY_MAX)
         reason = error_reason(exc)
-        self.stuck[name] = Stuck(reason=reason, message=f"{type(exc).__name__}: {exc}"[:500], attempts=attempts,
-                                 retry_at=self.clock() + delay)
+        message = names.display(f"{type(exc).__name__}: {exc}")[:500]  # an OSError's text holds the raw name
+        self.stuck[name] = Stuck(reason=reason, message=message, attempts=attempts, retry_at=self.clock() + delay)
         self.errors[reason] += 1
-        log.warning("cannot ingest or quarantine %s (%s: %s); left in the inbox, try %d in %.0fs",
-                    names.display(name), type(exc).__name__, exc, attempts + 1, delay,
+        log.warning("cannot ingest or quarantine %s (%s); left in the inbox, try %d in %.0fs",
+                    names.display(name), message, attempts + 1, delay,
                     extra={"file": names.display(name), "reason": reason, "attempts": attempts})
 
     def _save_stuck(self) -> None:

@@ -166,7 +166,7 @@ class Ingestor:
             before = os.lstat(path)
         except FileNotFoundError:
             return None
-        message = f"{type(exc).__name__}: {exc}"[:2000]
+        message = names.display(f"{type(exc).__name__}: {exc}")[:2000]  # an OSError's text holds the raw name
         problem = FileRejected("internal_error", message)
         handle = _open_checked(path, before) if stat.S_ISREG(before.st_mode) else None
         try:
