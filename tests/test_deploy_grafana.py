@@ -18,7 +18,8 @@ def test_dashboard_panels_query_exported_metrics() -> None:
     assert names <= set(CONTRACT), names - set(CONTRACT)
     for needed in ("lifelong_champion_info", "lifelong_eval_score", "lifelong_forgetting_max", "lifelong_updates_total",
                    "lifelong_update_duration_seconds", "lifelong_pending_rows", "lifelong_ingested_rows_total",
-                   "lifelong_inbox_files_total", "lifelong_train_samples_per_second", "lifelong_rollbacks_total"):
+                   "lifelong_inbox_files_total", "lifelong_train_samples_per_second", "lifelong_rollbacks_total",
+                   "lifelong_disk_free_bytes", "lifelong_inbox_stuck_files"):
         assert needed in names, needed
     assert any('up{job="lifelong"}' in e for e in exprs)  # daemon up
     ids = [p["id"] for p in board["panels"]]
