@@ -96,7 +96,7 @@ def render(doc: dict[str, Any]) -> str:
     if doc["failed_for_good"]:
         newest, earlier = doc["failed_for_good"][0], len(doc["failed_for_good"]) - 1
         reason = " ".join(newest["last_error"].split())
-        reason = reason if len(reason) <= 80 else reason[:79] + "…"
+        reason = reason if len(reason) <= 64 else reason[:63] + "…"
         lines.append(f"failed       batch {newest['batch']} gave up after {newest['attempts']} attempts: {reason}"
                      + (f" (and {earlier} earlier)" if earlier else ""))
     return "\n".join(lines)
