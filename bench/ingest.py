@@ -56,13 +56,14 @@ def child_lifelong(path: Path) -> dict:
     home_mod.init(root)
     os.environ["LIFELONG_INBOX__SETTLE_SECONDS"] = "0"
     home = home_mod.open_home(root)
-    os.link(path, home.inbox / path.name)
+    os.rename(path, home.inbox / path.name)  # a hard link would wait: the inbox takes files that are alone
     start = time.perf_counter()
     outcomes, _ = Inbox(home).drain(max_wait=0)
     seconds = time.perf_counter() - start
     [outcome] = outcomes
     if outcome.outcome != "accepted":
         raise SystemExit(f"not accepted: {outcome}")
+    os.rename(outcome.dest, path)  # back, for the reference reader
     shutil.rmtree(root)
     return {"rows": outcome.rows_train + outcome.rows_eval, "seconds": seconds}
 

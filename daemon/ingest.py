@@ -319,8 +319,10 @@ class Ingestor:
                     log.warning("a different file now has the name of a finished one; left for the next pass",
                                 extra={"file": names.display(record.name)})
                     return dest
-            if os.path.lexists(dest):  # a cross-file-system move had copied it before a crash
-                _unlink_if_same(src, own)
+            if os.path.lexists(dest):
+                if record.sha256 is None or _sha256_of(dest) != record.sha256:
+                    raise FileExistsError(errno.EEXIST, "the destination is taken by another file", names.display(str(dest)))
+                _unlink_if_same(src, own)  # a copy across file systems was complete before a crash
                 return dest
             try:
                 os.rename(src, dest)
@@ -472,6 +474,12 @@ def _publish_no_replace(tmp: Path, folder: Path, name: str, file_id: int) -> Pat
             if os.path.samefile(tmp, target):  # linked before a crash
                 break
             continue
+        except OSError as exc:  # a file system without hard links: a rename, checked just before
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK) or os.path.lexists(target):
+                raise
+            os.rename(tmp, target)
+            fsync_dir(folder)
+            return target
         break
     else:
         raise FileExistsError(errno.EEXIST, "no free name for the rejected rows", str(folder / name))
@@ -522,6 +530,20 @@ def _open_for_writing(fd: int) -> bool:
         return exc.errno == errno.EAGAIN
     fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
     return False
+
+
+def _sha256_of(path: Path) -> str | None:
+    try:
+        handle = _open_checked(path, os.lstat(path))
+    except OSError:
+        return None
+    if handle is None:
+        return None
+    with handle:
+        digest = hashlib.sha256()
+        while block := handle.read(_BLOCK):
+            digest.update(block)
+        return digest.hexdigest()
 
 
 def _unlink_if_same(src: Path, handle: BinaryIO) -> None:
