@@ -112,6 +112,7 @@ class Service:
             self.ready = True
             self.standby.warm()  # an update soon after start-up (files already waiting, a test) starts warm
             self.notifier.ready()
+            self._write_state()  # before the first pass, which may take long (a large file waiting)
             log.info("lifelong running", extra={"home": str(self.home.root), "inbox": str(self.home.inbox),
                                                 "pid": os.getpid(), "metrics": self.home.config.metrics.bind})
             self._loop()

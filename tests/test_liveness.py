@@ -118,7 +118,7 @@ def test_a_1gib_file_keeps_the_daemon_alive_and_sigterm_loses_nothing(home_root:
         proc.wait(timeout=60)
         sock.close()
     took = time.monotonic() - started
-    assert probe.codes and set(probe.codes) == {200}, probe.codes
+    assert len(probe.codes) >= 5 and set(probe.codes) == {200}, (probe.codes, took)  # polled during the ingest
     gaps = [b - a for a, b in zip([started, *probe.pings], [*probe.pings, time.monotonic()])]
     assert max(gaps) < 10, (max(gaps), took)  # WATCHDOG_USEC: systemd would have killed it past this
     with Store(home_root / "state" / "rows.sqlite") as store:
