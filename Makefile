@@ -43,6 +43,7 @@ tools: .tools/bin/promtool
 bench-ingest: venv
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench.ingest
+	$(PY) -m bench.ingest --daemon
 
 # learning quality through the real daemon (BENCHMARKS.md): make bench-quality STREAM=vader PROFILE=full
 STREAM ?= bbc
