@@ -291,10 +291,12 @@ def _read_jsonl(stream: BinaryIO, max_row_bytes: int) -> Iterator[Chunk]:
         raise FileRejected("missing_columns", f"no row has the required field(s) {', '.join(missing)}")
 
 
-def _csv_lines(stream: BinaryIO, max_row_bytes: int, oversize: dict[int, int]) -> Iterator[str]:
+def _csv_lines(stream: BinaryIO, max_row_bytes: int, oversize: dict[int, int], read: list[int]) -> Iterator[str]:
     """The file's lines, decoded, for `csv.reader`; a line past the cap is given as an empty line
-    and noted in `oversize` (line number -> bytes), so the row holding it can be refused."""
+    and noted in `oversize` (line number -> bytes), so the row holding it can be refused. `read[0]`
+    counts the bytes handed over."""
     for first, block in _line_blocks(stream, max_row_bytes):
+        read[0] += sum(len(raw) for raw in block if type(raw) is bytes)
         if first == 1 and isinstance(block[0], bytes) and block[0].startswith(b"\xef\xbb\xbf"):
             block[0] = block[0][3:]
         for line, raw in enumerate(block, first):
@@ -310,9 +312,10 @@ def _csv_lines(stream: BinaryIO, max_row_bytes: int, oversize: dict[int, int]) -
 
 def _read_csv(stream: BinaryIO, max_row_bytes: int) -> Iterator[Chunk]:
     oversize: dict[int, int] = {}
+    read = [0]  # bytes given to the parser: a chunk ends at about BLOCK_BYTES of them, however long its rows
     # Not strict: text after a closing quote stays part of the field ("ab"c reads as abc), as in
     # Arrow's and pandas' parsers, so both of our CSV readers agree on every file.
-    reader = csv.reader(_csv_lines(stream, max_row_bytes, oversize), strict=False)
+    reader = csv.reader(_csv_lines(stream, max_row_bytes, oversize, read), strict=False)
     csv.field_size_limit(max_row_bytes)  # a longer field is refused as the parser meets it
 
     def records() -> Iterator[tuple[int, list[str] | RowError]]:
@@ -361,10 +364,11 @@ def _read_csv(stream: BinaryIO, max_row_bytes: int) -> Iterator[Chunk]:
             lines: list[int] = []
             values: list[list[str] | RowError] = []
             add_line, add_values = lines.append, values.append
+            start = read[0]
             for line, row in found:
                 add_line(line)
                 add_values(row)
-                if len(values) == CHUNK_ROWS:
+                if len(values) == CHUNK_ROWS or read[0] - start > BLOCK_BYTES:
                     break
             if not values:
                 break
@@ -446,8 +450,14 @@ def _read_parquet(source: BinaryIO, limits: Limits, on_progress: Callable[[int],
         raise FileRejected("empty", "no data rows")
     if declared > limits.max_file_bytes:
         raise FileRejected("too_large", f"its metadata declares {declared} bytes of values > inbox.max_file_bytes = {limits.max_file_bytes}")
-    strings = [field.name for field in schema
-               if pa.types.is_string(field.type) or pa.types.is_large_string(field.type) or pa.types.is_binary(field.type)]
+    nested = [field.name for field in schema if pa.types.is_nested(field.type)
+              or (pa.types.is_dictionary(field.type) and pa.types.is_nested(field.type.value_type))]
+    if nested:
+        # nested values are decoded before they can be counted (a list of one dictionary-encoded
+        # string repeated turns a few bytes into gigabytes): inbox Parquet files hold flat columns
+        raise FileRejected("unreadable", f"column(s) {', '.join(nested)[:200]} hold lists, structs or maps; "
+                                         "inbox Parquet files take flat columns (use JSONL for nested extra fields)")
+    strings = [field.name for field in schema if _is_text(field.type, pa)]
     per_row = max(declared // max(metadata.num_rows, 1), 1)
     batch_rows = int(min(CHUNK_ROWS, max(1, PARQUET_BATCH_BYTES // per_row)))
     try:
@@ -481,11 +491,16 @@ def _row_bytes(batch, pa, pc):  # type: ignore[no-untyped-def]
     use), plus a fixed width for other columns."""
     sizes = pa.array([0] * batch.num_rows, pa.int64())
     for column in batch.columns:
-        if pa.types.is_dictionary(column.type):
+        if pa.types.is_dictionary(column.type) and _is_text(column.type.value_type, pa):
             lengths = pc.take(pc.binary_length(column.dictionary), column.indices)
-        elif pa.types.is_string(column.type) or pa.types.is_binary(column.type) or pa.types.is_large_string(column.type):
+        elif _is_text(column.type, pa):
             lengths = pc.binary_length(column)
         else:
             lengths = pa.array([column.nbytes // max(len(column), 1)] * len(column), pa.int64())
         sizes = pc.add(sizes, pc.fill_null(pc.cast(lengths, pa.int64()), 0))
     return sizes
+
+
+def _is_text(kind, pa) -> bool:  # type: ignore[no-untyped-def]
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from daemon.formats import RowError
 from daemon.rows import LabelSet, Validator
 from daemon.segments import SegmentWriter
 from daemon.store import FileRecord, Store
-from registry.errors import FileRejected
+from registry.errors import FileRejected, Stopping
 from registry.fsutil import atomic_write, fsync_dir, remove
 
 log = logging.getLogger(__name__)
@@ -178,11 +179,10 @@ class Ingestor:
 
     def _hash(self, handle: BinaryIO) -> str:
         digest = hashlib.sha256()
-        handle.seek(0)
-        while block := handle.read(_BLOCK):
+        reader = _At(handle)
+        while block := reader.read(_BLOCK):
             digest.update(block)
             self.tick()
-        handle.seek(0)
         return digest.hexdigest()
 
     def _read_rows(self, file_id: int, name: str, handle: BinaryIO, sha: str | None,
@@ -192,7 +192,6 @@ class Ingestor:
             try:
                 scan = self._scan(file_id, name, handle, on_progress, fast=True)
             except formats.NotFast:
-                handle.seek(0)
                 scan = self._scan(file_id, name, handle, on_progress, fast=False)
         except FileRejected as problem:
             self._finish_rejected(file_id, name, sha, problem)
@@ -227,7 +226,7 @@ class Ingestor:
         scan = _Scan(labels=labels, writer=self.store.segment_writer(file_id), rejected=rejected)
         limits = formats.Limits(config.max_file_bytes, config.max_row_bytes)
         try:
-            for chunk in formats.read(handle, limits, on_progress, name=name, fast=fast):
+            for chunk in formats.read(_At(handle), limits, on_progress, name=name, fast=fast):
                 self.tick()
                 scan.total += len(chunk)
                 if not scan.bad or skip:
@@ -311,6 +310,11 @@ class Ingestor:
         """Rename `src` to `dest`; across file systems, copy from the checked descriptor first."""
         own = handle
         try:
+            if own is None and record.sha256 is None:  # nothing was read (it could not be opened): rename it as it is
+                os.rename(src, dest)
+                fsync_dir(dest.parent)
+                fsync_dir(src.parent)
+                return dest
             if own is None:  # recovery after a crash: check it is still the file that was recorded
                 own = _open_checked(src, os.lstat(src))
                 if own is None:
@@ -324,6 +328,10 @@ class Ingestor:
                     raise FileExistsError(errno.EEXIST, "the destination is taken by another file", names.display(str(dest)))
                 _unlink_if_same(src, own)  # a copy across file systems was complete before a crash
                 return dest
+            if not _names(src, own):  # replaced since it was read: the new file is taken at the next pass
+                log.warning("the name of a file just ingested now holds another file; that one is taken next",
+                            extra={"file": names.display(record.name)})
+                return dest
             try:
                 os.rename(src, dest)
             except OSError as exc:
@@ -331,6 +339,10 @@ class Ingestor:
                     raise
                 self._copy_across(own, dest)
                 _unlink_if_same(src, own)
+            else:
+                if not _names(dest, own) and not os.path.lexists(src):  # swapped in the instant between
+                    os.rename(dest, src)
+                    return dest
             fsync_dir(dest.parent)
             fsync_dir(src.parent)
             return dest
@@ -341,9 +353,9 @@ class Ingestor:
     def _copy_across(self, handle: BinaryIO, dest: Path) -> None:
         tmp = dest.with_name(f".{dest.name}.xdev.tmp")
         remove(tmp)
-        handle.seek(0)
+        reader = _At(handle)
         with open(tmp, "xb") as writer:
-            while block := handle.read(_BLOCK):
+            while block := reader.read(_BLOCK):
                 writer.write(block)
                 self.tick()
             writer.flush()
@@ -375,7 +387,10 @@ class Ingestor:
         Returns the names whose finishing failed, with the error: each is left as it is, one never
         stops the others, and the caller retries it (only records `due` are tried).
         """
-        self.store.remove_orphan_segments()
+        try:
+            self.store.remove_orphan_segments()
+        except OSError as exc:  # never a reason to stop ingesting
+            log.warning("cannot remove leftover segments: %s", names.display(str(exc)))
         failed: dict[str, BaseException] = {}
         for record in self.store.unfinalized():
             if not due(record):
@@ -384,14 +399,19 @@ class Ingestor:
             log.info("finishing interrupted ingest", extra={"file": names.display(record.name), "outcome": record.outcome})
             try:
                 self.finalize(record)
+            except Stopping:
+                raise
             except Exception as exc:
                 failed[record.name] = exc
         for folder in (self.quarantine, self.archive):
-            for entry in os.scandir(folder):
-                if (entry.name.startswith(".") and entry.name.endswith(".tmp")) or entry.name.startswith(".tmp-"):
-                    if not (entry.name.startswith(".tmp-") and entry.name.endswith(".rejected.jsonl")
-                            and _pending_rejected(entry.name, self.store)):
-                        remove(Path(entry.path))
+            try:
+                for entry in os.scandir(folder):
+                    if (entry.name.startswith(".") and entry.name.endswith(".tmp")) or entry.name.startswith(".tmp-"):
+                        if not (entry.name.startswith(".tmp-") and entry.name.endswith(".rejected.jsonl")
+                                and _pending_rejected(entry.name, self.store)):
+                            remove(Path(entry.path))
+            except OSError as exc:
+                log.warning("cannot remove leftover temp files: %s", names.display(str(exc)))
         return failed
 
 
@@ -488,6 +508,36 @@ def _publish_no_replace(tmp: Path, folder: Path, name: str, file_id: int) -> Pat
     return target
 
 
+class _At(io.RawIOBase):
+    """One read of a checked descriptor from an offset of its own (pread): the passes over a file
+    (hash, a fast parse that gives way, the exact parse, a copy) never share a file position, so a
+    reader that reads ahead in a thread of its own (Arrow's) cannot move another's."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._fd = handle.fileno()
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        data = os.pread(self._fd, len(buffer), self._pos)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: os.fstat(self._fd).st_size}[whence]
+        self._pos = max(base + offset, 0)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
 def _open_checked(path: Path, chosen: os.stat_result) -> BinaryIO | None:
     """Open `path` without following a link or blocking on a FIFO; None unless the descriptor is
     the regular file that `chosen` (its lstat) described."""
@@ -544,6 +594,16 @@ def _sha256_of(path: Path) -> str | None:
         while block := handle.read(_BLOCK):
             digest.update(block)
         return digest.hexdigest()
+
+
+def _names(path: Path, handle: BinaryIO) -> bool:
+    """Whether `path` still names the file open as `handle`."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(handle.fileno())
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 def _unlink_if_same(src: Path, handle: BinaryIO) -> None:

@@ -156,6 +156,58 @@ def test_a_parquet_bomb_is_too_large_however_small_the_file(home_root: Path, tmp
     assert stored_rows(home_root) == (0, 0)
 
 
+def test_nested_parquet_columns_are_refused_before_they_are_decoded(home_root: Path) -> None:
+    # eight rows each holding 200 uses of one dictionary-encoded 100 KB string: 160 MB once decoded
+    table = pa.table({"text": ["a text"] * 8, "label": ["a"] * 8, "extra": [["y" * 100_000] * 200] * 8})
+    pq.write_table(table, home_root / "inbox" / "nested.parquet", compression="zstd")
+    categorical = pa.table({"text": pa.array(["one text", "another"]).dictionary_encode(),
+                            "label": pa.array(["a", "b"]).dictionary_encode()})
+    pq.write_table(categorical, home_root / "inbox" / "flat.parquet")
+    rc, doc, stderr = ingest_once(home_root)
+    assert rc == 0, stderr
+    assert {f["file"]: f["outcome"] for f in doc["files"]} == {"flat.parquet": "accepted", "nested.parquet": "quarantined"}
+    found = error_doc(home_root, "nested.parquet")
+    assert found["reason"] == "unreadable" and "extra" in found["message"]
+
+
+def test_csv_rows_near_the_cap_are_read_in_bounded_memory(home_root: Path) -> None:
+    # 400 rows of 1 MB, each just under max_row_bytes: never held 4096 at a time. The third column
+    # makes Arrow's reader give way after reading ahead: the exact reader must start at byte 0 anyway.
+    write_config(home_root, inbox={"settle_seconds": 0, "max_text_chars": 2_000_000})
+    row = "t" * 1_000_000
+    with open(home_root / "inbox" / "wide.csv", "w") as handle:
+        handle.write("text,label,note\n")
+        for i in range(400):
+            handle.write(f"{i} {row},a,\"quoted, so Arrow's fast reader gives way\"\n")
+    probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True);"
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", probe, *lifelong_cmd("ingest", "--once", "--home", str(home_root))],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) / 1024 < 300
+    assert archived(home_root) == ["wide.csv"] and stored_rows(home_root) == (400, 400)
+
+
+def test_a_file_the_daemon_may_not_read_is_quarantined_as_unreadable(home_root: Path) -> None:
+    import shutil
+
+    setpriv = shutil.which("setpriv")
+    if os.getuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux) to ingest without the power to read any file")
+    (home_root / "inbox" / "secret.jsonl").write_text(GOOD)
+    os.chmod(home_root / "inbox" / "secret.jsonl", 0o000)
+    (home_root / "inbox" / "zz-fine.jsonl").write_text(GOOD)
+    # root without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH obeys file permissions like any service user
+    command = [setpriv, "--bounding-set", "-dac_override,-dac_read_search",
+               *lifelong_cmd("ingest", "--once", "--home", str(home_root), "--json")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    outcomes = {f["file"]: (f["outcome"], f["reason"]) for f in json.loads(done.stdout)["files"]}
+    assert outcomes == {"secret.jsonl": ("quarantined", "unreadable"), "zz-fine.jsonl": ("accepted", None)}
+    assert "Permission denied" in error_doc(home_root, "secret.jsonl")["message"]
+    assert (home_root / "quarantine" / "secret.jsonl").exists() and os.listdir(home_root / "inbox") == []
+
+
 def test_skip_mode_never_overwrites_a_file_in_quarantine(home_root: Path) -> None:
     write_config(home_root, inbox={"settle_seconds": 0, "on_bad_rows": "skip"})
     inbox = home_root / "inbox"
@@ -204,7 +256,7 @@ def test_an_entry_that_cannot_be_moved_is_stuck_counted_retried_and_finished_lat
         assert [o.name for o in outcomes] == ["b-fine.jsonl"]
         assert set(inbox.stuck) == {"a-immutable.jsonl"} and inbox.stuck["a-immutable.jsonl"].reason == "permission_denied"
         assert inbox.errors["permission_denied"] == 1 and wait is not None and 0 < wait <= 10
-        assert json.loads((home.state / "inbox-stuck.json").read_text())[0]["file"] == "a-immutable.jsonl"
+        assert json.loads((home.state / "inbox-entries.json").read_text())["stuck"][0]["file"] == "a-immutable.jsonl"
         inbox.pass_once()  # not due yet: neither retried nor counted again
         assert inbox.errors["permission_denied"] == 1
         now[0] += 11

@@ -177,8 +177,9 @@ def test_every_entry_is_accounted_for_and_the_daemon_stays_up(daemon: Daemon, en
     assert not left, (left, daemon.status()["inbox"])
 
     with Store(daemon.root / "state" / "rows.sqlite", readonly=True) as store:
-        records = {os.fsencode(r.name): r for r in store.file_records() if os.fsencode(r.name).startswith(prefix)}
-        assert set(records) == created  # one record per entry, nothing missing, nothing twice
+        mine = [r for r in store.file_records() if os.fsencode(r.name).startswith(prefix)]
+        records = {os.fsencode(r.name): r for r in mine}
+        assert set(records) == created and len(mine) == len(created)  # one record per entry: none missing, none twice
         for name, record in records.items():
             assert record.finalized
             folder = daemon.root / ("quarantine" if record.outcome == "quarantined" else "archive")
