@@ -40,6 +40,7 @@ class Outcome:
     reasons: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     gave_up: bool = False  # failed for the schedule.max_attempts-th time: the batch is not retried
+    skipped: bool = False  # not started: too little free disk (registry.min_free_bytes)
 
     def as_dict(self) -> dict[str, Any]:
         return {"batch": self.batch, "decision": self.decision, "version": self.version, "reasons": self.reasons,
@@ -61,7 +62,7 @@ class UpdateCycle:
         started, clock = utcnow(), time.monotonic()
         short = self.disk_short()
         if short is not None:  # the pending rows stay pending for a later try
-            return Outcome(batch=None, decision=None, reasons=[short])
+            return Outcome(batch=None, decision=None, reasons=[short], skipped=True)
         with Store(self.home.store_path) as store:
             batch = self.close_batch(store)
             if batch is None:

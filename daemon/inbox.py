@@ -152,10 +152,12 @@ class Inbox:
         self.stuck: dict[str, Stuck] = {}
         self.waiting: dict[str, str] = {}  # name -> why it is not taken yet (logged once)
         self.errors: Counter[str] = Counter()  # failures by reason since start
+        self._saved: list | None = None  # what entries_path holds (None: not written by this process yet)
 
     @property
-    def stuck_path(self) -> Path:
-        return self.home.state / "inbox-stuck.json"
+    def entries_path(self) -> Path:
+        """Stuck and waiting entries, for `lifelong status` (another process)."""
+        return self.home.state / "inbox-entries.json"
 
     def renamed(self, source: str, target: str) -> None:
         """A file-system event: `source` was renamed to `target`. From a temporary name into the inbox
@@ -170,7 +172,6 @@ class Inbox:
                   only: set[str] | None = None) -> tuple[list[Outcome], float | None]:
         """Recover, scan, ingest every settled file. Returns outcomes and seconds until the next may settle."""
         outcomes: list[Outcome] = []
-        stuck_before = dict(self.stuck)
         with self.lock, Store(self.home.store_path) as store:
             ingestor = Ingestor(store=store, inbox=self.home.inbox, archive=self.home.archive,
                                 quarantine=self.home.quarantine, config=self.home.config.inbox, tick=self.tick)
@@ -219,8 +220,7 @@ class Inbox:
         if self.stuck:
             retry = max(0.0, min(entry.retry_at for entry in self.stuck.values()) - self.clock())
             wait = retry if wait is None else min(wait, retry)
-        if self.stuck != stuck_before:
-            self._save_stuck()
+        self._save_entries()
         return outcomes, wait
 
     def _take(self, ingestor: Ingestor, store: Store, name: str, chosen: os.stat_result,
@@ -265,15 +265,18 @@ class Inbox:
                     names.display(name), message, attempts + 1, delay,
                     extra={"file": names.display(name), "reason": reason, "attempts": attempts})
 
-    def _save_stuck(self) -> None:
-        """For `lifelong status`, which runs in another process."""
-        doc = [{"file": names.display(name), **{k: v for k, v in asdict(entry).items() if k != "retry_at"},
-                "retry_in_seconds": round(max(0.0, entry.retry_at - self.clock()), 1)}
-               for name, entry in sorted(self.stuck.items())]
+    def _save_entries(self) -> None:
+        """Write the stuck and waiting entries when they changed (and once at start: a restart forgets)."""
+        doc = {"stuck": [{"file": names.display(name), "reason": entry.reason, "message": entry.message,
+                          "attempts": entry.attempts} for name, entry in sorted(self.stuck.items())],
+               "waiting": [{"file": names.display(name), "why": why} for name, why in sorted(self.waiting.items())]}
+        if doc == self._saved:
+            return
         try:
-            atomic_write(self.stuck_path, json.dumps(doc, ensure_ascii=False))
+            atomic_write(self.entries_path, json.dumps(doc, ensure_ascii=False))
+            self._saved = doc  # type: ignore[assignment]
         except OSError as exc:
-            log.warning("cannot record stuck inbox entries: %s", exc)
+            log.warning("cannot record stuck inbox entries: %s", names.display(str(exc)))
 
     def drain(self, *, max_wait: float, on_file: Callable[[Outcome], None] | None = None,
               on_progress: Callable[[str, int, int], None] | None = None, sleep: Callable[[float], None] = time.sleep

@@ -40,6 +40,7 @@ class InboxState(Protocol):
     """What the running inbox knows that no file holds: entries it could not finish, failures."""
 
     stuck: Mapping[str, object]
+    waiting: Mapping[str, str]
     errors: Mapping[str, int]
 
 
@@ -130,6 +131,8 @@ class StateCollector(Collector):
         yield errors
         yield GaugeMetricFamily("lifelong_inbox_stuck_files", "inbox entries left in place after a failure, retried with backoff",
                                 value=len(self.inbox.stuck) if self.inbox else 0)
+        yield GaugeMetricFamily("lifelong_inbox_waiting_files", "inbox files not taken yet: other hard links, or a writer has them open",
+                                value=len(self.inbox.waiting) if self.inbox else 0)
 
 
 def _replay_rows(state: Path | None) -> int:

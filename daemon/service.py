@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_STALE = 30.0  # /healthz fails when the loop has not gone round for this long
 STOP_GRACE = 120.0  # seconds the training child gets to checkpoint on SIGTERM
 BACKOFF_FIRST, BACKOFF_MAX = 60.0, 3600.0
+DISK_RETRY = 300.0  # seconds before an update skipped for want of disk is tried again
 
 
 class _Wake:
@@ -307,6 +308,8 @@ class Service:
                               "eval": time.monotonic() - evaluated if evaluated else None, "total": total})
         if outcome.decision == "failed" and not outcome.gave_up:
             self._backoff(outcome.batch)
+        elif outcome.skipped:
+            self.retry_at = self.clock() + DISK_RETRY  # not every loop round: each check runs retention
         elif outcome.decision is not None:
             self.retry_at = 0.0  # decided, or given up for good: later batches go on a normal schedule
         self._answer(waiting, outcome.as_dict())

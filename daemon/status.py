@@ -43,20 +43,24 @@ def collect(home: Home) -> dict[str, Any]:
                    "standby": daemon_state.get("standby", False)} if pid else None,
         "audit": audit,
         "inbox": {"path": str(home.inbox), "files": files, "rejected_rows": rejected_rows, "oldest_pending": oldest,
-                  "stuck": _stuck(home) if pid else []},
+                  **_entries(home, pid)},
         "strategy": home.config.strategy.name,
         "base_model": home.config.model.base,
     }
 
 
-def _stuck(home: Home) -> list[dict[str, Any]]:
-    """Inbox entries the running daemon could neither ingest nor quarantine (names already escaped)."""
+def _entries(home: Home, pid: int | None) -> dict[str, list[dict[str, Any]]]:
+    """Inbox entries the running daemon could not ingest or quarantine ("stuck"), and those it leaves
+    until they are alone ("waiting"): names already escaped."""
     import json
 
-    try:
-        return json.loads((home.state / "inbox-stuck.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
+    found = {"stuck": [], "waiting": []}
+    if pid:
+        try:
+            found.update(json.loads((home.state / "inbox-entries.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            pass
+    return found
 
 
 def _daemon_state(home: Home) -> dict[str, Any]:
@@ -88,11 +92,14 @@ def render(doc: dict[str, Any]) -> str:
         f"last update  {last_text}",
         f"next update  {doc['next_update'] or 'not scheduled'}",
     ]
-    stuck = doc["inbox"].get("stuck") or []
+    stuck, waiting = doc["inbox"]["stuck"], doc["inbox"]["waiting"]
     if stuck:
         first = stuck[0]
         lines.append(f"stuck files  {len(stuck)} left in the inbox after failures, e.g. {first['file']}: "
                      f"{first['message'][:80]} (retried with backoff)")
+    if waiting:
+        first = waiting[0]
+        lines.append(f"waiting      {len(waiting)} not taken yet, e.g. {first['file']}: {first['why']}")
     if doc["failed_for_good"]:
         newest, earlier = doc["failed_for_good"][0], len(doc["failed_for_good"]) - 1
         reason = " ".join(newest["last_error"].split())

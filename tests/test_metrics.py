@@ -32,6 +32,7 @@ CONTRACT = {
     # bad input and resources
     "lifelong_ingest_errors_total": {"reason"},
     "lifelong_inbox_stuck_files": set(),
+    "lifelong_inbox_waiting_files": set(),
     "lifelong_disk_free_bytes": set(),
     "lifelong_versions": {"state"},
 }
