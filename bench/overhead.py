@@ -123,7 +123,7 @@ class Daemon:
         return bool(state.get("standby"))
 
     def update(self, rows: int) -> tuple[float, dict]:
-        """A file lands as the contract asks writers to (a temporary name in the inbox, renamed into
+        """A file lands as the README asks writers to (a temporary name in the inbox, renamed into
         place); the first model trains at once (no champion yet). Wall seconds to the decision."""
         from daemon.store import Store
 

@@ -75,7 +75,8 @@ class Settler:
 
     It is also ready at once when its mtime is already older than that (a file dropped while the
     daemon was down need not wait again), and when it is a file seen under a temporary name before
-    and renamed into place since: the writer said it is complete (CONTRACT section 3).
+    and renamed into place since: the writer said it is complete (the protocol the README asks of
+    writers).
     """
 
     settle_seconds: float
@@ -161,8 +162,9 @@ class Inbox:
 
     def renamed(self, source: str, target: str) -> None:
         """A file-system event: `source` was renamed to `target`. From a temporary name into the inbox
-        is a finished write (the contract's protocol): taken at the next pass without settling, even
-        when no pass saw the temporary name (a quick writer). Called from the watcher's thread."""
+        is a finished write (the protocol the README asks of writers): taken at the next pass without
+        settling, even when no pass saw the temporary name (a quick writer). Called from the watcher's
+        thread."""
         src, dst = Path(source), Path(target)
         if dst.parent == self.home.inbox and ignored(src.name) and not ignored(dst.name):
             self._renamed.add(dst.name)

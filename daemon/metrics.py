@@ -1,4 +1,4 @@
-"""Every Prometheus metric of CONTRACT section 7, in one place.
+"""Every Prometheus metric of lifelong, in one place (each listed in docs/reference.md, "Metrics").
 
 State (champion, pending rows, totals, the last update's scores) is read at scrape time by a
 collector from the row store and the registry, so it is right after a restart and after a CLI

@@ -2,8 +2,8 @@
 
 It lives in `registry`, the bottom floor, because every other package may import from there.
 Each error subclasses the built-in it resembles and carries its data as attributes; `exit_code`
-is what the CLI exits with (CONTRACT section 4: 1 runtime, 2 usage/config, 3 lock/conflict,
-4 no such version).
+is what the CLI exits with (1 runtime, 2 usage/config, 3 lock/conflict, 4 no such version; the
+table is in docs/reference.md, "Exit codes").
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ class StoreError(LifelongError, RuntimeError):
 
 
 class FileRejected(LifelongError, ValueError):
-    """An inbox file cannot be ingested. `reason` is a CONTRACT section 3 reason code."""
+    """An inbox file cannot be ingested. `reason` is one of REASONS, the file reason codes users see in
+    NAME.error.json (docs/reference.md, "File reason codes")."""
 
     REASONS = ("unsupported_format", "unreadable", "empty", "missing_columns", "invalid_rows",
                "too_large", "not_regular_file", "internal_error")

@@ -1,4 +1,4 @@
-"""Ingestion per CONTRACT section 3: formats, temp names, settling, splits, labels, duplicates, skip."""
+"""Ingestion: formats, temp names, settling, splits, labels, duplicates, skip."""
 
 from __future__ import annotations
 
