@@ -280,6 +280,47 @@ def unpin(home_dir: Path | None, reason: str) -> None:
     click.echo("automatic promotion resumed" if was else "automatic promotion was not paused")
 
 
+@main.command("eval")
+@home_option
+@json_option
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A labeled file in any inbox format (.jsonl, .ndjson, .csv, each also .gz, .parquet).")
+@click.option("--version", "version", default=None, help="The version to score (default: the champion).")
+@errors_to_exit_codes
+def eval_(home_dir: Path | None, as_json: bool, data: Path, version: str | None) -> None:
+    """Metrics of a version on a labeled file: accuracy, macro F1, per-label figures."""
+    from daemon import inference
+
+    home = open_home(home_dir)
+    with open_registry(home, writable=False) as registry:
+        target = inference.open_version(registry, version)
+    doc = inference.evaluate(home, target, data)
+    emit(doc) if as_json else click.echo(inference.task_of(home).render_eval(doc))
+
+
+@main.command()
+@click.argument("texts", nargs=-1)
+@home_option
+@json_option
+@click.option("--file", "path", default=None, type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+              help="Texts to label, one per line, or the \"text\" of each line of a .jsonl/.ndjson file; - is stdin.")
+@click.option("--version", "version", default=None, help="The version to ask (default: the champion).")
+@errors_to_exit_codes
+def predict(texts: tuple[str, ...], home_dir: Path | None, as_json: bool, path: Path | None, version: str | None) -> None:
+    """Labels and scores of a version for TEXT... or the texts of --file."""
+    from daemon import inference
+    from registry.errors import UsageError
+
+    if bool(texts) == (path is not None):
+        raise UsageError("give either TEXT arguments or --file, not both" if texts else "give TEXT arguments or --file")
+    home = open_home(home_dir)
+    chosen = list(texts) if texts else inference.read_texts(home, path)  # type: ignore[arg-type]
+    with open_registry(home, writable=False) as registry:
+        target = inference.open_version(registry, version)
+    found = inference.predict(home, target, chosen)
+    emit(found) if as_json else click.echo(inference.task_of(home).render_predict(found))
+
+
 @main.command()
 @click.argument("version")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
