@@ -133,7 +133,10 @@ def test_predict_on_arguments_and_on_a_file(home_root: Path, split_model: Path, 
     assert [p["text"] for p in from_file] == texts[:2]
     table = [line.split()[:2] for line in lines[1:3]]  # the same texts' label and score, as shown
     assert [(p["label"], round(p["score"], 4)) for p in from_file] == [(label, float(score)) for label, score in table]
-    assert [p["text"] for p in ok_json("predict", *home, "--file", str(lines_file))] == texts[2:]
+    from daemon.inference import read_texts  # the .jsonl form of --file, without a second model run
+    from tests.conftest import open_home
+
+    assert read_texts(open_home(home_root), lines_file) == texts[2:]
 
 
 def test_exit_codes(home_root: Path, split_model: Path, tmp_path: Path) -> None:
@@ -163,12 +166,19 @@ def test_exit_codes(home_root: Path, split_model: Path, tmp_path: Path) -> None:
 
 def test_eval_and_predict_work_while_the_daemon_runs(home_root: Path, split_model: Path, tmp_path: Path,
                                                       daemon) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from tests.tiny import tiny_lora_version
+
     register(home_root, split_model)
+    with Registry(home_root / "registry") as registry:  # v0002: an adapter, merged on first use
+        staging = tiny_lora_version(registry.new_staging(), split_model, ["neg", "pos", "meh"])
+        registry.create_version(staging, parent="v0001", strategy="lora")
     daemon()
     data = write_jsonl(tmp_path / "data.jsonl", ROWS)
     proc = spawn("eval", "--home", str(home_root), "--data", str(data), "--json")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert json.loads(out)["rows"] == len(ROWS)
-    shown = cli("predict", "--home", str(home_root), "a good day")
-    assert shown.exit_code == 0 and "a good day" in shown.stdout, shown.output
+    shown = cli("predict", "--home", str(home_root), "--version", "v0002", "--json", "a good day")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)[0]["label"] in ("neg", "pos", "meh")
+    assert (home_root / "registry" / "serving" / "v0002" / "config.json").is_file()
