@@ -283,9 +283,9 @@ def unpin(home_dir: Path | None, reason: str) -> None:
 @main.command("eval")
 @home_option
 @json_option
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--data", required=True, metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A labeled file in any inbox format (.jsonl, .ndjson, .csv, each also .gz, .parquet).")
-@click.option("--version", "version", default=None, help="The version to score (default: the champion).")
+@click.option("--version", "version", default=None, metavar="V", help="The version to score (default: the champion).")
 @errors_to_exit_codes
 def eval_(home_dir: Path | None, as_json: bool, data: Path, version: str | None) -> None:
     """Metrics of a version on a labeled file: accuracy, macro F1, per-label figures."""
@@ -299,14 +299,16 @@ def eval_(home_dir: Path | None, as_json: bool, data: Path, version: str | None)
 
 
 @main.command()
-@click.argument("texts", nargs=-1)
+@click.argument("texts", nargs=-1, metavar="[TEXT]...")
 @home_option
 @json_option
-@click.option("--file", "path", default=None, type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+@click.option("--file", "path", default=None, metavar="F",
+              type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
               help="Texts to label, one per line, or the \"text\" of each line of a .jsonl/.ndjson file; - is stdin.")
-@click.option("--version", "version", default=None, help="The version to ask (default: the champion).")
+@click.option("--version", "version", default=None, metavar="V", help="The version to ask (default: the champion).")
 @errors_to_exit_codes
-def predict(texts: tuple[str, ...], home_dir: Path | None, as_json: bool, path: Path | None, version: str | None) -> None:
+def predict(texts: tuple[str, ...], home_dir: Path | None, as_json: bool, path: Path | None,
+            version: str | None) -> None:
     """Labels and scores of a version for TEXT... or the texts of --file."""
     from daemon import inference
     from registry.errors import UsageError

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from registry.registry import Registry
 
 BATCH_SIZE = 64
-MAX_ERRORS = 100  # invalid rows listed in `eval --json` (all are counted)
+MAX_ERRORS = 100  # errors of invalid rows listed in `eval --json` (every invalid row is counted)
 PROGRESS_MIN_BYTES = 4 << 20
 TEXT_WIDTH = 60
 
@@ -101,7 +101,7 @@ class SequenceClassification:
                     rows += zip(fast[2].to_pylist(), fast[1].to_pylist())
                     continue
                 for line, record in zip(chunk.lines, chunk.records):
-                    found = [record] if isinstance(record, formats.RowError) else validator(line, record)  # type: ignore[arg-type]
+                    found = validator(line, record) if isinstance(record, dict) else [record]  # a RowError
                     if isinstance(found, list):
                         invalid += 1
                         errors += [error.as_dict() for error in found][: MAX_ERRORS - len(errors)]
@@ -265,10 +265,12 @@ class _Display:
     def __enter__(self) -> "_Display":
         if sys.stderr.isatty():
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                       TimeRemainingColumn)
 
-            self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                     MofNCompleteColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                                     transient=True)
             self.progress.start()
         return self
 
