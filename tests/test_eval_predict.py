@@ -4,6 +4,8 @@ child process; their figures checked against the predictions they give."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from registry.registry import Registry
-from tests.conftest import cli, spawn, stage_full
+from tests.conftest import ROOT, cli, spawn, stage_full
 from tests.test_service import daemon  # noqa: F401 - the fixture
 
 WORDS = "good bad great awful fine poor nice ugly happy sad calm loud".split()
@@ -182,3 +184,10 @@ def test_eval_and_predict_work_while_the_daemon_runs(home_root: Path, split_mode
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout)[0]["label"] in ("neg", "pos", "meh")
     assert (home_root / "registry" / "serving" / "v0002" / "config.json").is_file()
+
+
+def test_the_parent_side_imports_no_torch() -> None:
+    code = ("import sys, daemon.inference\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
