@@ -113,6 +113,13 @@ def test_eval_on_jsonl_csv_and_parquet_agrees_with_predict(home_root: Path, spli
         assert doc["invalid_rows"] == 1
         assert doc["errors"] == [{"line": line, "field": "text", "reason": "empty_text", "value": "   "}]
     same = ("version", "rows", "accuracy", "macro_f1", "per_label", "unknown_labels")
+    from daemon.inference import SequenceClassification  # the text output, from the same document
+
+    text = SequenceClassification.render_eval(docs[0]).splitlines()
+    assert text[:3] == [f"v0001 on {files[0]}: {len(scored)} rows", f"accuracy  {expected['accuracy']:.4f}",
+                        f"macro F1  {expected['macro_f1']:.4f}"]
+    assert [line.split()[0] for line in text[5:8]] == list(docs[0]["per_label"])
+    assert "meh (2)" in text[8] and text[9].startswith("1 invalid rows not scored; first: line 6, text: empty_text")
     assert [{key: doc[key] for key in same} for doc in docs[1:]] == [{key: docs[0][key] for key in same}] * 2
 
 
