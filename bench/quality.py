@@ -159,39 +159,35 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
 def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, Any], model: str, work: Path,
                   lr: float | None = None) -> dict[str, Any]:
     """`joint` or `retrain` through the training child (same loop, same evaluation), held-out rows split as the daemon does."""
-    from daemon.config import StrategyConfig
+    from daemon.config import StrategyConfig, parse
     from daemon.splits import is_eval
-    from daemon.trainer import ChildRun, write_rows
+    from daemon.trainer import ChildRun, train_spec, write_rows
+    from strategies.spec import DataPaths
 
-    defaults = StrategyConfig()  # the references train with the same loop settings as the strategies
+    # the references train with the same loop settings as the strategies
+    config = parse({"model": {"base": model, "max_length": profile["max_length"]}, "train": {"seed": seed},
+                    "strategy": {"name": "finetune", "epochs": profile["epochs"], "lr": lr or StrategyConfig().lr}})
 
     folder = work / f"{name}-seed{seed}"
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "data").mkdir(parents=True)
-    train_sets, eval_paths, labels = [], {}, []
+    train_sets, eval_paths, eval_rows, labels = [], {}, {}, []
     for j, part in enumerate(parts, start=1):
         rows = [(r["text"], r["label"]) for r in part.rows]
         labels += [label for label in dict.fromkeys(label for _, label in rows) if label not in labels]
         train_sets.append([(t, l) for t, l in rows if not is_eval(t, profile["eval_fraction"])])
         eval_paths[str(j)] = folder / "data" / f"eval-{j}.arrow"
-        write_rows(eval_paths[str(j)], [(t, l) for t, l in rows if is_eval(t, profile["eval_fraction"])])
+        eval_rows[str(j)] = write_rows(eval_paths[str(j)], [(t, l) for t, l in rows if is_eval(t, profile["eval_fraction"])])
     stages = [len(parts)] if name == "joint" else list(range(1, len(parts) + 1))
     matrix, samples, started = [], 0, time.monotonic()
     for stage in stages:
         run = folder / f"stage-{stage}"
         run.mkdir()
-        write_rows(run / "train.arrow", [row for rows in train_sets[:stage] for row in rows])
-        spec = {"batch": stage, "labels": labels, "seed": seed, "device": "auto", "num_processes": 1,
-                "max_length": profile["max_length"], "base": model, "old_label_count": 0, "parent": None,
-                "parent_state": None, "champion": None, "strategy": {"name": "finetune"},
-                "loop": {"epochs": profile["epochs"], "batch_size": defaults.batch_size, "lr": lr or defaults.lr,
-                         "weight_decay": defaults.weight_decay, "early_stopping_patience": defaults.early_stopping_patience,
-                         "class_weights": defaults.class_weights, "precision": "auto"},
-                "data": {"train": str(run / "train.arrow"),
-                         "eval": {k: str(v) for k, v in eval_paths.items() if int(k) <= stage}},
-                "out": str(run / "out"), "serving": str(run / "serving"), "checkpoint": None,
-                "results": str(run / "results.json")}
-        (run / "spec.json").write_text(json.dumps(spec))
+        train_rows = write_rows(run / "train.arrow", [row for rows in train_sets[:stage] for row in rows])
+        evals = {k: str(v) for k, v in eval_paths.items() if int(k) <= stage}
+        data = DataPaths(train=str(run / "train.arrow"), train_rows=train_rows, eval=evals,
+                         eval_rows={k: eval_rows[k] for k in evals}, set_aside=None, set_aside_rows=0, set_aside_batches=[])
+        train_spec(config, run, batch=stage, labels=labels, data=data).write(run / "spec.json")
         results = ChildRun(run / "spec.json").start().wait()
         samples += int(results["train"]["train_samples"])
         scores = results["scores"]["candidate"]

@@ -58,15 +58,20 @@ def run_ours(args, mode, train_rows, labels, device) -> tuple[float, object, obj
     from daemon.config import StrategyConfig
     from strategies.abc import Context, build
     from strategies.data import Example
-    from strategies.loop import LoopConfig, train
+    from dataclasses import replace
+
+    from daemon.config import parse
+    from daemon.trainer import loop_settings
+    from strategies.loop import train
 
     model, tokenizer = load(args.model, labels, args.seed)
     examples = [Example(text, labels.index(label)) for text, label in train_rows]
     ctx = Context(model=model, tokenizer=tokenizer, labels=labels, new=examples, device=device,
                   max_length=args.max_length, seed=args.seed, rng=random.Random(args.seed))
     strategy = build("lora" if mode == "lora" else "finetune", StrategyConfig().sections())
-    cfg = LoopConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr_for(args, mode), weight_decay=0.01,
-                     warmup_ratio=0.1, val_fraction=0.0, early_stopping_patience=0)
+    cfg = replace(loop_settings(parse({"strategy": {"class_weights": "none"}})), epochs=args.epochs,
+                  batch_size=args.batch_size, lr=lr_for(args, mode), weight_decay=0.01, warmup_ratio=0.1,
+                  val_fraction=0.0, early_stopping_patience=0)
     started = time.perf_counter()
     train(ctx, strategy, cfg)
     _sync(device)

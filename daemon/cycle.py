@@ -11,7 +11,6 @@ An interrupted run (SIGTERM) leaves its checkpoint and batch for the next start 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -25,8 +24,9 @@ from daemon.home import Home
 from daemon.ingest import utcnow
 from daemon.rows import LabelSet, Validator
 from daemon.store import Store
-from daemon.trainer import ChildRun, Standby, TrainingInterrupted, write_rows
+from daemon.trainer import ChildRun, Standby, TrainingInterrupted, train_spec, write_rows
 from registry.registry import Registry
+from strategies.spec import DataPaths, TrainSpec
 
 log = logging.getLogger(__name__)
 Event = Callable[[dict[str, Any]], None]
@@ -150,7 +150,9 @@ class UpdateCycle:
         fixed = [str(label) for label in self.config.inbox.labels]
         return fixed or store.labels()
 
-    def build_spec(self, store: Store, batch: int) -> Path:
+    def build_spec(self, store: Store, batch: int) -> TrainSpec:
+        """The batch's training set and held-out sets as Arrow files, and the spec naming them
+        (written to the work folder as spec.json for the child)."""
         work = self.workdir(batch)
         data = work / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -158,8 +160,6 @@ class UpdateCycle:
             shutil.rmtree(work / leftover, ignore_errors=True)  # a retry writes them afresh
         champion = self.registry.champion()
         champion_dir = self.registry.model_dir(champion) if champion else None  # verified before use
-        parent_state = self.registry.artifacts.local_path(champion) / "state" if champion else None
-        kept = self.registry.artifacts.local_path(champion) / "predictions.json" if champion else None
         # with no champion yet, a first model learns from every batch so far: rows of batches whose
         # first-model candidates were rejected (or failed) would otherwise never be trained on
         batches = store.batches()
@@ -191,29 +191,18 @@ class UpdateCycle:
         if self.config.gate.canary:
             rows["canary"] = write_rows(data / "canary.arrow", self._canary_rows(store))
             evals["canary"] = str(data / "canary.arrow")
-        strategy = self.config.strategy
-        spec = {
-            "batch": batch, "labels": self.labels(store), "seed": self.config.train.seed,
-            "device": self.config.train.device, "num_processes": self.config.train.num_processes, "max_length": self.config.model.max_length,
-            "base": str(champion_dir) if champion_dir else self.config.model.base,
-            "old_label_count": len(self.registry.get(champion).info.get("labels", [])) if champion else 0,
-            "parent": champion, "parent_state": str(parent_state) if parent_state and parent_state.is_dir() else None,
-            "champion": str(champion_dir) if champion_dir else None,
-            "champion_predictions": str(kept) if kept and kept.is_file() else None,
-            "strategy": {"name": strategy.name, **strategy.sections()},
-            "loop": {"epochs": strategy.epochs, "batch_size": strategy.batch_size,
-                     "lr": self._rate(), "weight_decay": strategy.weight_decay, "l1": strategy.l1,
-                     "early_stopping_patience": strategy.early_stopping_patience,
-                     "class_weights": strategy.class_weights, "precision": self.config.train.precision},
-            "data": {"train": str(data / "train.arrow"), "eval": evals, "train_rows": train_rows, "eval_rows": rows,
-                     "set_aside": str(data / "set_aside.arrow"), "set_aside_rows": set_aside_rows,
-                     "set_aside_batches": set_aside},
-            "out": str(work / "out"), "serving": str(work / "serving"), "checkpoint": str(work / "checkpoint"),
-            "results": str(work / "results.json"),
-        }
-        path = work / "spec.json"
-        path.write_text(json.dumps(spec, indent=2))
-        return path
+        paths = DataPaths(train=str(data / "train.arrow"), train_rows=train_rows, eval=evals, eval_rows=rows,
+                          set_aside=str(data / "set_aside.arrow"), set_aside_rows=set_aside_rows,
+                          set_aside_batches=set_aside)
+        spec = train_spec(self.config, work, batch=batch, labels=self.labels(store), data=paths, parent=champion,
+                          parent_model=champion_dir,
+                          parent_files=self.registry.artifacts.local_path(champion) if champion else None,
+                          old_label_count=len(self.registry.get(champion).info.get("labels", [])) if champion else 0)
+        spec.write(self.spec_path(batch))
+        return spec
+
+    def spec_path(self, batch: int) -> Path:
+        return self.workdir(batch) / "spec.json"
 
     def _trained_batch(self, champion: str | None) -> int:
         """The batch the champion was trained on (0 with no champion, or one registered by hand)."""
@@ -221,11 +210,6 @@ class UpdateCycle:
             return 0
         data = self.registry.get(champion).info.get("data")
         return int(data.get("experience") or 0) if isinstance(data, dict) else 0
-
-    def _rate(self) -> float | str:
-        """strategy.lora.lr when the strategy trains LoRA adapters, else strategy.lr; "auto" searches either way."""
-        strategy = self.config.strategy
-        return strategy.lora.lr if "lora" in strategy.parts and strategy.lr != "auto" else strategy.lr
 
     def _canary_rows(self, store: Store) -> list[tuple[str, str]]:
         path = Path(self.config.gate.canary)
@@ -239,8 +223,8 @@ class UpdateCycle:
                     rows.append((row[2], row[1]))
         return rows
 
-    def train(self, spec: Path) -> dict[str, Any]:
-        run = ChildRun(spec, self.on_event).start(self.standby)
+    def train(self, spec: TrainSpec) -> dict[str, Any]:
+        run = ChildRun(self.spec_path(spec.batch), self.on_event).start(self.standby)
         self.child_warm = run.warm
         self.on_child(run)
         try:
@@ -248,10 +232,9 @@ class UpdateCycle:
         finally:
             self.on_child(None)
 
-    def evaluate(self, store: Store, batch: int, spec_path: Path, results: dict[str, Any]) -> tuple[GateResult, dict]:
-        spec = json.loads(spec_path.read_text())
+    def evaluate(self, store: Store, batch: int, spec: TrainSpec, results: dict[str, Any]) -> tuple[GateResult, dict]:
         metric = self.config.gate.metric
-        rows = {k: v for k, v in spec["data"]["eval_rows"].items()}
+        rows = dict(spec.data.eval_rows)
         new = str(batch)
 
         def table(who: str) -> Scores | None:
@@ -287,15 +270,14 @@ class UpdateCycle:
         batches = sorted({k for row in rows for k in row}, key=int)
         return {"versions": versions, "batches": batches, "values": [[row.get(b) for b in batches] for row in rows]}
 
-    def register(self, batch: int, spec_path: Path, results: dict[str, Any], metrics: dict[str, Any]) -> str:
-        spec = json.loads(spec_path.read_text())
+    def register(self, batch: int, spec: TrainSpec, results: dict[str, Any], metrics: dict[str, Any]) -> str:
         with Store(self.home.store_path) as store:
             files = store.batch_files(batch)
-        info = {"labels": spec["labels"], "config": self.config.dump(), "train": results["train"],
-                "data": {"experience": batch, "train_rows": spec["data"]["train_rows"],
-                         "eval_rows": spec["data"]["eval_rows"].get(str(batch), 0), "files": files}}
-        serving = Path(spec["serving"])
-        record = self.registry.create_version(Path(spec["out"]), parent=spec["parent"], strategy=spec["strategy"]["name"],
+        info = {"labels": spec.labels, "config": self.config.dump(), "train": results["train"],
+                "data": {"experience": batch, "train_rows": spec.data.train_rows,
+                         "eval_rows": spec.data.eval_rows.get(str(batch), 0), "files": files}}
+        serving = Path(spec.serving)
+        record = self.registry.create_version(Path(spec.out), parent=spec.parent, strategy=spec.strategy.name,
                                               info=info, serving=serving if serving.is_dir() else None)
         return record.version
 

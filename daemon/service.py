@@ -104,9 +104,11 @@ class Service:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
             requests_dir(self.home).mkdir(exist_ok=True)
+            from daemon.trainer import spawn_materializer
             from registry.registry import Registry
 
-            Registry(self.home.registry).close()  # recover leftovers of a crash before anything else
+            # recover leftovers of a crash before anything else (re-pointing the champion may materialise it)
+            Registry(self.home.registry, materializer=spawn_materializer).close()
             server = self._serve()
             scheduler = self._schedule()
             observer = start_watching(self.home, self.wake, self.inbox)
@@ -271,7 +273,7 @@ class Service:
     def _update(self, reason: str, waiting: list[dict[str, Any]]) -> None:
         from daemon.cycle import UpdateCycle
         from daemon.hooks import champion_hook
-        from daemon.trainer import TrainingInterrupted
+        from daemon.trainer import TrainingInterrupted, spawn_materializer
         from registry.registry import Registry
 
         progress = self.home.state / "progress.json"
@@ -289,7 +291,7 @@ class Service:
 
         log.info("update cycle starting", extra={"reason": reason})
         try:
-            with Registry(self.home.registry, recover=False,
+            with Registry(self.home.registry, recover=False, materializer=spawn_materializer,
                           on_switch=champion_hook(self.home.config.hooks.on_champion_change)) as registry:
                 outcome = UpdateCycle(self.home, registry, on_event=on_event, standby=self.standby,
                                       on_child=lambda run: setattr(self, "child", run)).run()

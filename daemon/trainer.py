@@ -1,7 +1,8 @@
 """Runs one update in a child process (`python -m strategies.child`) and follows its JSON lines.
 
-The daemon's process never imports torch: it writes a spec and the data as Arrow files, spawns the
-child, reads progress (step, loss, samples/s) line by line, and reads the results file at the end.
+The daemon's process never imports torch: it writes a spec (`train_spec`, the one place a
+strategies/spec.py TrainSpec is built from the config) and the data as Arrow files, spawns the child,
+reads progress (step, loss, samples/s) line by line, and reads the results file at the end.
 
 A child's imports (torch, transformers, peft) take several seconds, which is most of an update's
 fixed cost. `Standby` keeps at most one child started ahead of need, its imports done, waiting on
@@ -25,14 +26,64 @@ from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 
+from daemon.config import Config
 from registry.errors import LifelongError
+from strategies.spec import EXIT_INTERRUPTED, DataPaths, Failure, LoopSettings, StrategySpec, TrainSpec
 
 log = logging.getLogger(__name__)
-EXIT_INTERRUPTED = 75
+
+# loop settings that are not config keys: the same for every update
+WARMUP_RATIO = 0.1  # of the steps, a linear warmup
+MAX_GRAD_NORM = 1.0
+VAL_FRACTION = 0.1  # of the new rows, held back for early stopping
+
+
+def loop_settings(config: Config) -> LoopSettings:
+    """The training loop's settings from the config: strategy.lora.lr when the strategy trains LoRA
+    adapters, else strategy.lr ("auto" searches either way)."""
+    strategy = config.strategy
+    lr = strategy.lora.lr if "lora" in strategy.parts and strategy.lr != "auto" else strategy.lr
+    return LoopSettings(epochs=strategy.epochs, batch_size=strategy.batch_size, lr=lr,
+                        weight_decay=strategy.weight_decay, l1=strategy.l1, warmup_ratio=WARMUP_RATIO,
+                        max_grad_norm=MAX_GRAD_NORM, early_stopping_patience=strategy.early_stopping_patience,
+                        class_weights=strategy.class_weights, val_fraction=VAL_FRACTION,
+                        precision=config.train.precision)
+
+
+def train_spec(config: Config, work: Path, *, batch: int, labels: list[str], data: DataPaths,
+               parent: str | None = None, parent_model: Path | None = None, parent_files: Path | None = None,
+               old_label_count: int = 0) -> TrainSpec:
+    """The spec of one update: start from `parent_model` (the champion's verified model directory,
+    also scored side by side) or model.base; `parent_files` is the champion's version folder (its
+    state/ and kept predictions); the child writes under `work`."""
+    state = parent_files / "state" if parent_files is not None else None
+    kept = parent_files / "predictions.json" if parent_files is not None else None
+    return TrainSpec(
+        batch=batch, labels=list(labels), seed=config.train.seed, device=config.train.device,
+        num_processes=config.train.num_processes, max_length=config.model.max_length,
+        base=str(parent_model) if parent_model is not None else config.model.base,
+        old_label_count=old_label_count, parent=parent,
+        parent_state=str(state) if state is not None and state.is_dir() else None,
+        champion=str(parent_model) if parent_model is not None else None,
+        champion_predictions=str(kept) if kept is not None and kept.is_file() else None,
+        strategy=StrategySpec(name=config.strategy.name, options=config.strategy.sections()),
+        loop=loop_settings(config), data=data,
+        out=str(work / "out"), serving=str(work / "serving"), checkpoint=str(work / "checkpoint"),
+        results=str(work / "results.json"))
+
+
+def spawn_materializer(version_dir: Path, parent_dir: Path, out: Path) -> None:
+    """The registry's materialiser: merge a LoRA version in a child process (`strategies.materialize`),
+    so that the daemon's process never imports torch."""
+    done = subprocess.run([sys.executable, "-m", "strategies.materialize", str(version_dir), str(parent_dir), str(out)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"materialising {version_dir.name} failed: {done.stderr.strip()[-2000:]}")
 
 
 class TrainingFailed(LifelongError, RuntimeError):
-    """The child failed (exception, non-finite loss, out of memory, killed). `kind` says which."""
+    """The child failed (exception, non-finite loss, out of memory, invalid spec, killed). `kind`
+    (strategies/spec.py Failure) says which."""
 
     def __init__(self, kind: str, message: str) -> None:
         self.kind = kind
@@ -52,7 +103,7 @@ class ChildRun:
     warm: bool = False  # handed to a standby child rather than spawned
 
     def start(self, standby: "Standby | None" = None) -> "ChildRun":
-        processes = int(json.loads(self.spec_path.read_text()).get("num_processes", 1))
+        processes = TrainSpec.load(self.spec_path).num_processes
         ready = standby.take() if standby is not None and processes == 1 else None
         if ready is not None:
             try:
@@ -102,11 +153,11 @@ class ChildRun:
         if code == EXIT_INTERRUPTED or last.get("event") == "interrupted":  # torchrun exits with its own code
             raise TrainingInterrupted(last.get("message", "stopped"))
         if last.get("event") == "failed":
-            raise TrainingFailed(last.get("kind", "exception"), last.get("error", "unknown error"))
+            raise TrainingFailed(last.get("kind", Failure.EXCEPTION.value), last.get("error", "unknown error"))
         if code < 0:
-            raise TrainingFailed("killed", f"the training process was killed by signal {-code}")
+            raise TrainingFailed(Failure.KILLED.value, f"the training process was killed by signal {-code}")
         tail = "".join(self._stderr)[-1500:].strip()
-        raise TrainingFailed("exception", f"the training process exited {code}: {tail}")
+        raise TrainingFailed(Failure.EXCEPTION.value, f"the training process exited {code}: {tail}")
 
 
 def spawn(args: list[str], stdin: int) -> subprocess.Popen[str]:

@@ -2,7 +2,8 @@
 
 With a daemon, a request file is dropped in state/requests/ and, with --wait, its result file is
 awaited while state/progress.json shows the training progress. Without one, this process takes
-the daemon lock (so no daemon starts meanwhile) and runs the cycle itself.
+the daemon lock (so no daemon starts meanwhile), ingests what is in the inbox (a file dropped just
+before asking for an update counts, as it would with a daemon watching) and runs the cycle itself.
 """
 
 from __future__ import annotations
@@ -22,21 +23,32 @@ from registry.fsutil import atomic_write
 from registry.lock import PidLock, holder_pid
 
 
+INGEST_MAX_WAIT = 60.0  # seconds to wait for inbox files still being written (as `lifelong ingest`)
+
+
 def request_update(home: Home, *, now: bool, wait: bool, as_json: bool) -> dict[str, Any]:
+    pid = holder_pid(home.state / "daemon.lock")
+    if pid is None:
+        return _run_here(home, now=now, as_json=as_json)
+    too_few = _too_few_rows(home, now=now, as_json=as_json)
+    if too_few is not None:
+        return too_few
+    return _ask_daemon(home, pid, wait=wait, as_json=as_json)
+
+
+def _too_few_rows(home: Home, *, now: bool, as_json: bool) -> dict[str, Any] | None:
+    """The answer when fewer than schedule.min_new_rows rows wait (and no batch is undecided), unless --now."""
     with Store(home.store_path) as store:
         pending = store.counts(pending=True)
         undecided = store.undecided_batch()
     rows = pending["train"] + pending["eval"]
     minimum = home.config.schedule.min_new_rows
-    if not now and not undecided and rows < minimum:
-        message = f"not enough new rows: {rows} < schedule.min_new_rows {minimum} (use --now to update anyway)"
-        if not as_json:
-            click.echo(message)
-        return {"decision": None, "reasons": [message]}
-    pid = holder_pid(home.state / "daemon.lock")
-    if pid is not None:
-        return _ask_daemon(home, pid, wait=wait, as_json=as_json)
-    return _run_here(home, as_json=as_json)
+    if now or undecided or rows >= minimum:
+        return None
+    message = f"not enough new rows: {rows} < schedule.min_new_rows {minimum} (use --now to update anyway)"
+    if not as_json:
+        click.echo(message)
+    return {"decision": None, "reasons": [message]}
 
 
 def _ask_daemon(home: Home, pid: int, *, wait: bool, as_json: bool) -> dict[str, Any]:
@@ -70,23 +82,50 @@ def _ask_daemon(home: Home, pid: int, *, wait: bool, as_json: bool) -> dict[str,
     return result
 
 
-def _run_here(home: Home, *, as_json: bool) -> dict[str, Any]:
+def _run_here(home: Home, *, now: bool, as_json: bool) -> dict[str, Any]:
     from daemon.cycle import UpdateCycle
     from daemon.hooks import champion_hook
+    from daemon.trainer import spawn_materializer
     from registry.registry import Registry
 
     show = _Progress(enabled=not as_json and sys.stderr.isatty())
     lock = PidLock(home.state / "daemon.lock", "lifelong run").acquire(timeout=0)
     try:
-        with Registry(home.registry, on_switch=champion_hook(home.config.hooks.on_champion_change)) as registry:
+        ingested = _ingest(home, as_json=as_json)
+        too_few = _too_few_rows(home, now=now, as_json=as_json)
+        if too_few is not None:
+            return {**too_few, "ingested": ingested}
+        with Registry(home.registry, on_switch=champion_hook(home.config.hooks.on_champion_change),
+                      materializer=spawn_materializer) as registry:
             outcome = UpdateCycle(home, registry, on_event=show.event).run()
     finally:
         lock.release()
         show.close()
-    result = outcome.as_dict()
+    result = {**outcome.as_dict(), "ingested": ingested}
     if not as_json:
         _print_decision(result)
     return result
+
+
+def _ingest(home: Home, *, as_json: bool) -> list[dict[str, Any]]:
+    """Ingest what is in the inbox now, as the daemon would have; what each file gave, also printed."""
+    from daemon.inbox import Inbox
+    from daemon.names import display
+
+    inbox = Inbox(home)
+    outcomes, unsettled = inbox.drain(max_wait=INGEST_MAX_WAIT)
+    files = [{"file": display(o.name), "outcome": o.outcome, "reason": o.reason,
+              "rows": {"train": o.rows_train, "eval": o.rows_eval, "rejected": o.rows_rejected}} for o in outcomes]
+    if not as_json:
+        for doc in files:
+            detail = (f"reason {doc['reason']}" if doc["outcome"] == "quarantined" else
+                      f"{doc['rows']['train']} train + {doc['rows']['eval']} eval rows")
+            click.echo(f"ingested {doc['file']} ({doc['outcome']}): {detail}")
+        for name in unsettled:
+            click.echo(f"not ingested {display(name)}: {inbox.waiting.get(name, 'still being written')}")
+        for name, entry in sorted(inbox.stuck.items()):
+            click.echo(f"not ingested {display(name)}: {entry.message}")
+    return files
 
 
 def _print_decision(result: dict[str, Any]) -> None:

@@ -48,20 +48,16 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def spawn_materializer(version_dir: Path, parent_dir: Path, out: Path) -> None:
-    """Merge a LoRA version in a child process (the caller never imports torch)."""
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "strategies.materialize", str(version_dir), str(parent_dir), str(out)],
-                          capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"materialising {version_dir.name} failed: {done.stderr.strip()[-2000:]}")
+def no_materializer(version_dir: Path, parent_dir: Path, out: Path) -> None:
+    """The default: the registry knows nothing of how an adapter is merged; whoever opens it to serve
+    LoRA versions passes a materializer in (the daemon passes daemon.trainer.spawn_materializer)."""
+    raise UsageError(f"{version_dir.name} stores a LoRA adapter and its merged weights must be materialised, but"
+                     " this registry was opened without a materializer (Registry(..., materializer=...))")
 
 
 class Registry:
     def __init__(self, root: Path, *, metadata: MetadataBackend | None = None, artifacts: ArtifactStore | None = None,
-                 materializer: Materializer = spawn_materializer, on_switch: OnSwitch | None = None,
+                 materializer: Materializer = no_materializer, on_switch: OnSwitch | None = None,
                  clock: Callable[[], str] = utcnow, recover: bool = True) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,9 @@ class Context:
     previous_state: Path | None = None  # the parent version's state/ folder
     seed: int = 0
     rng: random.Random = field(default_factory=lambda: random.Random(0))
-    extras: dict[str, Any] = field(default_factory=dict)
+    old_label_count: int = 0  # labels the model knew before this update (a prefix of `labels`): LwF distils those
+    set_aside: list[tuple[str, str]] = field(default_factory=list)  # (text, label) for the replay pool only
+    lora: bool = False  # set by the lora strategy once it has wrapped `model` in adapters
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,7 +3,7 @@
     python -m strategies.child SPEC.json
     python -m strategies.child --standby     # imports first, then reads the spec path from stdin
 
-The spec (written by the daemon) names the model to start from, the labels, the strategy and its
+The spec (strategies/spec.py TrainSpec, written by the daemon, checked here on load) names the model to start from, the labels, the strategy and its
 config, Arrow files of the training rows, of every held-out set and of rows set aside for the replay
 pool only (batches the daemon gave up on), the champion to score side by side (and its predictions
 kept from when it was the candidate), and where to write: `out` (the new version's files: model/ or
@@ -11,9 +11,10 @@ adapter/ + model-config/, state/, predictions.json), `serving` (merged weights o
 candidate), `checkpoint`, and `results`.
 
 Exit codes: 0 done; 75 stopped by SIGTERM after a checkpoint (run again to resume); 1 failed (an
-exception, a non-finite loss, out of memory), with a "failed" line saying why.
+exception, a non-finite loss, out of memory, an invalid spec), with a "failed" line saying why
+(strategies/spec.py defines the codes and the failure kinds for both sides).
 
-Started by `torchrun` (spec "num_processes" > 1), every rank trains its share of each step; rank 0
+Started by `torchrun` (spec `num_processes` > 1), every rank trains its share of each step; rank 0
 alone prints progress, writes the candidate and evaluates (see strategies/distributed.py).
 """
 
@@ -27,10 +28,12 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-EXIT_INTERRUPTED = 75
+from strategies.spec import EXIT_FAILED, EXIT_INTERRUPTED, Failure, SpecError, TrainSpec
+
 QUIET = int(os.environ.get("RANK", "0")) != 0  # ranks other than 0 report failures only
 
 
@@ -49,7 +52,7 @@ def read_rows(path: str) -> list[tuple[str, str]]:
     return list(zip(table["text"].to_pylist(), table["label"].to_pylist()))
 
 
-def run(spec: dict[str, Any], stop: threading.Event) -> dict[str, Any] | None:
+def run(spec: TrainSpec, stop: threading.Event) -> dict[str, Any] | None:
     """The results document (rank 0), or None on the other ranks of a data-parallel run."""
     from strategies import distributed
 
@@ -60,58 +63,58 @@ def run(spec: dict[str, Any], stop: threading.Event) -> dict[str, Any] | None:
         distributed.leave(group)
 
 
-def _run(spec: dict[str, Any], stop: threading.Event, group) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
+def _run(spec: TrainSpec, stop: threading.Event, group) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
     import torch
 
     from strategies import models
     from strategies.abc import Context, build
     from strategies.data import Example
-    from strategies.loop import Checkpoints, LoopConfig, train
+    from strategies.loop import Checkpoints, train
 
-    labels: list[str] = spec["labels"]
-    device = group.device(spec.get("device", "auto"))
-    rows = read_rows(spec["data"]["train"])
+    labels = spec.labels
+    device = group.device(spec.device)
+    rows = read_rows(spec.data.train)
+    unknown = sorted({label for _, label in rows} - set(labels))
+    if unknown:
+        raise SpecError("data.train", f"rows labelled {', '.join(map(repr, unknown[:5]))}, not in labels")
     examples = [Example(text, labels.index(label)) for text, label in rows]
     # train rows of batches given up after schedule.max_attempts failures: for the replay pool only
-    set_aside = read_rows(spec["data"]["set_aside"]) if spec["data"].get("set_aside") else []
+    set_aside = read_rows(spec.data.set_aside) if spec.data.set_aside else []
 
     def fresh_context(new: list[Example]) -> Context:
-        torch.manual_seed(int(spec.get("seed", 0)))  # a grown head's new rows start the same every run
-        model, tokenizer = models.load(spec["base"], labels)
+        torch.manual_seed(spec.seed)  # a grown head's new rows start the same every run
+        model, tokenizer = models.load(spec.base, labels)
         return Context(model=model, tokenizer=tokenizer, labels=labels, device=device, new=new,
-                       max_length=int(spec.get("max_length", 128)), seed=int(spec.get("seed", 0)),
-                       rng=random.Random(int(spec.get("seed", 0))),
-                       previous_state=Path(spec["parent_state"]) if spec.get("parent_state") else None,
-                       extras={"old_label_count": int(spec.get("old_label_count", 0)), "set_aside": set_aside})
+                       max_length=spec.max_length, seed=spec.seed, rng=random.Random(spec.seed),
+                       previous_state=Path(spec.parent_state) if spec.parent_state else None,
+                       old_label_count=spec.old_label_count, set_aside=set_aside)
 
-    strategy_config = spec["strategy"]
-    loop_spec = dict(spec.get("loop", {}))
-    if loop_spec.get("lr") == "auto":
-        loop_spec["lr"] = search_lr(fresh_context, lambda: build(strategy_config["name"], strategy_config),
-                                    LoopConfig(**{**loop_spec, "lr": 1e-3}), examples)
+    loop = spec.loop
+    if loop.lr == "auto":
+        loop = replace(loop, lr=search_lr(fresh_context, lambda: build(spec.strategy.name, spec.strategy.options),
+                                          replace(loop, lr=1e-3), examples))
     ctx = fresh_context(examples)
     tokenizer = ctx.tokenizer
-    strategy = build(strategy_config["name"], strategy_config)
-    loop = LoopConfig(**loop_spec)
-    checkpoints = Checkpoints(Path(spec["checkpoint"]), stop.is_set) if spec.get("checkpoint") else None
+    strategy = build(spec.strategy.name, spec.strategy.options)
+    checkpoints = Checkpoints(Path(spec.checkpoint), stop.is_set) if spec.checkpoint else None
     stats = train(ctx, strategy, loop, on_progress=emit, checkpoints=checkpoints, group=group)
     stats["lr"] = loop.lr
     if not group.main:
         return None
 
-    out = Path(spec["out"])
+    out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
-    if ctx.extras.get("lora") and not spec.get("parent"):
+    if ctx.lora and spec.parent is None:
         # the first version has no parent version to hang an adapter on: store it whole
         candidate = ctx.model.merge_and_unload()
         candidate.save_pretrained(out / "model", safe_serialization=True)
         tokenizer.save_pretrained(out / "model")
-    elif ctx.extras.get("lora"):
+    elif ctx.lora:
         ctx.model.save_pretrained(out / "adapter", safe_serialization=True)
         ctx.model.base_model.model.config.save_pretrained(out / "model-config")
         tokenizer.save_pretrained(out / "model-config")
         candidate = ctx.model.merge_and_unload()
-        serving = Path(spec["serving"])
+        serving = Path(spec.serving)
         candidate.save_pretrained(serving, safe_serialization=True)
         tokenizer.save_pretrained(serving)
     else:
@@ -126,7 +129,7 @@ def _run(spec: dict[str, Any], stop: threading.Event, group) -> dict[str, Any] |
     return results
 
 
-def evaluate(spec: dict[str, Any], labels: list[str], candidate, tokenizer, device, max_length: int,  # type: ignore[no-untyped-def]
+def evaluate(spec: TrainSpec, labels: list[str], candidate, tokenizer, device, max_length: int,  # type: ignore[no-untyped-def]
              out: Path) -> dict[str, Any]:
     """Candidate and champion scored on every held-out set, and the rows that changed between them.
 
@@ -138,28 +141,28 @@ def evaluate(spec: dict[str, Any], labels: list[str], candidate, tokenizer, devi
     from strategies import models
     from strategies.evaluate import predict, scores
 
-    kept = _kept_predictions(spec.get("champion_predictions"))
+    kept = _kept_predictions(spec.champion_predictions)
     champion = None
     index = {label: i for i, label in enumerate(labels)}
     results: dict[str, Any] = {"scores": {}, "paired": {}, "eval_reused": []}
     predictions: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
-    for name, path in spec["data"].get("eval", {}).items():
+    for name, path in spec.data.eval.items():
         held_out = read_rows(path)
         texts = [text for text, _ in held_out]
         truth = [index[label] for _, label in held_out]
         digest = _digest(texts, max_length)
         predicted = {"candidate": predict(candidate, tokenizer, texts, device, max_length)[0]}
         predictions[name] = {"digest": digest, "labels": [labels[i] for i in predicted["candidate"]]}
-        if spec.get("champion"):
+        if spec.champion is not None:
             hit = kept.get(name)
             if _covers(hit, digest, len(texts), index):
                 predicted["champion"] = [index[label] for label in hit["labels"]]
                 results["eval_reused"].append(name)
             else:
                 if champion is None:
-                    own = labels[: int(spec.get("old_label_count") or 0)] or labels
-                    champion = models.load(spec["champion"], own)[0].to(device)
+                    own = labels[: spec.old_label_count] or labels
+                    champion = models.load(spec.champion, own)[0].to(device)
                 predicted["champion"] = predict(champion, tokenizer, texts, device, max_length)[0]
         for who, found in predicted.items():
             results["scores"].setdefault(who, {})[name] = {k: v for k, v in scores(truth, found, labels).items()
@@ -205,8 +208,6 @@ SEARCH_ROWS = 512
 def search_lr(fresh_context, make_strategy, cfg, examples) -> float:  # type: ignore[no-untyped-def]
     """`strategy.lr = "auto"`: one epoch per candidate rate on a slice of the rows, each from the same
     starting weights; the rate with the lowest validation loss wins."""
-    from dataclasses import replace
-
     from strategies.loop import train
 
     rng = random.Random(0)
@@ -260,8 +261,12 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2
-    spec = json.loads(Path(argv[0]).read_text())
     emit({"event": "start", "pid": os.getpid(), "processes": int(os.environ.get("WORLD_SIZE", "1"))})
+    try:
+        spec = TrainSpec.load(Path(argv[0]))
+    except (SpecError, OSError) as exc:
+        emit({"event": "failed", "kind": Failure.INVALID_SPEC.value, "error": f"{type(exc).__name__}: {exc}"})
+        return EXIT_FAILED
     try:
         from strategies.loop import Interrupted, NonFiniteLoss
 
@@ -271,16 +276,19 @@ def main(argv: list[str]) -> int:
             emit({"event": "interrupted", "message": str(exc)})
             return EXIT_INTERRUPTED
         except NonFiniteLoss as exc:
-            emit({"event": "failed", "kind": "non_finite_loss", "error": str(exc)})
-            return 1
+            emit({"event": "failed", "kind": Failure.NON_FINITE_LOSS.value, "error": str(exc)})
+            return EXIT_FAILED
+        except SpecError as exc:
+            emit({"event": "failed", "kind": Failure.INVALID_SPEC.value, "error": f"{type(exc).__name__}: {exc}"})
+            return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - every failure is reported, never a promotion
-        kind = "out_of_memory" if "out of memory" in str(exc).lower() or isinstance(exc, MemoryError) else "exception"
-        emit({"event": "failed", "kind": kind, "error": f"{type(exc).__name__}: {exc}",
-              "traceback": traceback.format_exc()[-4000:]})
-        return 1
+        oom = "out of memory" in str(exc).lower() or isinstance(exc, MemoryError)
+        emit({"event": "failed", "kind": (Failure.OUT_OF_MEMORY if oom else Failure.EXCEPTION).value,
+              "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]})
+        return EXIT_FAILED
     if results is not None:
-        Path(spec["results"]).write_text(json.dumps(results, indent=2))
-        emit({"event": "done", "results": spec["results"]})
+        Path(spec.results).write_text(json.dumps(results, indent=2))
+        emit({"event": "done", "results": spec.results})
     return 0
 
 

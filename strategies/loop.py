@@ -4,6 +4,7 @@ Mini-batches with dynamic padding and length grouping, AdamW with decoupled weig
 biases and norms), optional L1, linear warmup then linear decay, gradient clipping, early stopping
 on a validation slice of the new rows (the best weights are kept), seeded and reproducible.
 `class_weights = "balanced"` weighs labels inversely to their frequency. bf16 autocast on CUDA.
+Every setting comes from the train spec's `loop` (strategies/spec.py LoopSettings); none has a default here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,27 +25,13 @@ from registry.fsutil import fsync_dir, remove
 from strategies.abc import Context, Strategy
 from strategies.data import Encoded, Example, length_grouped_batches, sequential_batches
 from strategies.distributed import Group
+from strategies.spec import LoopSettings
 
 Progress = Callable[[dict], None]
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the run fails rather than produce a broken model."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class LoopConfig:
-    epochs: int = 2
-    batch_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    l1: float = 0.0
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    early_stopping_patience: int = 2
-    class_weights: str = "none"
-    val_fraction: float = 0.1
-    precision: str = "auto"
 
 
 def seed_everything(seed: int) -> None:
@@ -67,9 +53,11 @@ class Interrupted(RuntimeError):
     """Training stopped on request (SIGTERM) after writing a checkpoint; the next attempt resumes."""
 
 
-def train(ctx: Context, strategy: Strategy, cfg: LoopConfig, on_progress: Progress | None = None,
+def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Progress | None = None,
           checkpoints: Checkpoints | None = None, group: Group = Group()) -> dict:
     """Train `ctx.model` in place; with a data-parallel `group`, every rank calls this with the same rows."""
+    if cfg.lr == "auto":
+        raise ValueError("loop.lr = \"auto\" is resolved to a rate before training (strategies/child.py search_lr)")
     seed_everything(ctx.seed)
     ctx.model = ctx.model.to(ctx.device)  # before prepare: a teacher copy or an adapter lands on the device too
     strategy.prepare(ctx)
@@ -231,7 +219,7 @@ class Checkpoints:
         return progress, (load_file(str(best)) if best.is_file() else None)
 
 
-def _optimizer(model: torch.nn.Module, cfg: LoopConfig) -> torch.optim.Optimizer:
+def _optimizer(model: torch.nn.Module, cfg: LoopSettings) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:

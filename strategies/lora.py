@@ -54,4 +54,4 @@ class Lora(Strategy):
                             lora_dropout=float(self.options.dropout), target_modules=targets,
                             modules_to_save=head_modules(ctx.model))
         ctx.model = get_peft_model(ctx.model, config)
-        ctx.extras["lora"] = True
+        ctx.lora = True

@@ -28,7 +28,7 @@ class LwF(Strategy):
     def prepare(self, ctx: Context) -> None:
         self.alpha = float(self.options.alpha)
         self.temperature = float(self.options.temperature)
-        self.known = int(ctx.extras.get("old_label_count", 0))
+        self.known = ctx.old_label_count
         self.teacher = copy.deepcopy(ctx.model).eval() if self.known else None
         if self.teacher is not None:
             for param in self.teacher.parameters():

@@ -40,7 +40,7 @@ class Replay(Strategy):
         self.buffer, self.seen = load_buffer(ctx.previous_state)
         # Set-aside rows join before training, so this update already replays a bounded share of
         # them; as new rows they would be trained on at full weight, and their batch made training fail.
-        set_aside = list(ctx.extras.get("set_aside", []))
+        set_aside = ctx.set_aside
         if set_aside:
             self._remember(ctx, set_aside)
 

@@ -136,7 +136,7 @@ def test_spec_offers_batches_given_up_since_the_champion_to_the_replay_pool_only
         with Registry(home.registry) as registry, Store(home.store_path) as store:
             cycle = UpdateCycle(home, registry)
             batch = cycle.close_batch(store)
-            return batch, json.loads(cycle.build_spec(store, batch).read_text())
+            return batch, json.loads(cycle.build_spec(store, batch).to_json())
 
     def rows(path: str) -> list[tuple[str, str]]:
         with pa.memory_map(path) as source:

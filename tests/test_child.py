@@ -4,33 +4,42 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from daemon.trainer import ChildRun, Standby, TrainingFailed, TrainingInterrupted, write_rows
-from tests.test_learning import sections, toy
+from daemon.config import parse
+from daemon.trainer import ChildRun, Standby, TrainingFailed, TrainingInterrupted, train_spec, write_rows
+from strategies.spec import DataPaths, Failure, TrainSpec
+from tests.test_learning import toy
 
 
-def make_spec(tmp_path: Path, model: Path, *, strategy: str = "replay", epochs: int = 2, lr: float = 1e-3, parent: str | None = None,
-              rows: int = 60, champion: Path | None = None) -> Path:
+def make_spec(tmp_path: Path, model: Path, *, strategy: str = "replay", epochs: int = 2, lr: float | str = 1e-3,
+              parent: str | None = None, rows: int = 60, champion: Path | None = None) -> Path:
+    """A spec built as the daemon builds one (`train_spec` from a config), on toy rows, for the CPU."""
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    write_rows(data / "train.arrow", toy(["sport", "food"], rows, seed=1))
-    write_rows(data / "eval-1.arrow", toy(["sport", "food"], 10, seed=2))
-    spec = {
-        "base": str(model), "labels": ["sport", "food"], "old_label_count": 2, "seed": 0, "device": "cpu",
-        "max_length": 64, "parent_state": None, "parent": parent, "champion": str(champion) if champion else None,
-        "strategy": {"name": strategy, **sections(replay={"buffer_rows": 50}, lora={"r": 4})},
-        "loop": {"epochs": epochs, "lr": lr, "batch_size": 8, "early_stopping_patience": 0},
-        "data": {"train": str(data / "train.arrow"), "eval": {"1": str(data / "eval-1.arrow")}},
-        "out": str(tmp_path / "out"), "serving": str(tmp_path / "serving"),
-        "checkpoint": str(tmp_path / "checkpoint"), "results": str(tmp_path / "results.json"),
-    }
-    path = tmp_path / "spec.json"
-    path.write_text(json.dumps(spec))
-    return path
+    train_rows = write_rows(data / "train.arrow", toy(["sport", "food"], rows, seed=1))
+    eval_rows = write_rows(data / "eval-1.arrow", toy(["sport", "food"], 10, seed=2))
+    # class_weights "none": the figures these tests were measured with
+    config = parse({"model": {"base": str(model), "max_length": 64}, "train": {"device": "cpu", "seed": 0},
+                    "strategy": {"name": strategy, "epochs": epochs, "batch_size": 8, "early_stopping_patience": 0,
+                                 "class_weights": "none", "replay": {"buffer_rows": 50}, "lora": {"r": 4}}})
+    paths = DataPaths(train=str(data / "train.arrow"), train_rows=train_rows, eval={"1": str(data / "eval-1.arrow")},
+                      eval_rows={"1": eval_rows}, set_aside=None, set_aside_rows=0, set_aside_batches=[])
+    spec = train_spec(config, tmp_path, batch=1, labels=["sport", "food"], data=paths, parent=parent,
+                      parent_model=champion, old_label_count=2)
+    # every strategy at `lr`, beyond what the config accepts too (a diverging run)
+    return replace(spec, loop=replace(spec.loop, lr=lr)).write(tmp_path / "spec.json")
+
+
+def edit(path: Path, **changes: object) -> Path:
+    """The spec at `path` with some fields changed (checked again, as the child will)."""
+    return replace(TrainSpec.load(path), **changes).write(path)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("strategy", ["replay", "lora+replay"])
@@ -63,7 +72,7 @@ def interrupt_after_first_step(spec: Path, timeout: float = 60, standby: Standby
     run.terminate()
     with pytest.raises(TrainingInterrupted):
         run.wait()
-    assert (Path(json.loads(spec.read_text())["checkpoint"]) / "progress.json").is_file()
+    assert (Path(TrainSpec.load(spec).checkpoint or "") / "progress.json").is_file()
     return max(e["step"] for e in events if e["event"] == "step")
 
 
@@ -95,19 +104,13 @@ def test_a_diverging_run_fails_cleanly(tmp_path: Path, tiny_model: Path) -> None
 
 
 def test_an_exception_fails_with_its_message(tmp_path: Path, tiny_model: Path) -> None:
-    spec = make_spec(tmp_path, tiny_model)
-    doc = json.loads(spec.read_text())
-    doc["base"] = str(tmp_path / "no-such-model")
-    spec.write_text(json.dumps(doc))
+    spec = edit(make_spec(tmp_path, tiny_model), base=str(tmp_path / "no-such-model"))
     with pytest.raises(TrainingFailed, match="no-such-model"):
         ChildRun(spec).start().wait()
 
 
 def test_lr_auto_tries_a_grid_and_keeps_the_best(tmp_path: Path, tiny_model: Path) -> None:
-    spec = make_spec(tmp_path, tiny_model, strategy="finetune", epochs=1, rows=60)
-    doc = json.loads(spec.read_text())
-    doc["loop"]["lr"] = "auto"
-    spec.write_text(json.dumps(doc))
+    spec = make_spec(tmp_path, tiny_model, strategy="finetune", epochs=1, rows=60, lr="auto")
     events: list[dict] = []
     results = ChildRun(spec, events.append).start().wait()
     tried = [e for e in events if e["event"] == "lr_search"]
@@ -121,21 +124,21 @@ def test_kept_predictions_stand_in_for_the_champion_exactly(tmp_path: Path, tiny
     """A version keeps its predictions; as champion they replace scoring it again, with the same figures."""
     for folder in "abc":
         (tmp_path / folder).mkdir()
-    first = json.loads(make_spec(tmp_path / "a", tiny_model, rows=80).read_text())
+    first = TrainSpec.load(make_spec(tmp_path / "a", tiny_model, rows=80))
     assert ChildRun(Path(tmp_path / "a" / "spec.json")).start().wait()["eval_reused"] == []
     kept = tmp_path / "a" / "out" / "predictions.json"
     assert set(json.loads(kept.read_text())) == {"1"}
 
     def second(folder: str, predictions: Path | None) -> dict:
-        spec = json.loads(make_spec(tmp_path / folder, tiny_model, rows=80, champion=tmp_path / "a" / "out" / "model",
-                                    parent="v0001").read_text())
-        write_rows(tmp_path / folder / "data" / "eval-2.arrow", toy(["music", "tech"], 10, seed=3))
-        spec.update(labels=["sport", "food", "music", "tech"], old_label_count=2,
-                    champion_predictions=str(predictions) if predictions else None)
-        spec["data"]["eval"] = {"1": first["data"]["eval"]["1"], "2": str(tmp_path / folder / "data" / "eval-2.arrow")}
-        write_rows(Path(spec["data"]["train"]), toy(["music", "tech"], 80, seed=4) + toy(["sport", "food"], 40, seed=5))
-        (tmp_path / folder / "spec.json").write_text(json.dumps(spec))
-        return ChildRun(tmp_path / folder / "spec.json").start().wait()
+        path = make_spec(tmp_path / folder, tiny_model, rows=80, champion=tmp_path / "a" / "out" / "model", parent="v0001")
+        spec = TrainSpec.load(path)
+        evals = {"1": first.data.eval["1"], "2": str(tmp_path / folder / "data" / "eval-2.arrow")}
+        write_rows(Path(evals["2"]), toy(["music", "tech"], 10, seed=3))
+        write_rows(Path(spec.data.train), toy(["music", "tech"], 80, seed=4) + toy(["sport", "food"], 40, seed=5))
+        edit(path, labels=["sport", "food", "music", "tech"], old_label_count=2,
+             champion_predictions=str(predictions) if predictions else None,
+             data=replace(spec.data, eval=evals, eval_rows={"1": first.data.eval_rows["1"], "2": 20}, train_rows=240))
+        return ChildRun(path).start().wait()
 
     reused, fresh = second("b", kept), second("c", None)
     assert reused["eval_reused"] == ["1"] and fresh["eval_reused"] == []
@@ -155,3 +158,22 @@ def test_kept_predictions_cover_only_the_same_rows_in_known_labels() -> None:
     assert not _covers({"digest": digest, "labels": ["food"]}, digest, 2, index)
     assert not _covers({"digest": digest, "labels": ["food", "music"]}, digest, 2, index)
     assert not _covers(None, digest, 2, index)
+
+
+@pytest.mark.parametrize(("change", "key", "says"), [
+    (lambda doc: doc["loop"].pop("precision"), "loop.precision", "missing"),
+    (lambda doc: doc["data"].update(extra="x"), "data.extra", "unknown key"),
+    (lambda doc: doc["loop"].update(epochs="2"), "loop.epochs", "expected integer"),
+    (lambda doc: doc["loop"].update(precision="fp16"), "loop.precision", "expected"),
+])
+def test_the_child_refuses_an_invalid_spec_naming_the_key(tmp_path: Path, tiny_model: Path, change, key: str,  # type: ignore[no-untyped-def]
+                                                          says: str) -> None:
+    path = make_spec(tmp_path, tiny_model)
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+    done = subprocess.run([sys.executable, "-m", "strategies.child", str(path)], capture_output=True, text=True, timeout=120)
+    failed = json.loads(done.stdout.splitlines()[-1])
+    assert done.returncode == 1 and failed["event"] == "failed" and failed["kind"] == Failure.INVALID_SPEC
+    assert failed["error"].startswith(f"SpecError: invalid train spec: {key}: {says}"), failed
+    assert not (tmp_path / "out").exists()  # refused before any work

@@ -10,6 +10,7 @@ from daemon.gate import GateResult
 from daemon.inbox import Inbox
 from daemon.store import Store
 from registry.registry import Registry
+from strategies.spec import TrainSpec
 from tests.conftest import jsonl, open_home, write_config
 from tests.test_learning import toy
 
@@ -80,8 +81,9 @@ def test_spec_trains_lora_at_its_own_rate_and_every_weight_at_strategy_lr(home_r
         home = open_home(home_root)
         with Registry(home.registry) as registry, Store(home.store_path) as store:
             cycle = UpdateCycle(home, registry)
-            spec = json.loads(cycle.build_spec(store, cycle.close_batch(store)).read_text())
-        assert spec["loop"]["lr"] == expected, name
+            spec = cycle.build_spec(store, cycle.close_batch(store))
+        assert spec.loop.lr == expected, name
+        assert TrainSpec.load(cycle.spec_path(spec.batch)) == spec  # what the child reads
 
 
 def test_with_no_champion_a_first_model_learns_from_every_batch_so_far(home_root: Path, tiny_model: Path) -> None:
@@ -90,7 +92,7 @@ def test_with_no_champion_a_first_model_learns_from_every_batch_so_far(home_root
     home = open_home(home_root)
     with Registry(home.registry) as registry, Store(home.store_path) as store:
         cycle = UpdateCycle(home, registry)
-        first = json.loads(cycle.build_spec(store, cycle.close_batch(store)).read_text())
+        first = cycle.build_spec(store, cycle.close_batch(store))
         # its candidate lost to the majority class: rejected, no champion
         store.record_update(batch_id=1, started_at="t", finished_at="t", version=None, decision="rejected",
                             reasons=["first model: ..."], summary={})
@@ -98,7 +100,28 @@ def test_with_no_champion_a_first_model_learns_from_every_batch_so_far(home_root
     with Registry(home.registry) as registry, Store(home.store_path) as store:
         cycle = UpdateCycle(home, registry)
         batch = cycle.close_batch(store)
-        second = json.loads(cycle.build_spec(store, batch).read_text())
+        second = cycle.build_spec(store, batch)
         own = sum(1 for _ in store.iter_rows(batch, "train"))
-    assert batch == 2 and first["data"]["train_rows"] > 0
-    assert second["data"]["train_rows"] == first["data"]["train_rows"] + own
+    assert batch == 2 and first.data.train_rows > 0
+    assert second.data.train_rows == first.data.train_rows + own
+
+
+def test_update_now_without_a_daemon_ingests_the_inbox_first(home_root: Path, tiny_model: Path) -> None:
+    """A user who dropped a file and asked for an update expects that file to count."""
+    from tests.conftest import cli
+
+    configure(home_root, tiny_model)
+    (home_root / "inbox" / "b1.jsonl").write_text(jsonl([{"text": t, "label": l} for t, l in toy(["sport", "food"], 60, seed=1)]))
+    result = cli("update", "--now", "--json", "--home", str(home_root))
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout)
+    (ingested,) = outcome["ingested"]
+    assert ingested["file"] == "b1.jsonl" and ingested["outcome"] == "accepted"
+    assert ingested["rows"]["train"] + ingested["rows"]["eval"] == 120
+    assert (outcome["batch"], outcome["version"]) == (1, "v0001"), outcome  # trained on that file's rows
+    assert (home_root / "archive" / "b1.jsonl").exists() and not (home_root / "inbox" / "b1.jsonl").exists()
+    # said in words too, on the next file
+    (home_root / "inbox" / "b2.jsonl").write_text(jsonl([{"text": t, "label": l} for t, l in toy(["sport", "food"], 5, seed=2)]))
+    text = cli("update", "--home", str(home_root)).stdout
+    assert text.splitlines()[0].startswith("ingested b2.jsonl (accepted): ")
+    assert "not enough new rows: 10 < schedule.min_new_rows" in text

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from strategies.abc import build
-from strategies.loop import LoopConfig, _autocast, train
-from tests.test_learning import context, sections, toy
+from strategies.loop import _autocast, train
+from tests.test_learning import context, loop, sections, toy
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -34,7 +34,7 @@ def test_training_on_cuda_learns_in_bf16(tiny_model: Path, strategy: str, lr: fl
     rows = toy(labels, 80, seed=1)
     ctx = context(tiny_model, labels, rows)
     ctx.device = torch.device("cuda")
-    stats = train(ctx, build(strategy, sections(replay={"buffer_rows": 40})), LoopConfig(epochs=epochs, lr=lr, batch_size=16))
+    stats = train(ctx, build(strategy, sections(replay={"buffer_rows": 40})), loop(epochs=epochs, lr=lr, batch_size=16))
     assert next(ctx.model.parameters()).device.type == "cuda"
     assert next(ctx.model.parameters()).dtype == torch.float32  # master weights stay fp32 under autocast
     assert stats["train_samples"] > 0 and stats["samples_per_second"] > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -14,7 +15,8 @@ from strategies import models
 from strategies.abc import Context, Strategy, build
 from strategies.data import Example
 from strategies.evaluate import predict, scores
-from strategies.loop import Checkpoints, LoopConfig, NonFiniteLoss, train
+from strategies.loop import Checkpoints, NonFiniteLoss, train
+from strategies.spec import LoopSettings
 
 WORDS = {
     "sport": "football goal match team player score league coach",
@@ -43,12 +45,21 @@ def sections(**changed: dict) -> dict:
     return StrategyConfig.model_validate(changed).sections()
 
 
+def loop(**changed: object) -> LoopSettings:
+    """The loop's settings as the daemon builds them from its config (with class_weights "none",
+    the setting these figures were measured with), then the fields in `changed`."""
+    from daemon.config import parse
+    from daemon.trainer import loop_settings
+
+    return dataclasses.replace(loop_settings(parse({"strategy": {"class_weights": "none"}})), **changed)  # type: ignore[arg-type]
+
+
 def context(model_dir: Path, labels: list[str], rows: list[tuple[str, str]], state: Path | None = None,
             seed: int = 0) -> Context:
     model, tokenizer = models.load(str(model_dir), labels)
     return Context(model=model, tokenizer=tokenizer, labels=labels, device=torch.device("cpu"), seed=seed,
                    new=[Example(t, labels.index(l)) for t, l in rows], previous_state=state, rng=random.Random(seed),
-                   extras={"old_label_count": _known(model_dir)})
+                   old_label_count=_known(model_dir))
 
 
 def _known(model_dir: Path) -> int:
@@ -63,7 +74,7 @@ def accuracy(model, tokenizer, rows: list[tuple[str, str]], labels: list[str]) -
 
 
 def save(ctx: Context, strategy: Strategy, out: Path) -> Path:
-    model = ctx.model.merge_and_unload() if ctx.extras.get("lora") else ctx.model
+    model = ctx.model.merge_and_unload() if ctx.lora else ctx.model
     model.save_pretrained(out / "model", safe_serialization=True)
     ctx.tokenizer.save_pretrained(out / "model")
     strategy.save_state(ctx, out / "state")
@@ -102,7 +113,7 @@ def test_training_is_seeded_and_reproducible(tiny_model: Path) -> None:
     weights = []
     for _ in range(2):
         ctx = context(tiny_model, ["sport", "food"], rows)
-        train(ctx, build("finetune", {}), LoopConfig(epochs=1, lr=1e-3))
+        train(ctx, build("finetune", {}), loop(epochs=1, lr=1e-3))
         weights.append(torch.cat([p.flatten() for p in ctx.model.parameters()]))
     assert torch.equal(weights[0], weights[1])
 
@@ -110,12 +121,12 @@ def test_training_is_seeded_and_reproducible(tiny_model: Path) -> None:
 def test_a_kill_between_the_checkpoint_renames_resumes_from_the_previous_one(tiny_model: Path, tmp_path: Path) -> None:
     rows = toy(["sport", "food"], 40, seed=1)
     folder = tmp_path / "checkpoint"
-    first = train(context(tiny_model, ["sport", "food"], rows), build("finetune", {}), LoopConfig(epochs=1, lr=1e-3),
+    first = train(context(tiny_model, ["sport", "food"], rows), build("finetune", {}), loop(epochs=1, lr=1e-3),
                   checkpoints=Checkpoints(folder))
     # a save moves the previous checkpoint aside before it renames the new one in: killed between the two
     folder.rename(tmp_path / "checkpoint.old")
     events: list[dict] = []
-    second = train(context(tiny_model, ["sport", "food"], rows), build("finetune", {}), LoopConfig(epochs=2, lr=1e-3),
+    second = train(context(tiny_model, ["sport", "food"], rows), build("finetune", {}), loop(epochs=2, lr=1e-3),
                    on_progress=events.append, checkpoints=Checkpoints(folder))
     assert [e for e in events if e["event"] == "resumed"] == [{"event": "resumed", "epoch": 2, "step": first["steps"]}]
     assert second["epochs_run"] == 2 and second["steps"] == 2 * first["steps"]
@@ -130,7 +141,7 @@ def test_a_non_finite_loss_fails_the_run(tiny_model: Path) -> None:
 
     ctx = context(tiny_model, ["sport", "food"], toy(["sport", "food"], 10, 2))
     with pytest.raises(NonFiniteLoss, match="step 1"):
-        train(ctx, Exploding(), LoopConfig(epochs=1))
+        train(ctx, Exploding(), loop(epochs=1))
 
 
 def test_a_misspelt_hook_is_refused() -> None:
@@ -173,7 +184,7 @@ def test_ewc_anchors_to_the_weights_it_starts_from_and_stores_only_the_fisher(ti
     config = sections(ewc={"fisher_samples": 16})
     ctx = context(tiny_model, ["sport", "food"], toy(["sport", "food"], 20, seed=3))
     strategy = build("ewc", config)
-    train(ctx, strategy, LoopConfig(epochs=1, lr=1e-3))
+    train(ctx, strategy, loop(epochs=1, lr=1e-3))
     trained = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
     out = save(ctx, strategy, tmp_path / "v1")
     with safe_open(str(out / "state" / "ewc.safetensors"), "pt") as f:
@@ -182,7 +193,7 @@ def test_ewc_anchors_to_the_weights_it_starts_from_and_stores_only_the_fisher(ti
     # the next update (a grown head) anchors to v1's weights, whatever its training then does
     ctx2 = context(out / "model", ["sport", "food", "music"], toy(["music"], 20, seed=4), state=out / "state")
     second = build("ewc", config)
-    train(ctx2, second, LoopConfig(epochs=1, lr=1e-3))
+    train(ctx2, second, loop(epochs=1, lr=1e-3))
     assert set(second.anchor) == {k[len("fisher."):] for k in keys}
     for name, value in second.anchor.items():
         rows = tuple(slice(0, n) for n in trained[name].shape)
@@ -211,7 +222,7 @@ def test_every_strategy_trains_and_saves_its_state(tiny_model: Path, tmp_path: P
     first = toy(["sport", "food"], 20, seed=3)
     ctx = context(tiny_model, ["sport", "food"], first)
     strategy = build(name, config)
-    stats = train(ctx, strategy, LoopConfig(epochs=1, lr=1e-3))
+    stats = train(ctx, strategy, loop(epochs=1, lr=1e-3))
     assert stats["train_samples"] > 0 and stats["steps"] > 0
     out = save(ctx, strategy, tmp_path / "v1")
     if "replay" in name:
@@ -221,25 +232,25 @@ def test_every_strategy_trains_and_saves_its_state(tiny_model: Path, tmp_path: P
     # a second update with new labels reads that state back
     second = toy(["music", "tech"], 20, seed=4)
     ctx2 = context(out / "model", ["sport", "food", "music", "tech"], second, state=out / "state")
-    stats2 = train(ctx2, build(name, config), LoopConfig(epochs=1, lr=1e-3))
+    stats2 = train(ctx2, build(name, config), loop(epochs=1, lr=1e-3))
     if "replay" in name:
         assert stats2["train_samples"] > len(second) * 0.9  # new rows plus replayed ones
-    assert ctx2.model.config.num_labels == 4 if not ctx2.extras.get("lora") else True
+    assert ctx2.model.config.num_labels == 4 if not ctx2.lora else True
 
 
 def run_stream(model_dir: Path, tmp_path: Path, name: str, seed: int = 0, ewc_lambda: float = 50.0) -> tuple[float, float]:
     """Two class-incremental batches; the final model's accuracy on batch 1's and batch 2's held-out rows."""
     config = sections(replay={"buffer_rows": 200, "ratio": 1.0}, ewc={"lambda": ewc_lambda, "fisher_samples": 200})
-    loop = LoopConfig(epochs=4, lr=2e-3, batch_size=16, early_stopping_patience=0)
+    settings = loop(epochs=4, lr=2e-3, batch_size=16, early_stopping_patience=0)
     old_labels, all_labels = ["sport", "food"], ["sport", "food", "music", "tech"]
     first, first_eval = toy(old_labels, 120, seed=10), toy(old_labels, 40, seed=11)
     ctx = context(model_dir, old_labels, first, seed=seed)
     strategy = build(name, config)
-    train(ctx, strategy, loop)
+    train(ctx, strategy, settings)
     assert accuracy(ctx.model, ctx.tokenizer, first_eval, old_labels) > 0.8  # it learned batch 1
     out = save(ctx, strategy, tmp_path / name)
     ctx2 = context(out / "model", all_labels, toy(["music", "tech"], 120, seed=12), state=out / "state", seed=seed)
-    train(ctx2, build(name, config), loop)
+    train(ctx2, build(name, config), settings)
     second_eval = toy(["music", "tech"], 40, seed=13)
     return (accuracy(ctx2.model, ctx2.tokenizer, first_eval, all_labels),
             accuracy(ctx2.model, ctx2.tokenizer, second_eval, all_labels))
@@ -272,7 +283,7 @@ def test_balanced_class_weights_lift_the_minority_class(tiny_model: Path) -> Non
     recall = {}
     for weighting in ("none", "balanced"):
         ctx = context(tiny_model, labels, rows)
-        train(ctx, build("finetune", {}), LoopConfig(epochs=6, lr=3e-3, class_weights=weighting, val_fraction=0.0))
+        train(ctx, build("finetune", {}), loop(epochs=6, lr=3e-3, class_weights=weighting, val_fraction=0.0))
         recall[weighting] = (accuracy(ctx.model, ctx.tokenizer, minority, labels),
                              accuracy(ctx.model, ctx.tokenizer, majority, labels))
     assert recall["balanced"][0] >= recall["none"][0] + 0.3, recall  # the minority class is found
@@ -284,6 +295,6 @@ def test_l1_shrinks_the_trained_weights(tiny_model: Path) -> None:
     sizes = {}
     for l1 in (0.0, 1e-3):
         ctx = context(tiny_model, ["sport", "food"], rows)
-        train(ctx, build("finetune", {}), LoopConfig(epochs=2, lr=1e-3, l1=l1))
+        train(ctx, build("finetune", {}), loop(epochs=2, lr=1e-3, l1=l1))
         sizes[l1] = sum(p.abs().sum().item() for p in ctx.model.parameters())
     assert sizes[1e-3] < sizes[0.0] * 0.99, sizes

@@ -88,9 +88,10 @@ def test_lora_version_stores_only_the_adapter_and_materialises_merged_weights(ma
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    from daemon.trainer import spawn_materializer
     from tests.tiny import tiny_lora_version
 
-    registry = make_registry()
+    registry = make_registry(materializer=spawn_materializer)
     registry.create_version(stage_full(registry, tiny_model), parent=None, strategy="finetune")
     staging = tiny_lora_version(registry.new_staging(), tiny_model, ["neg", "pos", "neu"])
     record = registry.create_version(staging, parent="v0001", strategy="lora")
