@@ -72,7 +72,13 @@ def read_options(cls: type[O], section: str, config: Mapping[str, Any]) -> O:
 
 
 class Strategy:
+    """One strategy = one module `strategies/<name>.py` defining a subclass with `name` (its config
+    name), `order` (its place in a combination) and `Options` (its config section, if any)."""
+
     name: ClassVar[str] = ""
+    # where the strategy's hooks run in a combination, lowest first: lora wraps the model before
+    # the others look at it; replay changes the examples last
+    order: ClassVar[int] = 50
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
@@ -135,18 +141,22 @@ class Composite(Strategy):
             part.save_state(ctx, folder)
 
 
-ORDER = ("lora", "finetune", "lwf", "ewc", "replay")  # lora wraps the model before the others look at it
-
-
 def build(name: str, config: Mapping[str, Any]) -> Strategy:
     """`"lora+replay"` -> a Composite of the registered strategies, each with its config section
-    (`config["replay"]`, ...; sections of parts not in `name` are ignored)."""
-    import strategies.finetune, strategies.replay, strategies.ewc, strategies.lora, strategies.lwf  # noqa: F401,E401
+    (`config["replay"]`, ...; sections of parts not in `name` are ignored). Each part is imported
+    from its own module, `strategies/<part>.py`, which registers it."""
+    import importlib
 
     parts = name.split("+")
+    for part in parts:
+        if part not in REGISTRY and part.isidentifier():
+            try:
+                importlib.import_module(f"strategies.{part}")
+            except ModuleNotFoundError:
+                pass
     unknown = [p for p in parts if p not in REGISTRY]
     if unknown:
         raise ValueError(f"unknown strategy {'+'.join(unknown)}; known: {', '.join(sorted(REGISTRY))}")
-    ordered = sorted(parts, key=ORDER.index)
+    ordered = sorted(parts, key=lambda part: REGISTRY[part].order)
     built = [REGISTRY[p](config.get(p, {}) if isinstance(config.get(p), dict) else {}) for p in ordered]
     return built[0] if len(built) == 1 else Composite(built)

@@ -31,6 +31,7 @@ class EWCOptions:
 
 class EWC(Strategy):
     name = "ewc"
+    order = 30
     Options = EWCOptions
 
     def prepare(self, ctx: Context) -> None:

@@ -7,3 +7,4 @@ from strategies.abc import Strategy
 
 class Finetune(Strategy):
     name = "finetune"
+    order = 10

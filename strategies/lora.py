@@ -43,6 +43,7 @@ class LoraOptions:
 
 class Lora(Strategy):
     name = "lora"
+    order = 0
     Options = LoraOptions
 
     def prepare(self, ctx: Context) -> None:

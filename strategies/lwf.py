@@ -23,6 +23,7 @@ class LwFOptions:
 
 class LwF(Strategy):
     name = "lwf"
+    order = 20
     Options = LwFOptions
 
     def prepare(self, ctx: Context) -> None:

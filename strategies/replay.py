@@ -31,6 +31,7 @@ class ReplayOptions:
 
 class Replay(Strategy):
     name = "replay"
+    order = 40
     Options = ReplayOptions
 
     def prepare(self, ctx: Context) -> None:
