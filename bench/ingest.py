@@ -50,7 +50,7 @@ def generate(folder: Path, rows: int, seed: int = 0) -> tuple[Path, Path]:
 # -- children: each prints {"rows", "seconds"} -------------------------------------------------------
 def child_lifelong(path: Path) -> dict:
     from daemon import home as home_mod
-    from daemon.inbox import Inbox
+    from daemon.ingest.inbox import Inbox
 
     root = Path(tempfile.mkdtemp(prefix="lifelong-bench-", dir=path.parent))
     home_mod.init(root)
@@ -76,7 +76,7 @@ def _valid(text: object, label: object) -> bool:
 def child_pandas(path: Path) -> dict:
     import pandas as pd
 
-    from daemon.splits import eval_mask
+    from daemon.ingest.splits import eval_mask
 
     start = time.perf_counter()
     frame = pd.read_csv(path, dtype={"text": str, "label": str}, keep_default_na=False)
@@ -86,7 +86,7 @@ def child_pandas(path: Path) -> dict:
 
 
 def child_json_loop(path: Path) -> dict:
-    from daemon.splits import eval_mask
+    from daemon.ingest.splits import eval_mask
 
     start = time.perf_counter()
     good = held_out = 0

@@ -125,7 +125,7 @@ class Daemon:
     def update(self, rows: int) -> tuple[float, dict]:
         """A file lands as the README asks writers to (a temporary name in the inbox, renamed into
         place); the first model trains at once (no champion yet). Wall seconds to the decision."""
-        from daemon.store import Store
+        from daemon.ingest.store import Store
 
         staged = self.home / "inbox" / "reviews.jsonl.part"
         staged.write_text("".join(json.dumps(r) + "\n" for r in reviews(rows)))

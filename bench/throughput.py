@@ -61,7 +61,7 @@ def run_ours(args, mode, train_rows, labels, device) -> tuple[float, object, obj
     from dataclasses import replace
 
     from daemon.config import parse
-    from daemon.trainer import loop_settings
+    from daemon.update.launcher import loop_settings
     from strategies.loop import train
 
     model, tokenizer = load(args.model, labels, args.seed)

@@ -14,10 +14,10 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from daemon.cycle import UpdateCycle
-from daemon.service import BACKOFF_FIRST, Service
-from daemon.store import Store
-from daemon.trainer import TrainingInterrupted
+from daemon.ingest.store import Store
+from daemon.service.loop import BACKOFF_FIRST, Service
+from daemon.update.cycle import UpdateCycle
+from daemon.update.launcher import TrainingInterrupted
 from registry.registry import Registry
 from tests.conftest import cli, open_home, stage_full, write_config
 from tests.test_cycle import configure, cycle, drop

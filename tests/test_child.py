@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import parse
-from daemon.trainer import ChildRun, Standby, TrainingFailed, TrainingInterrupted, train_spec, write_rows
+from daemon.update.launcher import ChildRun, Standby, TrainingFailed, TrainingInterrupted, train_spec, write_rows
 from strategies.spec import DataPaths, Failure, TrainSpec
 from tests.test_learning import toy
 

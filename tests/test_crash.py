@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 
-from daemon.store import Store
+from daemon.ingest.store import Store
 from tests.conftest import jsonl, lifelong_cmd, ROOT, write_config
 
 KILLS = 24

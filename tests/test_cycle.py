@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from daemon.cycle import UpdateCycle
-from daemon.gate import GateResult
-from daemon.inbox import Inbox
-from daemon.store import Store
+from daemon.ingest.inbox import Inbox
+from daemon.ingest.store import Store
+from daemon.update.cycle import UpdateCycle
+from daemon.update.gate import GateResult
 from registry.registry import Registry
 from strategies.spec import TrainSpec
 from tests.conftest import jsonl, open_home, write_config

@@ -16,7 +16,7 @@ K8S = ROOT / "deploy" / "k8s" / "base"
 GPU = ROOT / "deploy" / "k8s" / "gpu"
 VALIDATE = [sys.executable, "-m", "kubernetes_validate", "--strict"]
 NOT_IN_SCHEMAS = {"Kustomization", "PodMonitor"}  # kustomize's own file and a Prometheus Operator CRD
-CHECKPOINT_SECONDS = 120  # daemon/service.py STOP_GRACE: how long the child may take to checkpoint
+CHECKPOINT_SECONDS = 120  # daemon/service/loop.py STOP_GRACE: how long the child may take to checkpoint
 LOCAL_CONFIG = "config.kubernetes.io/local-config"
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"  # set by the API server on every namespace
 # ways of choosing GPUs that would override the device plugin's allocation

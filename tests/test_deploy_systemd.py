@@ -60,7 +60,7 @@ def size(value: str) -> int:
 
 def test_the_unit_speaks_notify_and_stops_after_the_checkpoint_grace() -> None:
     unit = settings("lifelong.service")
-    from daemon.service import STOP_GRACE
+    from daemon.service.loop import STOP_GRACE
 
     assert unit["Type"] == "notify" and unit["Restart"] == "on-failure"
     assert int(unit["TimeoutStopSec"]) > STOP_GRACE

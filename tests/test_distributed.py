@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.trainer import ChildRun
+from daemon.update.launcher import ChildRun
 from strategies.distributed import Group
 from tests.test_child import interrupt_after_first_step, make_spec
 

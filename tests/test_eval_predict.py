@@ -113,7 +113,7 @@ def test_eval_on_jsonl_csv_and_parquet_agrees_with_predict(home_root: Path, spli
         assert doc["invalid_rows"] == 1
         assert doc["errors"] == [{"line": line, "field": "text", "reason": "empty_text", "value": "   "}]
     same = ("version", "rows", "accuracy", "macro_f1", "per_label", "unknown_labels")
-    from daemon.inference import SequenceClassification  # the text output, from the same document
+    from daemon.update.inference import SequenceClassification  # the text output, from the same document
 
     text = SequenceClassification.render_eval(docs[0]).splitlines()
     assert text[:3] == [f"v0001 on {files[0]}: {len(scored)} rows", f"accuracy  {expected['accuracy']:.4f}",
@@ -142,7 +142,7 @@ def test_predict_on_arguments_and_on_a_file(home_root: Path, split_model: Path, 
     assert [p["text"] for p in from_file] == texts[:2]
     table = [line.split()[:2] for line in lines[1:3]]  # the same texts' label and score, as shown
     assert [(p["label"], round(p["score"], 4)) for p in from_file] == [(label, float(score)) for label, score in table]
-    from daemon.inference import read_texts  # the .jsonl form of --file, without a second model run
+    from daemon.update.inference import read_texts  # the .jsonl form of --file, without a second model run
     from tests.conftest import open_home
 
     assert read_texts(open_home(home_root), lines_file) == texts[2:]
@@ -194,7 +194,7 @@ def test_eval_and_predict_work_while_the_daemon_runs(home_root: Path, split_mode
 
 
 def test_the_parent_side_imports_no_torch() -> None:
-    code = ("import sys, daemon.inference\n"
+    code = ("import sys, daemon.update.inference\n"
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from daemon import formats
 from daemon.config import InboxConfig
-from daemon.ingest import Ingestor
-from daemon.store import Store
+from daemon.ingest import formats
+from daemon.ingest.ingestor import Ingestor
+from daemon.ingest.store import Store
 from registry.errors import FileRejected
 
 SUFFIXES = [".jsonl", ".csv", ".jsonl.gz", ".csv.gz", ".parquet", ".ndjson"]
@@ -120,8 +120,8 @@ plain_records = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(records=plain_records, fraction=st.sampled_from([0.0, 0.1, 0.5]))
 def test_fast_chunk_agrees_with_the_exact_row_check(records: list[dict], fraction: float) -> None:
-    from daemon.formats import Chunk
-    from daemon.rows import LabelSet, Validator
+    from daemon.ingest.formats import Chunk
+    from daemon.ingest.rows import LabelSet, Validator
 
     fast_labels = LabelSet.of(["pos", "neg"])
     fast = Validator(fast_labels, fraction).fast_chunk(Chunk(range(1, len(records) + 1), records))
@@ -140,7 +140,7 @@ def test_fast_chunk_agrees_with_the_exact_row_check(records: list[dict], fractio
 @settings(max_examples=200, deadline=None)
 @given(texts=st.lists(st.text(max_size=40), min_size=1, max_size=30))
 def test_scalar_and_vector_split_hashes_agree(texts: list[str]) -> None:
-    from daemon import splits
+    from daemon.ingest import splits
 
     assert [splits.text_hash(t) for t in texts] == [int(h) for h in splits.text_hashes(texts)]
     assert [splits.is_eval(t, 0.3) for t in texts] == splits.eval_mask(texts, 0.3).tolist()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from daemon.config import GateConfig
-from daemon.gate import Scores, decide, majority_share, sign_test
+from daemon.update.gate import Scores, decide, majority_share, sign_test
 
 CONFIG = GateConfig(max_forgetting=0.02, min_gain_new=0.0, min_eval_rows=30, max_canary_drop=0.0)
 ROWS = {"1": 100, "2": 100, "3": 100}

@@ -51,7 +51,7 @@ def test_training_on_cuda_learns_in_bf16(tiny_model: Path, strategy: str, lr: fl
 
 
 def test_child_runs_on_cuda(tmp_path: Path, tiny_model: Path) -> None:
-    from daemon.trainer import ChildRun
+    from daemon.update.launcher import ChildRun
     from tests.test_child import make_spec
 
     spec_path = make_spec(tmp_path, tiny_model, strategy="lora+replay", champion=tiny_model, parent="v0001")

@@ -11,7 +11,7 @@ from typing import Callable
 
 import pytest
 
-from daemon.hooks import OUTPUT_TAIL, champion_hook
+from daemon.service.hooks import OUTPUT_TAIL, champion_hook
 
 
 def champion_link(root: Path) -> Path:
@@ -82,7 +82,7 @@ def test_a_hook_that_leaves_a_background_child_returns_at_once(tmp_path: Path) -
 def test_a_failing_hook_logs_the_tail_of_its_output(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     hook = champion_hook("echo first >&2; head -c 5000000 /dev/zero | tr '\\0' x; echo; echo last words; exit 3")
     assert hook is not None
-    with caplog.at_level(logging.ERROR, logger="daemon.hooks"):
+    with caplog.at_level(logging.ERROR, logger="daemon.service.hooks"):
         hook("v0001", champion_link(tmp_path))
     [record] = caplog.records
     message = record.getMessage()

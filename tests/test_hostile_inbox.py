@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from daemon.inbox import Inbox
-from daemon.ingest import Ingestor, Waiting
-from daemon.store import Store
+from daemon.ingest.inbox import Inbox
+from daemon.ingest.ingestor import Ingestor, Waiting
+from daemon.ingest.store import Store
 from tests.conftest import ROOT, archived, error_doc, jsonl, lifelong_cmd, open_home, quarantined, write_config
 
 GOOD = jsonl([{"text": f"a fine sentence number {i}", "label": "ab"[i % 2]} for i in range(10)])

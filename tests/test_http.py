@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from daemon.http import HealthServer
+from daemon.service.http import HealthServer
 
 
 def serve(metrics: Callable[[], bytes] = lambda: b"# metrics\n", **options: Any) -> HealthServer:
@@ -101,7 +101,7 @@ def test_a_failing_scrape_answers_500_without_the_exception(servers: list[Health
 
     server = serve(broken)
     servers.append(server)
-    with caplog.at_level(logging.ERROR, logger="daemon.http"):
+    with caplog.at_level(logging.ERROR, logger="daemon.service.http"):
         code, _, body = get(server.port, "/metrics")
     assert code == 500 and body == b"internal error\n"
     assert "secret" in caplog.text  # the log has it, the client does not

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from daemon import home as home_mod
-from daemon.store import Store
+from daemon.ingest.store import Store
 from tests.conftest import ROOT, cli, jsonl, spawn, write_config
 
 json_values = st.recursive(

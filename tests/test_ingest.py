@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from daemon.inbox import Inbox, Settler, ignored
-from daemon.splits import is_eval
-from daemon.store import Store
+from daemon.ingest.inbox import Inbox, Settler, ignored
+from daemon.ingest.splits import is_eval
+from daemon.ingest.store import Store
 from tests.conftest import archived, cli, error_doc, jsonl, open_home, write_config
 
 ROWS = [{"text": f"sample text number {i}", "label": ["pos", "neg", "neu"][i % 3]} for i in range(60)]
@@ -253,7 +253,7 @@ def test_a_file_renamed_from_a_temp_name_is_taken_without_waiting(home_root: Pat
 
 def test_a_quick_rename_seen_by_the_watcher_is_taken_without_waiting(home_root: Path) -> None:
     """No pass saw the temporary name: the file-system event of the rename says the write is done."""
-    from daemon.service import start_watching
+    from daemon.service.loop import start_watching
     from tests.test_service import wait_for
 
     write_config(home_root, inbox={"settle_seconds": 30})

@@ -49,7 +49,7 @@ def loop(**changed: object) -> LoopSettings:
     """The loop's settings as the daemon builds them from its config (with class_weights "none",
     the setting these figures were measured with), then the fields in `changed`."""
     from daemon.config import parse
-    from daemon.trainer import loop_settings
+    from daemon.update.launcher import loop_settings
 
     return dataclasses.replace(loop_settings(parse({"strategy": {"class_weights": "none"}})), **changed)  # type: ignore[arg-type]
 

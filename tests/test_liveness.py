@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.store import Store
+from daemon.ingest.store import Store
 from tests.conftest import spawn, write_config
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.metrics import Metrics
+from daemon.service.metrics import Metrics
 from tests.conftest import open_home
 
 REQUIRED = {  # the names and labels docs/reference.md promises users and dashboards
@@ -53,7 +53,7 @@ def test_every_required_metric_is_exposed_from_the_start(home_root: Path) -> Non
 
 
 def test_the_inbox_errors_and_stuck_entries_of_the_running_inbox(home_root: Path) -> None:
-    from daemon.inbox import Inbox
+    from daemon.ingest.inbox import Inbox
 
     home = open_home(home_root)
     inbox = Inbox(home)

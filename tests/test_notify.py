@@ -7,7 +7,7 @@ import socket
 import time
 from pathlib import Path
 
-from daemon.notify import Notifier
+from daemon.service.notify import Notifier
 from tests.conftest import spawn
 
 

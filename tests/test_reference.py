@@ -14,7 +14,7 @@ from daemon import config as config_mod
 from daemon import home as home_mod
 from daemon.cli import main
 from daemon.config import Config
-from daemon.metrics import Metrics
+from daemon.service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "reference.md"

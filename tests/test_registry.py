@@ -88,7 +88,7 @@ def test_lora_version_stores_only_the_adapter_and_materialises_merged_weights(ma
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from daemon.trainer import spawn_materializer
+    from daemon.update.launcher import spawn_materializer
     from tests.tiny import tiny_lora_version
 
     registry = make_registry(materializer=spawn_materializer)
@@ -191,7 +191,7 @@ def test_export_writes_a_self_contained_model(make_registry, tiny_model: Path, t
 
 
 def test_hook_runs_after_every_switch_and_never_undoes_it(make_registry, tiny_model: Path, tmp_path: Path) -> None:
-    from daemon.hooks import champion_hook
+    from daemon.service.hooks import champion_hook
 
     log = tmp_path / "hook.log"
     hook = champion_hook(f'echo "$LIFELONG_VERSION $LIFELONG_MODEL_DIR" >> {log}; exit 3')

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from daemon.metrics import Metrics
+from daemon.service.metrics import Metrics
 from registry.lock import PidLock
 from registry.registry import Registry
 from tests.conftest import cli, open_home, stage_full, write_config

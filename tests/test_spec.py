@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import parse
-from daemon.trainer import loop_settings, train_spec
+from daemon.update.launcher import loop_settings, train_spec
 from strategies.spec import DataPaths, Failure, LoopSettings, SpecError, TrainSpec
 
 
@@ -80,10 +80,17 @@ def test_failure_kinds_are_the_strings_the_child_sends() -> None:
 
 
 def test_the_daemons_process_never_imports_torch_transformers_or_peft() -> None:
-    code = ("import sys\n"
-            "import daemon.service, daemon.cli, daemon.cycle, daemon.updates, daemon.trainer, strategies.spec\n"
+    # every module of daemon/ (the service, the CLI, the cycle, the child's launcher, ...), found by walking
+    # the package so a module added or moved later is checked too; __main__ would run the CLI
+    code = ("import json, pkgutil, sys, daemon, strategies.spec\n"
+            "names = [m.name for m in pkgutil.walk_packages(daemon.__path__, 'daemon.') if m.name != 'daemon.cli.__main__']\n"
+            "for name in names: __import__(name)\n"
+            "print(json.dumps(names))\n"
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    imported, heavy = done.stdout.strip().splitlines()
+    assert {"daemon.service.loop", "daemon.cli.commands", "daemon.update.cycle", "daemon.update.request",
+            "daemon.update.launcher"} <= set(json.loads(imported))
+    assert heavy == "[]"

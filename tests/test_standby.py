@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.trainer import ChildRun, Standby
+from daemon.update.launcher import ChildRun, Standby
 from tests.test_child import interrupt_after_first_step, make_spec
 from tests.test_service import wait_for
 
@@ -84,7 +84,7 @@ def test_a_standby_exits_by_itself_when_its_daemon_dies(tmp_path: Path) -> None:
     """SIGKILL the parent: the standby's stdin closes and it leaves, orphaned or not."""
     parent = subprocess.run([sys.executable, "-c", (
         "import os, sys, time\n"
-        "from daemon.trainer import Standby\n"
+        "from daemon.update.launcher import Standby\n"
         "s = Standby(300); s.warm(); print(s.process.pid, flush=True)\n"
         "os._exit(0)\n")], capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
     pid = int(parent.stdout.split()[0])

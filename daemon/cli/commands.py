@@ -53,7 +53,7 @@ def emit(document: Any) -> None:
 @click.option("--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def main(log_level: str) -> None:
     """lifelong: a continual-learning model-update daemon."""
-    from daemon import logs
+    from daemon.service import logs
 
     logs.setup(log_level)
 
@@ -78,7 +78,7 @@ def init(home_dir: Path | None, model: str) -> None:
 @errors_to_exit_codes
 def run(home_dir: Path | None) -> None:
     """Run the daemon in the foreground: watch, ingest, update, serve metrics. SIGTERM stops it."""
-    from daemon.service import Service
+    from daemon.service.loop import Service
 
     sys.exit(Service(open_home(home_dir)).run())
 
@@ -92,9 +92,9 @@ def run(home_dir: Path | None) -> None:
 @errors_to_exit_codes
 def ingest(home_dir: Path | None, as_json: bool, once: bool, max_wait: float) -> None:
     """Ingest what is in the inbox now, then exit."""
-    from daemon.inbox import Inbox
+    from daemon.ingest.inbox import Inbox
 
-    from daemon.names import display
+    from daemon.ingest.names import display
 
     home = open_home(home_dir)
     inbox = Inbox(home)
@@ -125,7 +125,7 @@ def ingest(home_dir: Path | None, as_json: bool, once: bool, max_wait: float) ->
 
 
 def _outcome_doc(outcome: Any) -> dict[str, Any]:
-    from daemon.names import display
+    from daemon.ingest.names import display
 
     return {"file": display(outcome.name), "outcome": outcome.outcome, "reason": outcome.reason,
             "rows": {"train": outcome.rows_train, "eval": outcome.rows_eval, "rejected": outcome.rows_rejected},
@@ -152,7 +152,7 @@ class _progress_reporter:
         if total < PROGRESS_MIN_BYTES:
             return
         if name not in self._tasks:
-            from daemon.names import display
+            from daemon.ingest.names import display
 
             self._tasks[name] = self._progress.add_task(display(name), total=total)
         self._progress.update(self._tasks[name], completed=min(done, total))
@@ -168,7 +168,7 @@ class _progress_reporter:
 @errors_to_exit_codes
 def status(home_dir: Path | None, as_json: bool) -> None:
     """Champion, pending rows, last and next update, pin state, daemon pid."""
-    from daemon.status import collect, render
+    from daemon.cli.status import collect, render
 
     document = collect(open_home(home_dir))
     if as_json:
@@ -185,7 +185,7 @@ def status(home_dir: Path | None, as_json: bool) -> None:
 @errors_to_exit_codes
 def update(home_dir: Path | None, as_json: bool, now: bool, wait: bool) -> None:
     """Ask for an update cycle: the running daemon takes it; with no daemon it runs here."""
-    from daemon.updates import request_update
+    from daemon.update.request import request_update
 
     result = request_update(open_home(home_dir), now=now, wait=wait, as_json=as_json)
     if as_json:
@@ -193,8 +193,8 @@ def update(home_dir: Path | None, as_json: bool, now: bool, wait: bool) -> None:
 
 
 def open_registry(home: home_mod.Home, *, writable: bool = True):  # type: ignore[no-untyped-def]
-    from daemon.hooks import champion_hook
-    from daemon.trainer import spawn_materializer
+    from daemon.service.hooks import champion_hook
+    from daemon.update.launcher import spawn_materializer
     from registry.registry import Registry
 
     return Registry(home.registry, on_switch=champion_hook(home.config.hooks.on_champion_change), recover=writable,
@@ -207,7 +207,7 @@ def open_registry(home: home_mod.Home, *, writable: bool = True):  # type: ignor
 @errors_to_exit_codes
 def versions(home_dir: Path | None, as_json: bool) -> None:
     """Every version: id, parent, created, strategy, decision, key metrics."""
-    from daemon.versions import render_versions, summary
+    from daemon.cli.versions import render_versions, summary
 
     with open_registry(open_home(home_dir), writable=False) as registry:
         rows = [summary(registry, record) for record in registry.versions()]
@@ -221,7 +221,7 @@ def versions(home_dir: Path | None, as_json: bool) -> None:
 @errors_to_exit_codes
 def show(version: str, home_dir: Path | None, as_json: bool) -> None:
     """One version: lineage, data, config, metrics, accuracy matrix, gate decision, audit."""
-    from daemon.versions import detail, render_detail
+    from daemon.cli.versions import detail, render_detail
 
     with open_registry(open_home(home_dir), writable=False) as registry:
         doc = detail(registry, version)
@@ -236,7 +236,7 @@ def show(version: str, home_dir: Path | None, as_json: bool) -> None:
 @errors_to_exit_codes
 def promote(version: str, home_dir: Path | None, force: bool, reason: str) -> None:
     """Make VERSION the champion (its gate is re-checked unless --force)."""
-    from daemon.gate import recheck
+    from daemon.update.gate import recheck
     from registry.errors import Conflict
 
     home = open_home(home_dir)
@@ -291,7 +291,7 @@ def unpin(home_dir: Path | None, reason: str) -> None:
 @errors_to_exit_codes
 def eval_(home_dir: Path | None, as_json: bool, data: Path, version: str | None) -> None:
     """Metrics of a version on a labeled file: accuracy, macro F1, per-label figures."""
-    from daemon import inference
+    from daemon.update import inference
 
     home = open_home(home_dir)
     with open_registry(home, writable=False) as registry:
@@ -312,7 +312,7 @@ def eval_(home_dir: Path | None, as_json: bool, data: Path, version: str | None)
 def predict(texts: tuple[str, ...], home_dir: Path | None, as_json: bool, path: Path | None,
             version: str | None) -> None:
     """Labels and scores of a version for TEXT... or the texts of --file."""
-    from daemon import inference
+    from daemon.update import inference
     from registry.errors import UsageError
 
     if bool(texts) == (path is not None):

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from daemon import formats
-from daemon.gate import GateResult, Scores, decide, majority_share
 from daemon.home import Home
-from daemon.ingest import utcnow
-from daemon.rows import LabelSet, Validator
-from daemon.store import Store
-from daemon.trainer import ChildRun, Standby, TrainingInterrupted, train_spec, write_rows
+from daemon.ingest import formats
+from daemon.ingest.ingestor import utcnow
+from daemon.ingest.rows import LabelSet, Validator
+from daemon.ingest.store import Store
+from daemon.update.gate import GateResult, Scores, decide, majority_share
+from daemon.update.launcher import ChildRun, Standby, TrainingInterrupted, train_spec, write_rows
 from registry.registry import Registry
 from strategies.spec import DataPaths, TrainSpec
 

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from daemon import names
 from daemon.home import Home
-from daemon.ingest import Ingestor, Outcome, Waiting
-from daemon.store import Store
+from daemon.ingest import names
+from daemon.ingest.ingestor import Ingestor, Outcome, Waiting
+from daemon.ingest.store import Store
 from registry.errors import Stopping
 from registry.fsutil import atomic_write
 from registry.lock import PidLock

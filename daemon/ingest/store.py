@@ -16,8 +16,8 @@ from typing import Any, Iterable, Iterator
 
 import pyarrow.compute as pc
 
-from daemon import names, segments
-from daemon.segments import SegmentWriter
+from daemon.ingest import names, segments
+from daemon.ingest.segments import SegmentWriter
 from registry.errors import StoreError
 from registry.fsutil import remove
 

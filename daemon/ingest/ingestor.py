@@ -34,12 +34,12 @@ from typing import BinaryIO, Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from daemon import formats, names
 from daemon.config import InboxConfig
-from daemon.formats import RowError
-from daemon.rows import LabelSet, Validator
-from daemon.segments import SegmentWriter
-from daemon.store import FileRecord, Store
+from daemon.ingest import formats, names
+from daemon.ingest.formats import RowError
+from daemon.ingest.rows import LabelSet, Validator
+from daemon.ingest.segments import SegmentWriter
+from daemon.ingest.store import FileRecord, Store
 from registry.errors import FileRejected, Stopping
 from registry.fsutil import atomic_write, fsync_dir, remove
 

@@ -17,8 +17,8 @@ from typing import Any
 import click
 
 from daemon.home import Home
-from daemon.service import requests_dir
-from daemon.store import Store
+from daemon.ingest.store import Store
+from daemon.service.loop import requests_dir
 from registry.fsutil import atomic_write
 from registry.lock import PidLock, holder_pid
 
@@ -83,9 +83,9 @@ def _ask_daemon(home: Home, pid: int, *, wait: bool, as_json: bool) -> dict[str,
 
 
 def _run_here(home: Home, *, now: bool, as_json: bool) -> dict[str, Any]:
-    from daemon.cycle import UpdateCycle
-    from daemon.hooks import champion_hook
-    from daemon.trainer import spawn_materializer
+    from daemon.service.hooks import champion_hook
+    from daemon.update.cycle import UpdateCycle
+    from daemon.update.launcher import spawn_materializer
     from registry.registry import Registry
 
     show = _Progress(enabled=not as_json and sys.stderr.isatty())
@@ -109,8 +109,8 @@ def _run_here(home: Home, *, now: bool, as_json: bool) -> dict[str, Any]:
 
 def _ingest(home: Home, *, as_json: bool) -> list[dict[str, Any]]:
     """Ingest what is in the inbox now, as the daemon would have; what each file gave, also printed."""
-    from daemon.inbox import Inbox
-    from daemon.names import display
+    from daemon.ingest.inbox import Inbox
+    from daemon.ingest.names import display
 
     inbox = Inbox(home)
     outcomes, unsettled = inbox.drain(max_wait=INGEST_MAX_WAIT)

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from daemon import splits
-from daemon.formats import Chunk, RowError
+from daemon.ingest import splits
+from daemon.ingest.formats import Chunk, RowError
 
 SPLITS = ("train", "eval")
 _KNOWN = frozenset(("text", "label", "id", "split"))

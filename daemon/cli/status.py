@@ -6,7 +6,7 @@ from typing import Any
 
 from daemon.home import Home
 from registry.lock import holder_pid
-from daemon.store import Store
+from daemon.ingest.store import Store
 
 
 def collect(home: Home) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from daemon import __version__
 from daemon.home import Home
-from daemon.store import Store
+from daemon.ingest.store import Store
 
 STAGES = ("ingest_wait", "train", "eval", "total")
 OUTCOMES = ("promoted", "rejected", "failed", "held")

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from daemon.home import Home
-from daemon.inbox import Inbox
-from daemon.metrics import Metrics
-from daemon.notify import Notifier
-from daemon.store import Store
-from daemon.trainer import Standby
+from daemon.ingest.inbox import Inbox
+from daemon.ingest.store import Store
+from daemon.service.metrics import Metrics
+from daemon.service.notify import Notifier
+from daemon.update.launcher import Standby
 from registry.errors import LifelongError, Stopping
 from registry.fsutil import atomic_write
 from registry.lock import PidLock
@@ -104,7 +104,7 @@ class Service:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
             requests_dir(self.home).mkdir(exist_ok=True)
-            from daemon.trainer import spawn_materializer
+            from daemon.update.launcher import spawn_materializer
             from registry.registry import Registry
 
             # recover leftovers of a crash before anything else (re-pointing the champion may materialise it)
@@ -133,7 +133,7 @@ class Service:
             self.lock.release()
 
     def _serve(self):  # type: ignore[no-untyped-def]
-        from daemon.http import HealthServer
+        from daemon.service.http import HealthServer
 
         host, port = self.home.config.metrics.host_port
         try:
@@ -271,9 +271,9 @@ class Service:
             return registry.champion() is not None
 
     def _update(self, reason: str, waiting: list[dict[str, Any]]) -> None:
-        from daemon.cycle import UpdateCycle
-        from daemon.hooks import champion_hook
-        from daemon.trainer import TrainingInterrupted, spawn_materializer
+        from daemon.service.hooks import champion_hook
+        from daemon.update.cycle import UpdateCycle
+        from daemon.update.launcher import TrainingInterrupted, spawn_materializer
         from registry.registry import Registry
 
         progress = self.home.state / "progress.json"

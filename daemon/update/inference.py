@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from daemon import formats
 from daemon.home import Home
-from daemon.names import display
-from daemon.rows import LabelSet, Validator
-from daemon.trainer import spawn, write_rows
+from daemon.ingest import formats
+from daemon.ingest.names import display
+from daemon.ingest.rows import LabelSet, Validator
+from daemon.update.launcher import spawn, write_rows
 from registry.errors import FileRejected, LifelongError, UsageError, VersionNotFound
 from strategies.inference import FAILURE_KINDS, InferenceSpec
 
