@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from daemon.home import Home
 from daemon.ingest import names
-from daemon.ingest.ingestor import Ingestor, Outcome, Waiting
+from daemon.ingest.ingestor import FileOutcome, Ingestor, Waiting
 from daemon.ingest.store import Store
 from registry.errors import Stopping
 from registry.fsutil import atomic_write
@@ -169,11 +169,11 @@ class Inbox:
         if dst.parent == self.home.inbox and ignored(src.name) and not ignored(dst.name):
             self._renamed.add(dst.name)
 
-    def pass_once(self, on_file: Callable[[Outcome], None] | None = None,
+    def pass_once(self, on_file: Callable[[FileOutcome], None] | None = None,
                   on_progress: Callable[[str, int, int], None] | None = None,
-                  only: set[str] | None = None) -> tuple[list[Outcome], float | None]:
+                  only: set[str] | None = None) -> tuple[list[FileOutcome], float | None]:
         """Recover, scan, ingest every settled file. Returns outcomes and seconds until the next may settle."""
-        outcomes: list[Outcome] = []
+        outcomes: list[FileOutcome] = []
         with self.lock, Store(self.home.store_path) as store:
             ingestor = Ingestor(store=store, inbox=self.home.inbox, archive=self.home.archive,
                                 quarantine=self.home.quarantine, config=self.home.config.inbox, tick=self.tick)
@@ -226,7 +226,7 @@ class Inbox:
         return outcomes, wait
 
     def _take(self, ingestor: Ingestor, store: Store, name: str, chosen: os.stat_result,
-              on_progress: Callable[[str, int, int], None] | None) -> Outcome | Waiting | None:
+              on_progress: Callable[[str, int, int], None] | None) -> FileOutcome | Waiting | None:
         """Ingest one entry; whatever goes wrong ends with it quarantined or stuck, never raised."""
         path = self.home.inbox / name
         progress = (lambda done: on_progress(name, done, chosen.st_size)) if on_progress else None
@@ -280,16 +280,16 @@ class Inbox:
         except OSError as exc:
             log.warning("cannot record stuck inbox entries: %s", names.display(str(exc)))
 
-    def drain(self, *, max_wait: float, on_file: Callable[[Outcome], None] | None = None,
+    def drain(self, *, max_wait: float, on_file: Callable[[FileOutcome], None] | None = None,
               on_progress: Callable[[str, int, int], None] | None = None, sleep: Callable[[float], None] = time.sleep
-              ) -> tuple[list[Outcome], list[str]]:
+              ) -> tuple[list[FileOutcome], list[str]]:
         """Ingest what is in the inbox now, waiting for files still being written up to `max_wait` s.
 
         Returns the outcomes and the names left because they never settled.
         """
         present = {name for name, _ in entries(self.home.inbox)}
         deadline = time.monotonic() + max_wait
-        outcomes: list[Outcome] = []
+        outcomes: list[FileOutcome] = []
         while True:
             done, wait = self.pass_once(on_file, on_progress, only=present)
             outcomes.extend(done)

@@ -53,7 +53,7 @@ HELD_ASIDE = ".lifelong-quarantine"
 
 
 @dataclass(frozen=True, kw_only=True)
-class Outcome:
+class FileOutcome:
     name: str
     outcome: str  # accepted | duplicate | quarantined
     reason: str | None
@@ -98,7 +98,7 @@ class Ingestor:
 
     # -- one file ---------------------------------------------------------------------------------
     def ingest(self, path: Path, on_progress: Callable[[int], None] | None = None,
-               chosen: os.stat_result | None = None) -> Outcome | Waiting | None:
+               chosen: os.stat_result | None = None) -> FileOutcome | Waiting | None:
         """Ingest the inbox entry at `path` (chosen by the `lstat` result `chosen`, taken now if not
         given); None when it vanished or changed while being read, `Waiting` when not alone yet."""
         try:
@@ -140,7 +140,7 @@ class Ingestor:
             return self._commit(path, opened, handle, record, sha)
 
     def _commit(self, path: Path, before: os.stat_result, handle: BinaryIO | None,
-                record: Callable[[int, str | None], None], sha: str | None = None) -> Outcome | None:
+                record: Callable[[int, str | None], None], sha: str | None = None) -> FileOutcome | None:
         """Record the file in one transaction (rolled back if the entry changed meanwhile), then move it."""
         received_at = self.clock()
         self.store.begin()
@@ -158,10 +158,10 @@ class Ingestor:
             raise
         committed = self.store.file_record(file_id)
         dest = self.finalize(committed, handle)
-        return Outcome(name=path.name, outcome=committed.outcome, reason=committed.reason, rows_train=committed.rows_train,
+        return FileOutcome(name=path.name, outcome=committed.outcome, reason=committed.reason, rows_train=committed.rows_train,
                        rows_eval=committed.rows_eval, rows_rejected=committed.rows_rejected, dest=dest)
 
-    def quarantine_internal(self, path: Path, exc: BaseException) -> Outcome | None:
+    def quarantine_internal(self, path: Path, exc: BaseException) -> FileOutcome | None:
         """Quarantine an entry whose ingestion failed in a way nobody predicted, with the message."""
         try:
             before = os.lstat(path)
