@@ -50,7 +50,7 @@ def utcnow() -> str:
 
 def no_materializer(version_dir: Path, parent_dir: Path, out: Path) -> None:
     """The default: the registry knows nothing of how an adapter is merged; whoever opens it to serve
-    LoRA versions passes a materializer in (the daemon passes daemon.trainer.spawn_materializer)."""
+    LoRA versions passes a materializer in (the daemon passes daemon.update.launcher.spawn_materializer)."""
     raise UsageError(f"{version_dir.name} stores a LoRA adapter and its merged weights must be materialised, but"
                      " this registry was opened without a materializer (Registry(..., materializer=...))")
 

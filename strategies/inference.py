@@ -3,7 +3,7 @@
 
     python -m strategies.inference SPEC.json
 
-The spec (an `InferenceSpec`, written by daemon/inference.py) names the version's verified model
+The spec (an `InferenceSpec`, written by daemon/update/inference.py) names the version's verified model
 directory and labels, an Arrow file of the rows, and where to write the results. Progress is JSON
 lines on stdout, as strategies/child.py does: "start", "loaded" {rows}, "progress" {done, total},
 then "done" {results} or "failed" {kind, error}. Exit codes: 0 done; 1 failed; 2 bad spec.
