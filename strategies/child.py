@@ -27,12 +27,11 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from strategies.spec import EXIT_FAILED, EXIT_INTERRUPTED, Failure, SpecError, TrainSpec
+from strategies.spec import EXIT_FAILED, EXIT_INTERRUPTED, Failure, SpecError, TrainSpec, failed_event
 
 QUIET = int(os.environ.get("RANK", "0")) != 0  # ranks other than 0 report failures only
 
@@ -279,12 +278,10 @@ def main(argv: list[str]) -> int:
             emit({"event": "failed", "kind": Failure.NON_FINITE_LOSS.value, "error": str(exc)})
             return EXIT_FAILED
         except SpecError as exc:
-            emit({"event": "failed", "kind": Failure.INVALID_SPEC.value, "error": f"{type(exc).__name__}: {exc}"})
+            emit(failed_event(exc, Failure.INVALID_SPEC))
             return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - every failure is reported, never a promotion
-        oom = "out of memory" in str(exc).lower() or isinstance(exc, MemoryError)
-        emit({"event": "failed", "kind": (Failure.OUT_OF_MEMORY if oom else Failure.EXCEPTION).value,
-              "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]})
+        emit(failed_event(exc))
         return EXIT_FAILED
     if results is not None:
         Path(spec.results).write_text(json.dumps(results, indent=2))

@@ -17,14 +17,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-import traceback
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from strategies.spec import EXIT_FAILED, Failure, failed_event
+
 MODES = ("eval", "predict")
-# the "kind" of a "failed" line; the parent imports this tuple
-FAILURE_KINDS = ("bad_spec", "out_of_memory", "exception")
+# the "kind" of a "failed" line (the parent imports this set)
+FAILURE_KINDS = frozenset(kind.value for kind in Failure)  # the training child's kinds, defined once
 DEVICES = ("auto", "cpu", "mps")
 # rows per progress line; each chunk is still batched by length (dynamic padding)
 CHUNK_ROWS = 1024
@@ -165,16 +166,14 @@ def main(argv: list[str]) -> int:
     try:
         spec = InferenceSpec.read(Path(argv[0]))
     except BadSpec as exc:
-        emit({"event": "failed", "kind": "bad_spec", "error": str(exc)})
+        emit(failed_event(exc, Failure.INVALID_SPEC))
         return 2
     emit({"event": "start", "pid": os.getpid()})
     try:
         run(spec)
     except Exception as exc:  # noqa: BLE001 - every failure is reported to the parent
-        kind = "out_of_memory" if "out of memory" in str(exc).lower() or isinstance(exc, MemoryError) else "exception"
-        emit({"event": "failed", "kind": kind, "error": f"{type(exc).__name__}: {exc}",
-              "traceback": traceback.format_exc()[-4000:]})
-        return 1
+        emit(failed_event(exc))
+        return EXIT_FAILED
     emit({"event": "done", "results": spec.results})
     return 0
 

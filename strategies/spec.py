@@ -36,6 +36,17 @@ class Failure(str, enum.Enum):
         return self.value
 
 
+def failed_event(exc: BaseException, kind: Failure | None = None) -> dict[str, str]:
+    """The "failed" line a child process prints for `exc` (out of memory told apart from the rest)."""
+    import traceback
+
+    if kind is None:
+        oom = "out of memory" in str(exc).lower() or isinstance(exc, MemoryError)
+        kind = Failure.OUT_OF_MEMORY if oom else Failure.EXCEPTION
+    return {"event": "failed", "kind": kind.value, "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc()[-4000:]}
+
+
 class SpecError(LifelongError, ValueError):
     """The spec is not a valid TrainSpec. `key` is the dotted key at fault."""
 

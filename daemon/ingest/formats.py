@@ -27,8 +27,6 @@ from registry.errors import FileRejected
 REQUIRED = ("text", "label")
 CHUNK_ROWS = 4096
 BLOCK_BYTES = 1 << 20
-# Parquet rows are materialised in batches of about this many bytes (by the file's own metadata).
-PARQUET_BATCH_BYTES = 8 << 20
 _SUFFIXES = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".jsonl.gz": "jsonl", ".ndjson.gz": "jsonl",
     ".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet",
@@ -126,7 +124,9 @@ def read(source: Path | BinaryIO, limits: Limits | int, on_progress: Callable[[i
     kind, gzipped = found
     raw = source
     if kind == "parquet":
-        yield from _read_parquet(raw, limits, on_progress)
+        from daemon.ingest.parquet import read_parquet  # only Parquet files pay for pyarrow.parquet
+
+        yield from read_parquet(raw, limits, on_progress)
         return
     stream: BinaryIO = raw
     if gzipped:
@@ -221,7 +221,7 @@ def _line_blocks(stream: BinaryIO, max_row_bytes: int) -> Iterator[tuple[int, li
         yield first, [b"".join(pieces)]
 
 
-def _too_large(line: int, size: int, max_row_bytes: int) -> RowError:
+def too_large(line: int, size: int, max_row_bytes: int) -> RowError:
     return RowError(line, None, "row_too_large", f"{size} bytes > inbox.max_row_bytes = {max_row_bytes}")
 
 
@@ -256,7 +256,7 @@ def _read_jsonl(stream: BinaryIO, max_row_bytes: int) -> Iterator[Chunk]:
                     rows += 1
                     oversize += 1
                     lines.append(line)
-                    chunk.append(_too_large(line, raw.size, max_row_bytes))
+                    chunk.append(too_large(line, raw.size, max_row_bytes))
                     continue
                 try:
                     record = loads(raw)
@@ -329,15 +329,15 @@ def _read_csv(stream: BinaryIO, max_row_bytes: int) -> Iterator[Chunk]:
             except csv.Error as exc:
                 if "field larger than field limit" not in str(exc):
                     raise
-                yield reader.line_num, _too_large(reader.line_num, max_row_bytes + 1, max_row_bytes)
+                yield reader.line_num, too_large(reader.line_num, max_row_bytes + 1, max_row_bytes)
                 last = reader.line_num
                 continue
             spanned = [oversize.pop(n) for n in range(last + 1, reader.line_num + 1) if n in oversize]
             last = reader.line_num
             if spanned:
-                yield last, _too_large(last, sum(spanned), max_row_bytes)
+                yield last, too_large(last, sum(spanned), max_row_bytes)
             elif len(row) > 1 and sum(map(len, row)) > max_row_bytes:
-                yield last, _too_large(last, sum(map(len, row)), max_row_bytes)
+                yield last, too_large(last, sum(map(len, row)), max_row_bytes)
             else:
                 yield last, row
 
@@ -425,82 +425,3 @@ def _read_csv_arrow(stream: BinaryIO) -> Iterator[Chunk]:
         raise NotFast(str(exc)) from None
     if rows == 0:
         raise NotFast("no rows")
-
-
-def _read_parquet(source: BinaryIO, limits: Limits, on_progress: Callable[[int], None] | None) -> Iterator[Chunk]:
-    """Parquet in batches sized from the file's metadata. Its values are counted as they are
-    materialised (dictionary and run-length encodings make a few bytes stand for millions), and
-    string columns stay dictionary-encoded until each row's size has been checked."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq  # only Parquet files pay for the import
-
-    try:
-        parquet = pq.ParquetFile(source)
-        schema = parquet.schema_arrow
-        metadata = parquet.metadata
-        declared = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
-    except Exception as exc:  # pyarrow raises several types for a bad file
-        raise FileRejected("unreadable", f"not a readable Parquet file: {exc}") from None
-    names = schema.names
-    missing = [key for key in REQUIRED if key not in names]
-    if missing:
-        raise FileRejected("missing_columns", f"schema lacks required column(s) {', '.join(missing)}; it has {', '.join(names) or 'none'}")
-    if metadata.num_rows == 0:
-        raise FileRejected("empty", "no data rows")
-    if declared > limits.max_file_bytes:
-        raise FileRejected("too_large", f"its metadata declares {declared} bytes of values > inbox.max_file_bytes = {limits.max_file_bytes}")
-    nested = [field.name for field in schema if pa.types.is_nested(field.type)
-              or (pa.types.is_dictionary(field.type) and pa.types.is_nested(field.type.value_type))]
-    if nested:
-        # nested values are decoded before they can be counted (a list of one dictionary-encoded
-        # string repeated turns a few bytes into gigabytes): inbox Parquet files hold flat columns
-        raise FileRejected("unreadable", f"column(s) {', '.join(nested)[:200]} hold lists, structs or maps; "
-                                         "inbox Parquet files take flat columns (use JSONL for nested extra fields)")
-    strings = [field.name for field in schema if _is_text(field.type, pa)]
-    per_row = max(declared // max(metadata.num_rows, 1), 1)
-    batch_rows = int(min(CHUNK_ROWS, max(1, PARQUET_BATCH_BYTES // per_row)))
-    try:
-        parquet = pq.ParquetFile(source, read_dictionary=strings)
-        line = total = 0
-        for index, batch in enumerate(parquet.iter_batches(batch_size=batch_rows)):
-            sizes = _row_bytes(batch, pa, pc)
-            total += int(pc.sum(sizes).as_py() or 0)
-            if total > limits.max_file_bytes:
-                raise FileRejected("too_large", f"its values exceed inbox.max_file_bytes = {limits.max_file_bytes} once decoded (row {line + 1})")
-            big = pc.greater(sizes, limits.max_row_bytes)
-            lines = range(line + 1, line + 1 + batch.num_rows)
-            if pc.any(big).as_py():
-                fits = iter(batch.filter(pc.invert(big)).to_pylist())
-                records: list[object] = [_too_large(n, size, limits.max_row_bytes) if size > limits.max_row_bytes
-                                         else next(fits) for n, size in zip(lines, sizes.to_pylist())]
-            else:
-                records = batch.to_pylist()
-            yield Chunk(lines, records)
-            line += batch.num_rows
-            if on_progress:
-                on_progress(int(metadata.serialized_size + declared * line / max(metadata.num_rows, 1)))
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        if isinstance(exc, FileRejected):
-            raise
-        raise FileRejected("unreadable", f"row {line + 1}: {exc}") from None
-
-
-def _row_bytes(batch, pa, pc):  # type: ignore[no-untyped-def]
-    """Bytes each row takes once materialised: its strings' lengths (dictionary values counted per
-    use), plus a fixed width for other columns."""
-    sizes = pa.array([0] * batch.num_rows, pa.int64())
-    for column in batch.columns:
-        if pa.types.is_dictionary(column.type) and _is_text(column.type.value_type, pa):
-            lengths = pc.take(pc.binary_length(column.dictionary), column.indices)
-        elif _is_text(column.type, pa):
-            lengths = pc.binary_length(column)
-        else:
-            lengths = pa.array([column.nbytes // max(len(column), 1)] * len(column), pa.int64())
-        sizes = pc.add(sizes, pc.fill_null(pc.cast(lengths, pa.int64()), 0))
-    return sizes
-
-
-def _is_text(kind, pa) -> bool:  # type: ignore[no-untyped-def]
-    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
-            or pa.types.is_large_binary(kind))

@@ -17,15 +17,11 @@ copied: they are renamed aside within the inbox's own file system.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
-import io
 import json
 import logging
 import os
-import signal
 import stat
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,17 +32,18 @@ import pyarrow.compute as pc
 
 from daemon.config import InboxConfig
 from daemon.ingest import formats, names
-from daemon.ingest.formats import RowError
 from daemon.ingest.rows import LabelSet, Validator
+from daemon.ingest.rejected import RejectedRows, publish_no_replace
 from daemon.ingest.segments import SegmentWriter
 from daemon.ingest.store import FileRecord, Store
+from daemon.ingest.untrusted import (BLOCK, PositionalReader, kind_of, open_checked, open_for_writing, sha256_of,
+                                     still_names, unchanged, unlink_if_same)
 from registry.errors import FileRejected, Stopping
 from registry.fsutil import atomic_write, fsync_dir, remove
 
 log = logging.getLogger(__name__)
 
 MAX_LISTED_ERRORS = 100
-_BLOCK = 1 << 20
 # Where entries that are not regular files go when quarantine/ is on another file system than the
 # inbox (a rename cannot cross it, and such entries are never copied). Hidden: never ingested.
 HELD_ASIDE = ".lifelong-quarantine"
@@ -106,10 +103,10 @@ class Ingestor:
         except FileNotFoundError:
             return None
         if not stat.S_ISREG(before.st_mode):
-            problem = FileRejected("not_regular_file", f"a {_kind(before.st_mode)}, not a regular file; it was not opened")
+            problem = FileRejected("not_regular_file", f"a {kind_of(before.st_mode)}, not a regular file; it was not opened")
             return self._commit(path, before, None, lambda file_id, sha: self._finish_rejected(file_id, path.name, sha, problem))
         try:
-            handle = _open_checked(path, before)
+            handle = open_checked(path, before)
         except PermissionError as exc:
             problem = FileRejected("unreadable", f"cannot open it: {exc.strerror}")
             return self._commit(path, before, None, lambda file_id, sha: self._finish_rejected(file_id, path.name, sha, problem))
@@ -119,7 +116,7 @@ class Ingestor:
             opened = os.fstat(handle.fileno())
             if opened.st_nlink > 1:
                 return Waiting(path.name, f"it has {opened.st_nlink - 1} other hard link(s); taken once it is the only one")
-            if _open_for_writing(handle.fileno()):
+            if open_for_writing(handle.fileno()):
                 return Waiting(path.name, "another process has it open for writing; taken once it is closed")
             if opened.st_size > self.config.max_file_bytes:
                 problem = FileRejected("too_large", f"{opened.st_size} bytes > inbox.max_file_bytes = {self.config.max_file_bytes}")
@@ -148,7 +145,7 @@ class Ingestor:
             file_id = self.store.add_file(name=path.name, sha256=sha, size=before.st_size, received_at=received_at)
             self._received_at = received_at
             record(file_id, sha)
-            if not _unchanged(path, before, handle):
+            if not unchanged(path, before, handle):
                 self.store.rollback()
                 log.info("inbox file changed while read; will retry", extra={"file": names.display(path.name)})
                 return None
@@ -169,7 +166,7 @@ class Ingestor:
             return None
         message = names.display(f"{type(exc).__name__}: {exc}")[:2000]  # an OSError's text holds the raw name
         problem = FileRejected("internal_error", message)
-        handle = _open_checked(path, before) if stat.S_ISREG(before.st_mode) else None
+        handle = open_checked(path, before) if stat.S_ISREG(before.st_mode) else None
         try:
             return self._commit(path, before, handle,
                                 lambda file_id, sha: self._finish_rejected(file_id, path.name, sha, problem))
@@ -179,8 +176,8 @@ class Ingestor:
 
     def _hash(self, handle: BinaryIO) -> str:
         digest = hashlib.sha256()
-        reader = _At(handle)
-        while block := reader.read(_BLOCK):
+        reader = PositionalReader(handle)
+        while block := reader.read(BLOCK):
             digest.update(block)
             self.tick()
         return digest.hexdigest()
@@ -222,11 +219,11 @@ class Ingestor:
         labels = LabelSet.of(self.store.labels(), config.labels, max_labels=config.max_labels)
         validate = Validator(labels, config.eval_fraction, max_text_chars=config.max_text_chars,
                              max_label_chars=config.max_label_chars)
-        rejected = _RejectedRows(self.quarantine / f".tmp-{file_id}.rejected.jsonl") if skip else None
+        rejected = RejectedRows(self.quarantine / f".tmp-{file_id}.rejected.jsonl") if skip else None
         scan = _Scan(labels=labels, writer=self.store.segment_writer(file_id), rejected=rejected)
         limits = formats.Limits(config.max_file_bytes, config.max_row_bytes)
         try:
-            for chunk in formats.read(_At(handle), limits, on_progress, name=name, fast=fast):
+            for chunk in formats.read(PositionalReader(handle), limits, on_progress, name=name, fast=fast):
                 self.tick()
                 scan.total += len(chunk)
                 if not scan.bad or skip:
@@ -302,7 +299,7 @@ class Ingestor:
             atomic_write(self.quarantine / f"{record.dest}.error.json", doc)
         rejected_tmp = self.quarantine / f".tmp-{record.id}.rejected.jsonl"
         if rejected_tmp.exists():
-            _publish_no_replace(rejected_tmp, self.quarantine, f"{record.dest}.rejected.jsonl", record.id)
+            publish_no_replace(rejected_tmp, self.quarantine, f"{record.dest}.rejected.jsonl", record.id)
         self.store.mark_finalized(record.id)
         return dest
 
@@ -316,7 +313,7 @@ class Ingestor:
                 fsync_dir(src.parent)
                 return dest
             if own is None:  # recovery after a crash: check it is still the file that was recorded
-                own = _open_checked(src, os.lstat(src))
+                own = open_checked(src, os.lstat(src))
                 if own is None:
                     return dest
                 if record.sha256 is not None and self._hash(own) != record.sha256:
@@ -324,11 +321,11 @@ class Ingestor:
                                 extra={"file": names.display(record.name)})
                     return dest
             if os.path.lexists(dest):
-                if record.sha256 is None or _sha256_of(dest) != record.sha256:
+                if record.sha256 is None or sha256_of(dest) != record.sha256:
                     raise FileExistsError(errno.EEXIST, "the destination is taken by another file", names.display(str(dest)))
-                _unlink_if_same(src, own)  # a copy across file systems was complete before a crash
+                unlink_if_same(src, own)  # a copy across file systems was complete before a crash
                 return dest
-            if not _names(src, own):  # replaced since it was read: the new file is taken at the next pass
+            if not still_names(src, own):  # replaced since it was read: the new file is taken at the next pass
                 log.warning("the name of a file just ingested now holds another file; that one is taken next",
                             extra={"file": names.display(record.name)})
                 return dest
@@ -338,9 +335,9 @@ class Ingestor:
                 if exc.errno != errno.EXDEV:
                     raise
                 self._copy_across(own, dest)
-                _unlink_if_same(src, own)
+                unlink_if_same(src, own)
             else:
-                if not _names(dest, own) and not os.path.lexists(src):  # swapped in the instant between
+                if not still_names(dest, own) and not os.path.lexists(src):  # swapped in the instant between
                     os.rename(dest, src)
                     return dest
             fsync_dir(dest.parent)
@@ -353,9 +350,9 @@ class Ingestor:
     def _copy_across(self, handle: BinaryIO, dest: Path) -> None:
         tmp = dest.with_name(f".{dest.name}.xdev.tmp")
         remove(tmp)
-        reader = _At(handle)
+        reader = PositionalReader(handle)
         with open(tmp, "xb") as writer:
-            while block := reader.read(_BLOCK):
+            while block := reader.read(BLOCK):
                 writer.write(block)
                 self.tick()
             writer.flush()
@@ -427,7 +424,7 @@ class _Scan:
 
     labels: LabelSet
     writer: SegmentWriter
-    rejected: "_RejectedRows | None"
+    rejected: "RejectedRows | None"
     counts: list[int] = field(default_factory=lambda: [0, 0])  # train, eval
     bad: int = 0
     total: int = 0
@@ -448,196 +445,3 @@ class _Scan:
         self.writer.discard()
         if self.rejected is not None:
             self.rejected.discard()
-
-
-class _RejectedRows:
-    """Bad rows of a file ingested with on_bad_rows = "skip", streamed to a temp JSONL file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._handle = None
-
-    def write(self, line: int, errors: list[RowError], record: object) -> None:
-        if self._handle is None:
-            self._handle = open(self.path, "w", encoding="utf-8")
-        row = record if isinstance(record, dict) and not any(e.reason == "too_deeply_nested" for e in errors) else None
-        entry = {"line": line, "errors": [e.as_dict() for e in errors], "row": row}
-        try:
-            text = json.dumps(entry, ensure_ascii=False, default=str)
-        except (ValueError, TypeError, RecursionError):
-            text = json.dumps({**entry, "row": None}, ensure_ascii=False, default=str)
-        self._handle.write(text + "\n")
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            self._handle = None
-
-    def discard(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-        remove(self.path)
-
-
-def _publish_no_replace(tmp: Path, folder: Path, name: str, file_id: int) -> Path:
-    """Give `tmp` the name `name` in `folder` without replacing anything there (a hard link, then
-    the temp name removed); `~<file id>` is added when the name is taken by another file."""
-    stem, dot, ext = name.partition(".")
-    for candidate in (name, f"{stem}~{file_id}{dot}{ext}", f"{stem}~{file_id}~{os.getpid()}{dot}{ext}"):
-        target = folder / candidate
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            if os.path.samefile(tmp, target):  # linked before a crash
-                break
-            continue
-        except OSError as exc:  # a file system without hard links: a rename, checked just before
-            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK) or os.path.lexists(target):
-                raise
-            os.rename(tmp, target)
-            fsync_dir(folder)
-            return target
-        break
-    else:
-        raise FileExistsError(errno.EEXIST, "no free name for the rejected rows", str(folder / name))
-    tmp.unlink()
-    fsync_dir(folder)
-    return target
-
-
-class _At(io.RawIOBase):
-    """One read of a checked descriptor from an offset of its own (pread): the passes over a file
-    (hash, a fast parse that gives way, the exact parse, a copy) never share a file position, so a
-    reader that reads ahead in a thread of its own (Arrow's) cannot move another's."""
-
-    def __init__(self, handle: BinaryIO) -> None:
-        self._fd = handle.fileno()
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
-        data = os.pread(self._fd, len(buffer), self._pos)
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: os.fstat(self._fd).st_size}[whence]
-        self._pos = max(base + offset, 0)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-
-def _open_checked(path: Path, chosen: os.stat_result) -> BinaryIO | None:
-    """Open `path` without following a link or blocking on a FIFO; None unless the descriptor is
-    the regular file that `chosen` (its lstat) described."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EWOULDBLOCK):
-            return None  # gone, or swapped for a link or a special file since it was chosen
-        raise
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (chosen.st_dev, chosen.st_ino):
-        os.close(fd)
-        return None
-    return os.fdopen(fd, "rb", buffering=0)
-
-
-_lease_checks = threading.Lock()
-_leases_usable: bool | None = None
-
-
-def _open_for_writing(fd: int) -> bool:
-    """Whether another process has the file open for writing, by asking for a read lease (refused
-    with EAGAIN exactly then) and giving it back at once. Where leases are not available (a file of
-    another owner without CAP_LEASE, NFS) it says False and the settle rule alone applies."""
-    global _leases_usable
-    with _lease_checks:
-        if _leases_usable is None:
-            # breaking a lease sends SIGIO, whose default action ends the process; leases are
-            # taken only where it can be ignored (the main thread sets that once)
-            try:
-                signal.signal(signal.SIGIO, signal.SIG_IGN)
-                _leases_usable = True
-            except ValueError:  # not the main thread
-                _leases_usable = signal.getsignal(signal.SIGIO) == signal.SIG_IGN
-        if not _leases_usable:
-            return False
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-    except OSError as exc:
-        return exc.errno == errno.EAGAIN
-    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-    return False
-
-
-def _sha256_of(path: Path) -> str | None:
-    try:
-        handle = _open_checked(path, os.lstat(path))
-    except OSError:
-        return None
-    if handle is None:
-        return None
-    with handle:
-        digest = hashlib.sha256()
-        while block := handle.read(_BLOCK):
-            digest.update(block)
-        return digest.hexdigest()
-
-
-def _names(path: Path, handle: BinaryIO) -> bool:
-    """Whether `path` still names the file open as `handle`."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    own = os.fstat(handle.fileno())
-    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
-
-
-def _unlink_if_same(src: Path, handle: BinaryIO) -> None:
-    """Remove the inbox name only while it still names the file that was read."""
-    try:
-        st = os.lstat(src)
-    except FileNotFoundError:
-        return
-    own = os.fstat(handle.fileno())
-    if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
-        os.unlink(src)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "symbolic link"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    return "device or special file"
-
-
-def _unchanged(path: Path, before: os.stat_result, handle: BinaryIO | None) -> bool:
-    """The name still names the entry that was chosen, and (read through `handle`) it was not written to."""
-    try:
-        after = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
-        return False
-    if handle is None:
-        return stat.S_IFMT(after.st_mode) == stat.S_IFMT(before.st_mode)
-    read = os.fstat(handle.fileno())
-    return (read.st_size, read.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
