@@ -1,8 +1,9 @@
 """The registry's interfaces, in one place: what a metadata backend and an artifact store must do.
 
-A `Registry` (registry/registry.py) composes one of each. Today: SQLite metadata and local files.
-A PostgreSQL backend (SQLAlchemy) or a remote artifact store (fsspec: S3, GCS) implements the same
-small interface; callers only ever see `Registry`.
+A `Registry` (registry/registry.py) composes one of each: SQLite (registry/sqlite.py) or PostgreSQL
+(registry/postgres.py) metadata, and local files (registry/local.py) or an S3-compatible object store
+(registry/s3.py); registry/backends.py picks them from the config's URLs. Callers only ever see
+`Registry`.
 
 Versions are immutable: their files (covered by a sha256 manifest) and their record never change.
 Everything that happens to a version afterwards, its gate decision, champion switches, pins and
@@ -126,6 +127,10 @@ class ArtifactStore(abc.ABC):
     @abc.abstractmethod
     def local_path(self, version: str) -> Path:
         """A local directory holding the version's files (a remote store returns its local cache)."""
+
+    def fetch(self, version: str) -> Path:
+        """`local_path`, after bringing the files there if they are not yet (a remote store downloads)."""
+        return self.local_path(version)
 
     @abc.abstractmethod
     def exists(self, version: str) -> bool: ...

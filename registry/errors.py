@@ -113,3 +113,47 @@ class Conflict(LifelongError, RuntimeError):
     """The registry's state does not allow the operation (e.g. nothing to roll back to)."""
 
     exit_code = 3
+
+
+class MissingExtra(LifelongError, ImportError):
+    """The config needs an optional extra that is not installed. `extra` names it (`lifelong[remote]`)."""
+
+    exit_code = 2
+
+    def __init__(self, extra: str, needed_by: str) -> None:
+        self.extra = extra
+        self.needed_by = needed_by
+        super().__init__(f"{needed_by}: install the extra with `pip install 'lifelong[{extra}]'`")
+
+
+class UnsafeStore(LifelongError, RuntimeError):
+    """The artifact store does not keep a guarantee the registry relies on (create-only writes with
+    `If-None-Match: *`); refused at start rather than trusted with versions."""
+
+    exit_code = 2
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        self.problem = problem
+        super().__init__(f"registry.artifacts = {url!r} is refused: {problem}")
+
+
+class MetadataUnavailable(LifelongError, ConnectionError):
+    """The metadata database cannot be reached (or the connection died mid-transaction: nothing of it
+    was committed). The operation may be retried."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        self.problem = problem
+        super().__init__(f"registry metadata at {url} is unavailable: {problem}")
+
+
+class ArtifactStoreUnavailable(LifelongError, ConnectionError):
+    """The object store did not answer after every retry. `attempts` is how many were made."""
+
+    def __init__(self, url: str, operation: str, attempts: int, problem: str) -> None:
+        self.url = url
+        self.operation = operation
+        self.attempts = attempts
+        self.problem = problem
+        super().__init__(f"artifact store {url} unavailable: {operation} failed {attempts} times: {problem}")

@@ -88,10 +88,13 @@ class Registry:
         with self.lock.acquire(timeout=LOCK_TIMEOUT):
             self.artifacts.clean_staging()
             self._finish_prunes()
-            known = {record.version for record in self.meta.list_versions()}
-            for orphan in self.artifacts.versions_present() - known:
-                log.warning("removing %s: its files were written but never recorded (interrupted)", orphan)
-                self.artifacts.discard(orphan)
+            # in a write transaction: a writer elsewhere (a shared PostgreSQL registry) holds it from
+            # the first byte of a version to its record, so nothing in flight is taken for a leftover
+            with self.meta.transaction():
+                known = {record.version for record in self.meta.list_versions()}
+                for orphan in self.artifacts.versions_present() - known:
+                    log.warning("removing %s: its files were written but never recorded (interrupted)", orphan)
+                    self.artifacts.discard(orphan)
             for leftover in self.root.glob(".champion.*"):
                 leftover.unlink()
             for leftover in self.serving.glob(".*"):
@@ -151,7 +154,7 @@ class Registry:
         or VersionPruned when retention dropped its files."""
         record = self.get(version)
         self.require_weights(version)
-        path = self.artifacts.local_path(version)
+        path = self.artifacts.fetch(version)
         if not path.is_dir():
             raise IntegrityError(version, ".", "the version's directory is missing")
         manifest.verify(path, version, record.manifest_sha256, self.meta.file_stamps(version), full=full,
@@ -359,6 +362,8 @@ class Registry:
             entry = AuditEntry(at=self.clock(), actor=actor, action=action, from_=current, to=target_version,
                                reason=reason)
             with self.meta.transaction():
+                if self.champion() != current:  # another host switched meanwhile (a shared registry)
+                    raise Conflict(f"the champion changed to {self.champion()} during this switch; try again")
                 self.meta.append_audit(entry)
             self._point_link(model_dir)
             self._evict_serving()

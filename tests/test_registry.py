@@ -12,25 +12,24 @@ from typing import Callable
 import pytest
 
 from registry.errors import Conflict, IntegrityError, UsageError, VersionNotFound, VersionPruned
-from registry.local import LocalArtifacts
+from registry.backends import open_backends
 from registry.registry import Registry
-from registry.sqlite import SqliteMetadata
 from tests.conftest import stage_full
-
-BACKENDS: dict[str, Callable[[Path], Registry]] = {
-    "sqlite+local": lambda root: Registry(root, metadata=SqliteMetadata(root / "registry.sqlite"),
-                                          artifacts=LocalArtifacts(root)),
-}
+from tests.servers import BACKENDS, backend_urls, postgres_server, seaweedfs_server  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=BACKENDS)
 def make_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Registry]:
+    """Opens (and reopens) one registry of the parameter's pair: SQLite+local files, PostgreSQL+local
+    files, PostgreSQL+S3, the servers real and on loopback."""
+    urls = backend_urls(request, request.param)
     opened: list[Registry] = []
 
     def make(**kwargs: object) -> Registry:
         root = tmp_path / "registry"
         root.mkdir(exist_ok=True)
-        registry = BACKENDS[request.param](root) if not kwargs else Registry(root, **kwargs)  # type: ignore[arg-type]
+        metadata, artifacts = open_backends(root, *urls)
+        registry = Registry(root, metadata=metadata, artifacts=artifacts, **kwargs)  # type: ignore[arg-type]
         opened.append(registry)
         return registry
 
