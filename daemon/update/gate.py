@@ -1,14 +1,34 @@
 """The promotion gate: a pure function over score tables, with every check and its numbers in the reasons.
 
 The first model must beat the majority-class baseline on its batch's held-out rows. Later ones:
-gain on the new batch's held-out rows >= min_gain_new, drop on every earlier batch's held-out rows
-<= max_forgetting, canary drop <= max_canary_drop. A held-out set smaller than min_eval_rows is
-too coarse to gate on alone (one row of 30 is 0.033, above the default tolerance): such earlier
-sets are pooled. The pool fails when its net drop (rows the champion got right and the candidate
-wrong, less the reverse, over the pool's rows) exceeds max_forgetting (or one row of the pool, when
-that is coarser) and a one-sided sign test over those changed rows says the drop is not noise
-(p < SIGNIFICANCE). A gain on one small set could hide forgetting on another, so each small set is
-also tested alone (p < SIGNIFICANCE / number of small sets): a set losing rows beyond chance fails.
+gain on the new batch's held-out rows >= min_gain_new (sets of at least min_eval_rows), a score on
+the new batch not below its floor (every set, however small), drop on every earlier batch's
+held-out rows <= max_forgetting, canary drop <= max_canary_drop.
+
+The floor. A candidate below what a model that ignores the text scores on the batch's own held-out
+rows learned less from the batch than its label counts tell, so it is never promoted, small set or
+not, gain or not. That model always says the batch's most common label: the floor is the
+majority-class baseline (its share of the rows; in macro_f1, that constant's macro F1 over the
+batch's labels). It holds for a batch that brings labels the champion did not know, too, rather than
+a uniform guess (1 / the batch's label count): the majority share is never below the guess, the
+constant is as easy to be as the guess, and on new labels the champion scores 0, so the gain says
+nothing and the floor is the only check that the candidate learned the batch at all. A candidate
+between the guess and the majority share answers these rows worse than one fixed answer would: that
+is not what a user who dropped the file expects to be served. Where the held-out rows carry a single
+label the constant is perfect and says nothing, so the floor is a uniform guess over the candidate's
+labels (given `model_labels`; without it, and in macro_f1, such a batch has no floor).
+
+Forgetting. A held-out set smaller than min_eval_rows is too coarse to gate on alone (one row of
+30 is 0.033, above the default tolerance): such earlier sets are pooled, and the pool is judged like
+a large set, with the burden of proof on the candidate. Its net drop (rows the champion got right
+and the candidate wrong, less the reverse, over the pool's rows) passes within the tolerance,
+max_forgetting or one row of the pool where that is coarser. Beyond it, noise excuses the drop only
+up to one more tolerance (NOISE_BAND: a margin tied to the pool's size through its one-row
+resolution), and there only while a one-sided sign test over the changed rows says the losses could
+be chance (p >= SIGNIFICANCE); a larger net drop fails whatever the sign test says, since on a pool
+of 88 rows even 12 lost against 5 gained (0.080) is p = 0.072. A gain on one small set could hide
+forgetting on another, so each small set is also tested alone (p < SIGNIFICANCE / number of small
+sets): a set losing rows beyond chance fails.
 
 The changed-row counts ("paired": lost and gained rows per set) come from the training child, which
 scores candidate and champion on the same rows. Without them (older records, or macro_f1) they are
@@ -41,6 +61,7 @@ class GateResult:
 
 
 SIGNIFICANCE = 0.05
+NOISE_BAND = 1.0  # beyond the pool's tolerance, noise may excuse at most this many tolerances more
 
 
 @dataclass(frozen=True)
@@ -65,7 +86,10 @@ def sign_test(lost: int, gained: int) -> float:
 
 
 def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[str, int], config: GateConfig,
-           baseline: float | None = None, canary_rows: int = 0, paired: dict[str, dict] | None = None) -> GateResult:
+           baseline: float | None = None, canary_rows: int = 0, paired: dict[str, dict] | None = None,
+           batch_labels: int = 0, model_labels: int = 0) -> GateResult:
+    """`baseline`: the majority label's share of the new batch's held-out rows; `batch_labels`: how many
+    labels those rows carry, `model_labels`: how many the candidate predicts among (0: not known)."""
     metric = config.metric
     reasons: list[str] = []
     passed = True
@@ -87,6 +111,13 @@ def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[s
         passed &= ok
         reasons.append(f"gain on batch {new}: {gain:+.3f} {'>=' if ok else '<'} {config.min_gain_new} "
                        f"({metric} {before:.3f} -> {score:.3f})")
+    found = floor(metric, baseline, batch_labels, model_labels) if score is not None and rows.get(new) else None
+    if found is not None:
+        level, what = found
+        ok = round(score, 9) >= round(level, 9)  # type: ignore[arg-type]  # the same fraction, computed twice
+        passed &= ok
+        reasons.append(f"floor on batch {new}: {metric} {score:.3f} {'>=' if ok else '<'} {level:.3f}, {what} "
+                       f"({rows[new]} held-out rows)" + ("" if ok else "; never promoted below it, whatever the gain"))
     small: list[str] = []
     for experience in sorted(candidate.per_experience, key=int):
         if experience == new:
@@ -131,16 +162,36 @@ def _pooled(small: list[str], candidate: Scores, champion: Scores, rows: dict[st
     lost, gained = sum(changed[e].lost for e in small), sum(changed[e].gained for e in small)
     drop = round((lost - gained) / pooled, 12)
     tolerance = max(config.max_forgetting, round(1 / pooled, 12))  # a pool cannot resolve less than one row
+    ceiling = round(tolerance * (1 + NOISE_BAND), 12)
     p = sign_test(lost, gained)
     within = drop <= tolerance
-    noise = not within and p >= SIGNIFICANCE
+    band = not within and drop <= ceiling
+    noise = band and p >= SIGNIFICANCE
     ok &= within or noise
     reasons.append(f"forgetting on batches {', '.join(small)} pooled ({pooled} rows; {lost} lost, {gained} gained): "
                    f"{drop:.3f} {'<=' if within else '>'} {tolerance:.3g}"
                    + (f" (one row; max_forgetting {config.max_forgetting} is finer)" if tolerance > config.max_forgetting else "")
-                   + (f"; sign test p={p:.2g} >= {SIGNIFICANCE}: within noise" if noise
-                      else f"; sign test p={p:.2g} < {SIGNIFICANCE}" if not within else ""))
+                   + ("" if within
+                      else f"; <= {ceiling:.3g} and sign test p={p:.2g} >= {SIGNIFICANCE}: within noise" if noise
+                      else f"; sign test p={p:.2g} < {SIGNIFICANCE}" if band
+                      else f" and > {ceiling:.3g}, beyond what noise may excuse: forgetting, whatever the sign test (p={p:.2g})"))
     return ok
+
+
+def floor(metric: str, baseline: float | None, batch_labels: int = 0, model_labels: int = 0) -> tuple[float, str] | None:
+    """The score a model that ignores the text reaches on the new batch's held-out rows, and what it is (None: no floor)."""
+    if baseline is None or not 0 < baseline <= 1:
+        return None
+    if batch_labels == 1 or (batch_labels == 0 and baseline >= 1 - 1e-9):
+        # one label: always saying it is perfect and proves nothing, so the floor is a guess over the model's labels
+        if metric == "accuracy" and model_labels >= 2:
+            return 1 / model_labels, f"a uniform guess over the model's {model_labels} labels (the rows carry one label)"
+        return None
+    if metric == "accuracy":
+        return baseline, "the majority-class baseline"
+    if batch_labels >= 2:  # macro F1 over the labels present: the constant's F1 on its label, 0 on the others
+        return 2 * baseline / (1 + baseline) / batch_labels, f"the macro F1 of always saying the most common of its {batch_labels} labels"
+    return None
 
 
 def majority_share(labels: list[str]) -> float | None:
@@ -165,4 +216,5 @@ def recheck(metrics: dict, new: str, config: GateConfig) -> GateResult:
         return GateResult(False, ["no recorded scores to check the gate on"])
     rows = {k: int(v) for k, v in (metrics.get("rows") or {}).items()}
     return decide(new=new, candidate=candidate, champion=scores("champion"), rows=rows, config=config,
-                  baseline=metrics.get("baseline"), canary_rows=rows.get("canary", 0), paired=metrics.get("paired"))
+                  baseline=metrics.get("baseline"), canary_rows=rows.get("canary", 0), paired=metrics.get("paired"),
+                  batch_labels=int(metrics.get("batch_labels") or 0), model_labels=int(metrics.get("model_labels") or 0))
