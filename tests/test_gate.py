@@ -126,6 +126,7 @@ def test_the_floor_of_a_one_label_batch_is_a_guess_and_macro_f1_has_its_own() ->
     assert floor("accuracy", 1.0, 1, 0) is None and floor("macro_f1", 1.0, 1, 5) is None
     assert floor("accuracy", None) is None and floor("accuracy", 0.6) == (0.6, "the majority-class baseline")
     assert floor("macro_f1", 0.6, 0, 4) is None  # the label count is needed for macro F1
+    assert floor("token_f1", 0.6, 2, 4) is None  # a metric whose constant score the gate does not know
     level, what = floor("macro_f1", 0.6, 2)  # type: ignore[misc]
     assert abs(level - 0.375) < 1e-12 and what == "the macro F1 of always saying the most common of its 2 labels"
     rows = {"1": 200, "2": 20}

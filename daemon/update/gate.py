@@ -16,7 +16,8 @@ nothing and the floor is the only check that the candidate learned the batch at 
 between the guess and the majority share answers these rows worse than one fixed answer would: that
 is not what a user who dropped the file expects to be served. Where the held-out rows carry a single
 label the constant is perfect and says nothing, so the floor is a uniform guess over the candidate's
-labels (given `model_labels`; without it, and in macro_f1, such a batch has no floor).
+labels (given `model_labels`; without it, and in macro_f1, such a batch has no floor). A metric other
+than accuracy and macro_f1 has no floor here.
 
 Forgetting. A held-out set smaller than min_eval_rows is too coarse to gate on alone (one row of
 30 is 0.033, above the default tolerance): such earlier sets are pooled, and the pool is judged like
@@ -189,9 +190,9 @@ def floor(metric: str, baseline: float | None, batch_labels: int = 0, model_labe
         return None
     if metric == "accuracy":
         return baseline, "the majority-class baseline"
-    if batch_labels >= 2:  # macro F1 over the labels present: the constant's F1 on its label, 0 on the others
+    if metric == "macro_f1" and batch_labels >= 2:  # over the labels present: the constant's F1 on its label, 0 on the others
         return 2 * baseline / (1 + baseline) / batch_labels, f"the macro F1 of always saying the most common of its {batch_labels} labels"
-    return None
+    return None  # a metric whose constant score is not known here
 
 
 def majority_share(labels: list[str]) -> float | None:
