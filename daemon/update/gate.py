@@ -175,7 +175,8 @@ def _pooled(small: list[str], candidate: Scores, champion: Scores, rows: dict[st
                    + ("" if within
                       else f"; <= {ceiling:.3g} and sign test p={p:.2g} >= {SIGNIFICANCE}: within noise" if noise
                       else f"; sign test p={p:.2g} < {SIGNIFICANCE}" if band
-                      else f" and > {ceiling:.3g}, beyond what noise may excuse: forgetting, whatever the sign test (p={p:.2g})"))
+                      else f" and > {ceiling:.3g}, beyond what noise may excuse: forgetting, whatever the sign test "
+                           f"(p={p:.2g})"))
     return ok
 
 
@@ -190,8 +191,9 @@ def floor(metric: str, baseline: float | None, batch_labels: int = 0, model_labe
         return None
     if metric == "accuracy":
         return baseline, "the majority-class baseline"
-    if metric == "macro_f1" and batch_labels >= 2:  # over the labels present: the constant's F1 on its label, 0 on the others
-        return 2 * baseline / (1 + baseline) / batch_labels, f"the macro F1 of always saying the most common of its {batch_labels} labels"
+    if metric == "macro_f1" and batch_labels >= 2:  # over the labels present: its F1 on its label, 0 on the others
+        return (2 * baseline / (1 + baseline) / batch_labels,
+                f"the macro F1 of always saying the most common of its {batch_labels} labels")
     return None  # a metric whose constant score is not known here
 
 
