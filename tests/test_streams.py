@@ -82,3 +82,59 @@ def test_vader_reads_the_ground_truth_as_three_class_sentiment_by_domain(tmp_pat
                for d in range(8) for row in parts[d].rows)
     assert streams.build("vader", seed=0) == parts and streams.build("vader", seed=1) != parts
     assert [len(p.rows) for p in streams.build("vader", seed=0, per_group=6)] == [3] * 8
+
+
+def test_mixed_is_small_files_of_three_sources_then_poison(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scores = (-2.0, -1.0, 0.0, 0.3, 1.0, 2.5)
+    lines = {"tweets_GroundTruth.txt": [f"t{i}\t{scores[i % 6]}\ttweet {i} score {scores[i % 6]}" for i in range(60)],
+             "amazonReviewSnippets_GroundTruth.txt": [f"a{i}\t{scores[i % 6]}\treview {i}" for i in range(60)],
+             "movieReviewSnippets_GroundTruth.txt": [f"m{i}\t1.0\tmovie {i}" for i in range(60)]}
+    monkeypatch.setattr(streams, "CACHE", tmp_path)
+    _sdist(tmp_path, lines)
+    topic_of: dict[str, set[str]] = {}
+    for topic, texts in streams.bbc_articles().items():
+        for text in texts:
+            topic_of.setdefault(text, set()).add(topic)
+
+    parts = streams.build("mixed", seed=0, per_group=10, poison=streams.POISONS)
+    assert [p.name for p in parts] == ["mixed-1-bbc.jsonl", "mixed-2-tweets.jsonl", "mixed-3-product_reviews.jsonl",
+                                       "mixed-4-bbc-flipped.jsonl", "mixed-5-bbc-shuffled.jsonl",
+                                       "mixed-6-bbc-foreign.jsonl"]
+    assert [p.poison for p in parts] == ["", "", "", "flipped", "shuffled", "foreign"]
+    assert [len(p.rows) for p in parts] == [10] * 6
+    bbc, tweets, reviews, flipped, shuffled, foreign = parts
+    # each source under its own label names
+    assert all(r["label"] in topic_of[r["text"]] and r["label"] in streams.MIXED_TOPICS for r in bbc.rows)
+    assert {r["label"] for r in tweets.rows} <= {"positive", "negative"}
+    assert all(r["label"] == ("negative" if float(r["text"].split()[-1]) < 0 else "positive") for r in tweets.rows)
+    assert all(r["text"].startswith("review") for r in reviews.rows)
+    assert {r["label"] for r in streams.build("mixed", seed=0, poison=())[2].rows} == {"neg", "neu", "pos"}
+    # the poisons: the first source's labels on texts that do not bear them out
+    swap = {"business": "sports", "sports": "business"}
+    assert all(r["label"] in {swap[t] for t in topic_of[r["text"]]} for r in flipped.rows)
+    assert sorted(r["label"] for r in shuffled.rows) == sorted(min(topic_of[r["text"]]) for r in shuffled.rows)
+    assert [r["label"] for r in shuffled.rows] != [min(topic_of[r["text"]]) for r in shuffled.rows]
+    assert all(r["text"].startswith("movie") and r["label"] in streams.MIXED_TOPICS for r in foreign.rows)
+    texts = [r["text"] for p in parts for r in p.rows]
+    assert len(set(texts)) == len(texts)  # no text twice in the stream
+
+    # deterministic per seed; the clean files the same whichever poisons follow, each poison the same alone
+    assert streams.build("mixed", seed=0, per_group=10, poison=streams.POISONS) == parts
+    assert streams.build("mixed", seed=1, per_group=10, poison=streams.POISONS) != parts
+    assert streams.build("mixed", seed=0, per_group=10, poison=()) == parts[:3]
+    alone = streams.build("mixed", seed=0, per_group=10, poison=("foreign",))[-1]
+    assert (alone.name, alone.rows, alone.poison) == ("mixed-4-bbc-foreign.jsonl", foreign.rows, "foreign")
+    default = streams.build("mixed", seed=0)  # files of 180, 220 and 250 rows (as many as there are), then flipped
+    assert [p.poison for p in default] == ["", "", "", "flipped"] and [len(p.rows) for p in default] == [180, 40, 60, 150]
+    with pytest.raises(ValueError, match="unknown poison"):
+        streams.build("mixed", poison=("salted",))
+    with pytest.raises(ValueError, match="only mixed"):
+        streams.build("vader", poison=("flipped",))
+
+
+def test_every_stream_is_registered_with_the_quality_benchmark() -> None:
+    from bench import quality
+
+    assert all(set(profile["per_group"]) == set(streams.STREAMS) for profile in quality.PROFILES.values())
+    source = Path(quality.__file__).read_text()
+    assert f'choices={tuple(streams.STREAMS)!r}'.replace("'", '"') in source
