@@ -12,9 +12,18 @@ from registry.errors import Conflict
 from registry.registry import Registry
 
 
-def main(root: str, model: str, seed: str) -> None:
+def open_registry(root: str, metadata: str = "", artifacts: str = "") -> Registry:
+    """The registry at `root` with the backends the two URLs name ("" = SQLite, local files)."""
+    from registry.backends import open_backends
+
+    meta, store = open_backends(Path(root), metadata, artifacts)
+    return Registry(Path(root), metadata=meta, artifacts=store)
+
+
+def main(root: str, model: str, seed: str, metadata: str = "", artifacts: str = "") -> None:
     rng = random.Random(int(seed))
-    with Registry(Path(root)) as registry:
+    with open_registry(root, metadata, artifacts) as registry:
+        print("open", flush=True)
         while True:
             staging = registry.new_staging()
             shutil.copytree(model, staging / "model")

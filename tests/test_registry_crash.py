@@ -11,14 +11,18 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from registry.registry import Registry
 from tests.conftest import ROOT, lifelong_cmd
+from tests.registry_worker import open_registry
+from tests.servers import BACKENDS, backend_urls, postgres_server, seaweedfs_server  # noqa: F401 (fixtures)
 
 KILLS = 22
 
 
-def check_consistent(root: Path) -> tuple[str | None, int]:
-    with Registry(root) as registry:  # opening recovers
+def check_consistent(root: Path, urls: tuple[str, str] = ("", "")) -> tuple[str | None, int]:
+    with open_registry(str(root), *urls) as registry:  # opening recovers
         champion = registry.champion()
         versions = registry.versions()
         for record in versions:
@@ -34,7 +38,10 @@ def check_consistent(root: Path) -> tuple[str | None, int]:
         return champion, len(registry.audit())
 
 
-def test_sigkill_while_writing_versions_and_switching(tmp_path: Path, tiny_model: Path) -> None:
+@pytest.mark.parametrize("backends", BACKENDS)
+def test_sigkill_while_writing_versions_and_switching(tmp_path: Path, tiny_model: Path, backends: str,
+                                                      request: pytest.FixtureRequest) -> None:
+    urls = backend_urls(request, backends)
     root = tmp_path / "registry"
     rng = random.Random(7)
     kills = 0
@@ -42,13 +49,17 @@ def test_sigkill_while_writing_versions_and_switching(tmp_path: Path, tiny_model
     champions: set[str | None] = set()
     for attempt in range(KILLS):
         proc = subprocess.Popen([sys.executable, "-m", "tests.registry_worker", str(root), str(tiny_model),
-                                 str(attempt)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.25, 0.8))
+                                 str(attempt), *urls], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if any(urls):  # the remote clients take a while to import: kill once the work has begun
+            assert proc.stdout.readline() == b"open\n", proc.stderr.read().decode()  # type: ignore[union-attr]
+            time.sleep(rng.uniform(0.05, 1.2))
+        else:
+            time.sleep(rng.uniform(0.25, 0.8))
         assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        champion, audit = check_consistent(root)
+        champion, audit = check_consistent(root, urls)
         assert audit >= last_audit  # the history only grows
         last_audit = audit
         champions.add(champion)
