@@ -38,35 +38,38 @@ def sample_rows(rows: int, eval_rows: int, seed: int) -> tuple[list[tuple[str, s
 def load(model_name: str, labels: list[str], seed: int):  # type: ignore[no-untyped-def]
     import torch
 
-    from strategies import models
+    from strategies import tasks
 
     torch.manual_seed(seed)
-    return models.load(model_name, labels)
+    return tasks.load("sequence_classification").load(model_name, labels)
 
 
 def lora_wrap(model, tokenizer, labels, device):  # type: ignore[no-untyped-def]
     from daemon.config import StrategyConfig
+    from strategies import tasks
     from strategies.abc import Context
     from strategies.lora import Lora
 
-    ctx = Context(model=model, tokenizer=tokenizer, labels=labels, new=[], device=device)
+    ctx = Context(task=tasks.load("sequence_classification"), model=model, tokenizer=tokenizer, labels=labels,
+                  new=[], device=device)
     Lora(StrategyConfig().sections()["lora"]).prepare(ctx)
     return ctx.model
 
 
 def run_ours(args, mode, train_rows, labels, device) -> tuple[float, object, object]:  # type: ignore[no-untyped-def]
     from daemon.config import StrategyConfig
-    from strategies.abc import Context, build
-    from strategies.data import Example
     from dataclasses import replace
+
+    from strategies import tasks
+    from strategies.abc import Context, build
 
     from daemon.config import parse
     from daemon.update.launcher import loop_settings
     from strategies.loop import train
 
     model, tokenizer = load(args.model, labels, args.seed)
-    examples = [Example(text, labels.index(label)) for text, label in train_rows]
-    ctx = Context(model=model, tokenizer=tokenizer, labels=labels, new=examples, device=device,
+    examples = [{"text": text, "label": label} for text, label in train_rows]
+    ctx = Context(task=tasks.load("sequence_classification"), model=model, tokenizer=tokenizer, labels=labels, new=examples, device=device,
                   max_length=args.max_length, seed=args.seed, rng=random.Random(args.seed))
     strategy = build("lora" if mode == "lora" else "finetune", StrategyConfig().sections())
     cfg = replace(loop_settings(parse({"strategy": {"class_weights": "none"}})), epochs=args.epochs,
@@ -117,10 +120,11 @@ def lr_for(args, mode: str) -> float:  # type: ignore[no-untyped-def]
 
 
 def accuracy(model, tokenizer, eval_rows, labels, device, max_length) -> float:  # type: ignore[no-untyped-def]
-    from strategies.evaluate import predict
+    from strategies import tasks
 
-    predicted, _ = predict(model.to(device), tokenizer, [t for t, _ in eval_rows], device, max_length)
-    return sum(int(labels[p] == label) for p, (_, label) in zip(predicted, eval_rows)) / len(eval_rows)
+    task = tasks.load("sequence_classification")
+    rows = [{"text": text, "label": label} for text, label in eval_rows]
+    return task.score(rows, task.predict(model.to(device), tokenizer, rows, labels, device, max_length), labels)["accuracy"]
 
 
 def _sync(device) -> None:  # type: ignore[no-untyped-def]

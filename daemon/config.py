@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Mapping
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from registry.errors import ConfigError
+from strategies.tasks import TASKS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,8 +50,16 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
+    task: str = "sequence_classification"  # one home holds one task (strategies/tasks TASKS)
     base: str = Field(default="embedded:minilm", min_length=1)
     max_length: int = Field(default=128, ge=8, le=8192)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in TASKS:
+            raise ValueError(f"{task!r} is not a task; known: {', '.join(TASKS)}")
+        return task
 
 
 class InboxConfig(Section):
@@ -189,7 +198,7 @@ class TrainConfig(Section):
 
 
 class GateConfig(Section):
-    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    metric: str = "accuracy"  # one of the task's held-out metrics (checked against model.task)
     min_gain_new: float = 0.0
     max_forgetting: float = Field(default=0.02, ge=0.0)
     min_eval_rows: int = Field(default=100, ge=0)  # 30 was too coarse; see the template
@@ -203,6 +212,17 @@ class RegistryConfig(Section):
     keep_versions: int = Field(default=20, ge=1)
     # an update that would leave less than this free on the home's file system is skipped
     min_free_bytes: int = Field(default=2 << 30, ge=0)
+    # "" = SQLite and files in the home; "postgresql://user@host/db", "s3://bucket/prefix" (lifelong[remote])
+    metadata: str = ""
+    artifacts: str = ""
+
+    @field_validator("metadata", "artifacts")
+    @classmethod
+    def _backend_url(cls, url: str, info: Any) -> str:
+        from registry.backends import check_url
+
+        check_url(f"registry.{info.field_name}", url)  # MissingExtra (exit 2) passes through as itself
+        return url
 
 
 class MetricsConfig(Section):
@@ -284,7 +304,7 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 def parse(data: Mapping[str, Any], origin: Mapping[str, str] | None = None, source: str | None = None) -> Config:
     """Validate a config tree; the first problem is raised as ConfigError naming its key."""
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         key = _dotted_key(error["loc"])
@@ -295,6 +315,11 @@ def parse(data: Mapping[str, Any], origin: Mapping[str, str] | None = None, sour
         if env_name:
             raise ConfigError(key, f"{message} [from env {env_name}]", source=None) from None
         raise ConfigError(key, message, source=source) from None
+    metrics = TASKS[config.model.task].metrics
+    if config.gate.metric not in metrics:
+        raise ConfigError("gate.metric", f"{config.gate.metric!r} is not a held-out metric of {config.model.task} "
+                          f"(one of {', '.join(metrics)})", source=source)
+    return config
 
 
 def _dotted_key(loc: tuple[Any, ...]) -> str:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from registry.errors import ConfigError
-from strategies.data import Example
+from strategies.tasks.abc import Row, Task
 
 HOOKS = ("prepare", "examples", "loss", "after_update", "save_state")
 REGISTRY: dict[str, type["Strategy"]] = {}
@@ -30,19 +30,21 @@ REGISTRY: dict[str, type["Strategy"]] = {}
 
 @dataclass(kw_only=True)
 class Context:
-    """What hooks see and may change: the model (LoRA wraps it), the data, where state lives."""
+    """What hooks see and may change: the model (LoRA wraps it), the data, where state lives. The
+    task (strategies/tasks/) is how rows become inputs and outputs become a loss."""
 
+    task: Task
     model: torch.nn.Module
     tokenizer: Any
     labels: list[str]
-    new: list[Example]
+    new: list[Row]
     device: torch.device
     max_length: int = 128
     previous_state: Path | None = None  # the parent version's state/ folder
     seed: int = 0
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     old_label_count: int = 0  # labels the model knew before this update (a prefix of `labels`): LwF distils those
-    set_aside: list[tuple[str, str]] = field(default_factory=list)  # (text, label) for the replay pool only
+    set_aside: list[Row] = field(default_factory=list)  # rows for the replay pool only
     lora: bool = False  # set by the lora strategy once it has wrapped `model` in adapters
 
 
@@ -96,12 +98,12 @@ class Strategy:
     def prepare(self, ctx: Context) -> None:
         """Before training (wrap the model, snapshot a teacher, load state)."""
 
-    def examples(self, ctx: Context, examples: list[Example]) -> list[Example]:
-        """The training examples (replay adds remembered ones)."""
+    def examples(self, ctx: Context, examples: list[Row]) -> list[Row]:
+        """The training rows (replay adds remembered ones)."""
         return examples
 
     def loss(self, ctx: Context, batch: dict[str, torch.Tensor], logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-        """The loss to minimise for a batch (penalties are added here)."""
+        """The loss to minimise for a batch (penalties are added here); `logits` are the task's forward outputs."""
         return loss
 
     def after_update(self, ctx: Context) -> None:
@@ -122,7 +124,7 @@ class Composite(Strategy):
         for part in self.parts:
             part.prepare(ctx)
 
-    def examples(self, ctx: Context, examples: list[Example]) -> list[Example]:
+    def examples(self, ctx: Context, examples: list[Row]) -> list[Row]:
         for part in self.parts:
             examples = part.examples(ctx, examples)
         return examples

@@ -3,9 +3,10 @@
     python -m strategies.child SPEC.json
     python -m strategies.child --standby     # imports first, then reads the spec path from stdin
 
-The spec (strategies/spec.py TrainSpec, written by the daemon, checked here on load) names the model to start from, the labels, the strategy and its
-config, Arrow files of the training rows, of every held-out set and of rows set aside for the replay
-pool only (batches the daemon gave up on), the champion to score side by side (and its predictions
+The spec (strategies/spec.py TrainSpec, written by the daemon, checked here on load) names the task
+(strategies/tasks/), the model to start from, the labels, the strategy and its config, Arrow files
+of the training rows, of every held-out set and of rows set aside for the replay pool only
+(batches the daemon gave up on), the champion to score side by side (and its predictions
 kept from when it was the candidate), and where to write: `out` (the new version's files: model/ or
 adapter/ + model-config/, state/, predictions.json), `serving` (merged weights of a LoRA
 candidate), `checkpoint`, and `results`.
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from strategies.spec import EXIT_FAILED, EXIT_INTERRUPTED, Failure, SpecError, TrainSpec, failed_event
+from strategies.tasks import TASKS
 
 QUIET = int(os.environ.get("RANK", "0")) != 0  # ranks other than 0 report failures only
 
@@ -43,12 +45,12 @@ def emit(event: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def read_rows(path: str) -> list[tuple[str, str]]:
+def read_rows(path: str) -> list[dict[str, Any]]:
+    """An Arrow file the daemon wrote, as rows (dicts of the task's columns)."""
     import pyarrow as pa
 
     with pa.memory_map(path) as source:
-        table = pa.ipc.open_file(source).read_all()
-    return list(zip(table["text"].to_pylist(), table["label"].to_pylist()))
+        return pa.ipc.open_file(source).read_all().to_pylist()
 
 
 def run(spec: TrainSpec, stop: threading.Event) -> dict[str, Any] | None:
@@ -65,25 +67,26 @@ def run(spec: TrainSpec, stop: threading.Event) -> dict[str, Any] | None:
 def _run(spec: TrainSpec, stop: threading.Event, group) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
     import torch
 
-    from strategies import models
+    from strategies import tasks
     from strategies.abc import Context, build
-    from strategies.data import Example
+    from strategies.evaluate import side_by_side
     from strategies.loop import Checkpoints, train
 
+    task = tasks.load(spec.task)
     labels = spec.labels
     device = group.device(spec.device)
     rows = read_rows(spec.data.train)
-    unknown = sorted({label for _, label in rows} - set(labels))
-    if unknown:
-        raise SpecError("data.train", f"rows labelled {', '.join(map(repr, unknown[:5]))}, not in labels")
-    examples = [Example(text, labels.index(label)) for text, label in rows]
+    if TASKS[spec.task].labelled:
+        unknown = sorted({row["label"] for row in rows} - set(labels))
+        if unknown:
+            raise SpecError("data.train", f"rows labelled {', '.join(map(repr, unknown[:5]))}, not in labels")
     # train rows of batches given up after schedule.max_attempts failures: for the replay pool only
     set_aside = read_rows(spec.data.set_aside) if spec.data.set_aside else []
 
-    def fresh_context(new: list[Example]) -> Context:
+    def fresh_context(new: list[dict[str, Any]]) -> Context:
         torch.manual_seed(spec.seed)  # a grown head's new rows start the same every run
-        model, tokenizer = models.load(spec.base, labels)
-        return Context(model=model, tokenizer=tokenizer, labels=labels, device=device, new=new,
+        model, tokenizer = task.load(spec.base, labels)
+        return Context(task=task, model=model, tokenizer=tokenizer, labels=labels, device=device, new=new,
                        max_length=spec.max_length, seed=spec.seed, rng=random.Random(spec.seed),
                        previous_state=Path(spec.parent_state) if spec.parent_state else None,
                        old_label_count=spec.old_label_count, set_aside=set_aside)
@@ -91,8 +94,8 @@ def _run(spec: TrainSpec, stop: threading.Event, group) -> dict[str, Any] | None
     loop = spec.loop
     if loop.lr == "auto":
         loop = replace(loop, lr=search_lr(fresh_context, lambda: build(spec.strategy.name, spec.strategy.options),
-                                          replace(loop, lr=1e-3), examples))
-    ctx = fresh_context(examples)
+                                          replace(loop, lr=1e-3), rows))
+    ctx = fresh_context(rows)
     tokenizer = ctx.tokenizer
     strategy = build(spec.strategy.name, spec.strategy.options)
     checkpoints = Checkpoints(Path(spec.checkpoint), stop.is_set) if spec.checkpoint else None
@@ -110,7 +113,9 @@ def _run(spec: TrainSpec, stop: threading.Event, group) -> dict[str, Any] | None
         tokenizer.save_pretrained(out / "model")
     elif ctx.lora:
         ctx.model.save_pretrained(out / "adapter", safe_serialization=True)
-        ctx.model.base_model.model.config.save_pretrained(out / "model-config")
+        inner = ctx.model.base_model.model
+        inner.config.architectures = [type(inner).__name__]  # the class strategies/materialize.py rebuilds
+        inner.config.save_pretrained(out / "model-config")
         tokenizer.save_pretrained(out / "model-config")
         candidate = ctx.model.merge_and_unload()
         serving = Path(spec.serving)
@@ -123,81 +128,9 @@ def _run(spec: TrainSpec, stop: threading.Event, group) -> dict[str, Any] | None
     strategy.save_state(ctx, out / "state")
 
     emit({"event": "evaluating"})
-    results = evaluate(spec, labels, candidate, tokenizer, device, ctx.max_length, out)
+    results = side_by_side(spec, task, candidate, tokenizer, device, read_rows, out)
     results["train"] = stats
     return results
-
-
-def evaluate(spec: TrainSpec, labels: list[str], candidate, tokenizer, device, max_length: int,  # type: ignore[no-untyped-def]
-             out: Path) -> dict[str, Any]:
-    """Candidate and champion scored on every held-out set, and the rows that changed between them.
-
-    The candidate's predictions are kept with the version (out/predictions.json, each set's keyed by a
-    digest of its texts and max_length): when this candidate is champion, the next update reuses them
-    for every set they cover instead of scoring it again. The champion is scored as it serves, with
-    its own head (its labels are a prefix of `labels`), so kept and fresh predictions agree.
-    """
-    from strategies import models
-    from strategies.evaluate import predict, scores
-
-    kept = _kept_predictions(spec.champion_predictions)
-    champion = None
-    index = {label: i for i, label in enumerate(labels)}
-    results: dict[str, Any] = {"scores": {}, "paired": {}, "eval_reused": []}
-    predictions: dict[str, dict[str, Any]] = {}
-    started = time.perf_counter()
-    for name, path in spec.data.eval.items():
-        held_out = read_rows(path)
-        texts = [text for text, _ in held_out]
-        truth = [index[label] for _, label in held_out]
-        digest = _digest(texts, max_length)
-        predicted = {"candidate": predict(candidate, tokenizer, texts, device, max_length)[0]}
-        predictions[name] = {"digest": digest, "labels": [labels[i] for i in predicted["candidate"]]}
-        if spec.champion is not None:
-            hit = kept.get(name)
-            if _covers(hit, digest, len(texts), index):
-                predicted["champion"] = [index[label] for label in hit["labels"]]
-                results["eval_reused"].append(name)
-            else:
-                if champion is None:
-                    own = labels[: spec.old_label_count] or labels
-                    champion = models.load(spec.champion, own)[0].to(device)
-                predicted["champion"] = predict(champion, tokenizer, texts, device, max_length)[0]
-        for who, found in predicted.items():
-            results["scores"].setdefault(who, {})[name] = {k: v for k, v in scores(truth, found, labels).items()
-                                                           if k != "per_label"}
-        if "champion" in predicted:  # the same rows, both models: what changed, for the gate's sign test
-            pairs = [(a == t, b == t) for a, b, t in zip(predicted["champion"], predicted["candidate"], truth)]
-            results["paired"][name] = {"lost": sum(a and not b for a, b in pairs),
-                                       "gained": sum(b and not a for a, b in pairs)}
-    (out / "predictions.json").write_text(json.dumps(predictions))
-    results["eval_seconds"] = round(time.perf_counter() - started, 3)
-    return results
-
-
-def _digest(texts: list[str], max_length: int) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps([max_length, texts]).encode()).hexdigest()
-
-
-def _covers(hit: Any, digest: str, rows: int, index: dict[str, int]) -> bool:
-    """Kept predictions that are for exactly these rows, in labels this run knows."""
-    if not isinstance(hit, dict) or hit.get("digest") != digest:
-        return False
-    found = hit.get("labels")
-    return isinstance(found, list) and len(found) == rows and all(label in index for label in found)
-
-
-def _kept_predictions(path: str | None) -> dict[str, Any]:
-    """The champion's predictions from when it was the candidate; {} when there are none or they cannot be read."""
-    if not path:
-        return {}
-    try:
-        kept = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return kept if isinstance(kept, dict) else {}
 
 
 LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
@@ -233,9 +166,11 @@ def standby() -> str | None:
     import peft  # noqa: F401
     import transformers  # noqa: F401
 
-    from strategies import abc, evaluate, loop, models  # noqa: F401
+    from strategies import abc, evaluate, loop, models, tasks  # noqa: F401
 
     abc.build("finetune", {})  # registers (imports) every strategy module
+    for name in tasks.TASKS:
+        tasks.load(name)
     emit({"event": "standby", "pid": os.getpid()})
     line = sys.stdin.readline().strip()
     return line or None

@@ -1,43 +1,50 @@
-"""Examples and batches: tokenise once, group by length, pad each batch only to its longest row."""
+"""Batches: rows tokenised once, grouped by length, each batch padded only to its longest row."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    text: str
-    label: int
+IGNORE = -100  # a target position that does not count (padding, a sub-token, a prompt token)
 
 
 class Encoded:
-    """Tokenised examples (token ids without padding) and their labels."""
+    """Rows tokenised once by their task: token ids without padding and each row's targets, either
+    one label index per row or one per token (IGNORE where a token has none)."""
 
-    def __init__(self, examples: Sequence[Example], tokenizer, max_length: int) -> None:  # type: ignore[no-untyped-def]
-        self.examples = list(examples)
-        encoded = tokenizer([e.text for e in self.examples], truncation=True, max_length=max_length)
-        self.ids: list[list[int]] = encoded["input_ids"]
-        self.labels = [e.label for e in self.examples]
-        self.pad_id = tokenizer.pad_token_id or 0
+    def __init__(self, ids: list[list[int]], targets: Sequence[int] | Sequence[Sequence[int]], pad_id: int) -> None:
+        if len(ids) != len(targets):
+            raise ValueError(f"{len(ids)} rows of ids but {len(targets)} of targets")
+        self.ids = ids
+        self.targets = list(targets)
+        self.pad_id = pad_id
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.ids]
+
     def collate(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """A batch padded to its longest row: input_ids, attention_mask, labels and each row's `index`."""
         width = max(len(self.ids[i]) for i in indices)
         input_ids = torch.full((len(indices), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(indices), width), dtype=torch.long)
+        per_token = bool(self.targets) and not isinstance(self.targets[0], int)
+        labels = torch.full((len(indices), width), IGNORE, dtype=torch.long) if per_token else None
         for row, i in enumerate(indices):
             ids = self.ids[i]
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention[row, : len(ids)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention,
-                "labels": torch.tensor([self.labels[i] for i in indices], dtype=torch.long),
+            if labels is not None:
+                target = self.targets[i]
+                labels[row, : len(target)] = torch.tensor(target, dtype=torch.long)  # type: ignore[arg-type]
+        if labels is None:
+            labels = torch.tensor([self.targets[i] for i in indices], dtype=torch.long)
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
                 "index": torch.tensor(list(indices), dtype=torch.long)}
 
 

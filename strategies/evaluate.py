@@ -1,54 +1,86 @@
-"""Evaluation: predictions, accuracy, macro-F1 and per-label figures, and the accuracy matrix."""
+"""The evaluation of an update: candidate and champion scored on every held-out set, side by side.
+
+For each set: each model's figures (the task's `score`) and the rows that changed between them
+(lost: the champion got them right and the candidate wrong; gained: the reverse), which the gate's
+sign test reads. The candidate's predictions are kept with the version (out/predictions.json, each
+set's keyed by a digest of the task, its rows and max_length): when this candidate is champion, the
+next update reuses them for every set they cover instead of scoring it again. The champion is scored
+as it serves, with its own head (its labels are a prefix of the candidate's), so kept and fresh
+predictions agree.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
-from strategies.data import Encoded, Example, sequential_batches
+from strategies.spec import TrainSpec
+from strategies.tasks.abc import Prediction, Row, Task
+
+ReadRows = Callable[[str], list[Row]]
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, tokenizer, texts: Sequence[str], device: torch.device, max_length: int = 128,  # type: ignore[no-untyped-def]
-            batch_size: int = 64) -> tuple[list[int], list[float]]:
-    """(label index, probability) per text, in the order given."""
-    was_training = model.training
-    model.eval()
-    encoded = Encoded([Example(t, 0) for t in texts], tokenizer, max_length)
-    labels = [0] * len(texts)
-    scores = [0.0] * len(texts)
-    lengths = [len(ids) for ids in encoded.ids]
-    for indices in sequential_batches(lengths, batch_size):
-        batch = encoded.collate(indices)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-        probs = logits.float().softmax(-1).cpu()
-        best = probs.max(-1)
-        for row, i in enumerate(indices):
-            labels[i] = int(best.indices[row])
-            scores[i] = float(best.values[row])
-    model.train(was_training)
-    return labels, scores
+def side_by_side(spec: TrainSpec, task: Task, candidate: torch.nn.Module, tokenizer: Any, device: torch.device,
+                 read_rows: ReadRows, out: Path) -> dict[str, Any]:
+    """{"scores": {who: {set: figures}}, "paired": {set: {lost, gained}}, "eval_reused": [set], "eval_seconds"}."""
+    labels = spec.labels
+    kept = _kept_predictions(spec.champion_predictions)
+    champion = None
+    results: dict[str, Any] = {"scores": {}, "paired": {}, "eval_reused": []}
+    predictions: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+    for name, path in spec.data.eval.items():
+        rows = read_rows(path)
+        digest = _digest(task.name, rows, spec.max_length)
+        found = {"candidate": task.predict(candidate, tokenizer, rows, labels, device, spec.max_length)}
+        predictions[name] = {"digest": digest, "predictions": found["candidate"]}
+        if spec.champion is not None:
+            hit = kept.get(name)
+            if _covers(hit, digest, len(rows)):
+                found["champion"] = hit["predictions"]  # type: ignore[index]
+                results["eval_reused"].append(name)
+            else:
+                own = labels[: spec.old_label_count] or labels
+                if champion is None:
+                    champion = task.load(spec.champion, own)[0].to(device)
+                found["champion"] = task.predict(champion, tokenizer, rows, own, device, spec.max_length)
+        for who, predicted in found.items():
+            figures = task.score(rows, predicted, labels)
+            results["scores"].setdefault(who, {})[name] = {k: v for k, v in figures.items()
+                                                           if k in task.metrics or k == "rows"}
+        if "champion" in found:
+            pairs = [(task.correct(row, a), task.correct(row, b))
+                     for row, a, b in zip(rows, found["champion"], found["candidate"])]
+            results["paired"][name] = {"lost": sum(a and not b for a, b in pairs),
+                                       "gained": sum(b and not a for a, b in pairs)}
+    (out / "predictions.json").write_text(json.dumps(predictions))
+    results["eval_seconds"] = round(time.perf_counter() - started, 3)
+    return results
 
 
-def scores(truth: Sequence[int], predicted: Sequence[int], names: Sequence[str]) -> dict:
-    """accuracy, macro_f1 (over labels present in truth or predictions) and per-label figures."""
-    if not truth:
-        return {"rows": 0, "accuracy": None, "macro_f1": None, "per_label": {}}
-    per_label = {}
-    f1s = []
-    for index, name in enumerate(names):
-        tp = sum(1 for t, p in zip(truth, predicted) if t == p == index)
-        fp = sum(1 for t, p in zip(truth, predicted) if p == index != t)
-        fn = sum(1 for t, p in zip(truth, predicted) if t == index != p)
-        support = tp + fn
-        if support == 0 and fp == 0:
-            continue
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_label[name] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
-        f1s.append(f1)
-    accuracy = sum(int(t == p) for t, p in zip(truth, predicted)) / len(truth)
-    return {"rows": len(truth), "accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0,
-            "per_label": per_label}
+def _digest(task: str, rows: list[Row], max_length: int) -> str:
+    return hashlib.sha256(json.dumps([task, max_length, rows], sort_keys=True).encode()).hexdigest()
+
+
+def _covers(hit: Any, digest: str, rows: int) -> bool:
+    """Kept predictions that are for exactly these rows (the digest names the task and the rows)."""
+    if not isinstance(hit, dict) or hit.get("digest") != digest:
+        return False
+    found = hit.get("predictions")
+    return isinstance(found, list) and len(found) == rows and all(isinstance(p, dict) for p in found)
+
+
+def _kept_predictions(path: str | None) -> dict[str, Prediction]:
+    """The champion's predictions from when it was the candidate; {} when there are none or they cannot be read."""
+    if not path:
+        return {}
+    try:
+        kept = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return kept if isinstance(kept, dict) else {}

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from strategies.abc import Context, Strategy
-from strategies.data import Encoded, sequential_batches
+from strategies.data import sequential_batches
 
 STATE_FILE = "ewc.safetensors"
 
@@ -92,21 +92,19 @@ def penalty(model: torch.nn.Module, fisher: dict[str, torch.Tensor], anchor: dic
 
 
 def estimate_fisher(ctx: Context, samples: int, batch_size: int = 8) -> dict[str, torch.Tensor]:
-    """Diagonal empirical Fisher on up to `samples` of this update's rows (squared mini-batch gradients)."""
+    """Diagonal empirical Fisher on up to `samples` of this update's rows (squared mini-batch gradients of the task's loss)."""
     model = ctx.model
     rows = ctx.new if len(ctx.new) <= samples else ctx.rng.sample(ctx.new, samples)
     fisher = {n: torch.zeros_like(p) for n, p in _trainable(model)}
     if not rows:
         return fisher
-    encoded = Encoded(rows, ctx.tokenizer, ctx.max_length)
+    encoded = ctx.task.encode(rows, ctx.tokenizer, ctx.labels, ctx.max_length)
     was_training = model.training
     model.eval()
-    lengths = [len(ids) for ids in encoded.ids]
-    for indices in sequential_batches(lengths, batch_size):
+    for indices in sequential_batches(encoded.lengths, batch_size):
         batch = {k: v.to(ctx.device) for k, v in encoded.collate(indices).items()}
         model.zero_grad(set_to_none=True)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").backward()
+        ctx.task.loss(ctx.task.forward(model, batch), batch, reduction="sum").backward()
         for name, param in _trainable(model):
             if param.grad is not None:
                 fisher[name] += param.grad.detach() ** 2 / len(rows)

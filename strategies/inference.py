@@ -8,8 +8,8 @@ directory and labels, an Arrow file of the rows, and where to write the results.
 lines on stdout, as strategies/child.py does: "start", "loaded" {rows}, "progress" {done, total},
 then "done" {results} or "failed" {kind, error}. Exit codes: 0 done; 1 failed; 2 bad spec.
 
-What a task does with the rows is one class in `TASKS`; this module imports nothing heavy at the top,
-so the daemon's parent process can import the spec.
+What the rows become is the task's (strategies/tasks/); this module imports nothing heavy at the
+top, so the daemon's parent process can import the spec.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import os
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from strategies.spec import EXIT_FAILED, Failure, failed_event
+from strategies.tasks import TASKS
 
 MODES = ("eval", "predict")
 # the "kind" of a "failed" line (the parent imports this set)
@@ -30,8 +31,6 @@ DEVICES = ("auto", "cpu", "mps")
 # rows per progress line; each chunk is still batched by length (dynamic padding)
 CHUNK_ROWS = 1024
 
-Progress = Callable[[int, int], None]
-
 
 class BadSpec(ValueError):
     """The spec file is not a valid `InferenceSpec`; the message names the field."""
@@ -39,7 +38,7 @@ class BadSpec(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class InferenceSpec:
-    task: str  # a key of TASKS
+    task: str  # a key of strategies/tasks TASKS
     mode: str  # one of MODES
     model: str  # a complete, verified Hugging Face model directory
     labels: tuple[str, ...]  # the version's labels, in the order of its head
@@ -86,76 +85,31 @@ class InferenceSpec:
         return cls(**data)
 
 
-class SequenceClassification:
-    """text -> one of the version's labels, scored by the softmax of its head."""
-
-    def __init__(self, spec: InferenceSpec) -> None:
-        from strategies import models
-        from strategies.distributed import Group
-
-        self.labels = list(spec.labels)
-        self.device = Group().device(spec.device)
-        self.model, self.tokenizer = models.load(spec.model, self.labels)
-        self.model.to(self.device)
-        self.max_length = spec.max_length
-        self.batch_size = spec.batch_size
-
-    def _scored(self, texts: list[str], on_progress: Progress) -> tuple[list[int], list[float]]:
-        from strategies.evaluate import predict
-
-        found: list[int] = []
-        probabilities: list[float] = []
-        for start in range(0, len(texts), CHUNK_ROWS):
-            labels, scores = predict(self.model, self.tokenizer, texts[start:start + CHUNK_ROWS], self.device,
-                                     self.max_length, self.batch_size)
-            found += labels
-            probabilities += scores
-            on_progress(len(found), len(texts))
-        return found, probabilities
-
-    def predict(self, rows: list[tuple[str, str]], on_progress: Progress) -> list[dict[str, Any]]:
-        found, probabilities = self._scored([text for text, _ in rows], on_progress)
-        return [{"label": self.labels[i], "score": p} for i, p in zip(found, probabilities)]
-
-    def evaluate(self, rows: list[tuple[str, str]], on_progress: Progress) -> dict[str, Any]:
-        """accuracy, macro_f1 and per-label figures. A label the version does not know can never be
-        predicted: its rows count as wrong, it is scored in per_label (f1 0) and named in unknown_labels."""
-        from strategies.evaluate import scores
-
-        predicted, _ = self._scored([text for text, _ in rows], on_progress)
-        names = list(self.labels)
-        index = {name: i for i, name in enumerate(names)}
-        unknown: dict[str, int] = {}
-        truth = []
-        for _, label in rows:
-            if label not in index:
-                index[label] = len(names)
-                names.append(label)
-            if index[label] >= len(self.labels):
-                unknown[label] = unknown.get(label, 0) + 1
-            truth.append(index[label])
-        return {**scores(truth, predicted, names), "unknown_labels": unknown}
-
-
-TASKS: dict[str, type[SequenceClassification]] = {"sequence_classification": SequenceClassification}
-
-
 def emit(event: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(event) + "\n")
     sys.stdout.flush()
 
 
 def run(spec: InferenceSpec) -> None:
+    """The version's predictions for the rows, in chunks with a progress line after each; `eval`
+    scores them (the task's figures; labels the version does not know count as wrong)."""
+    from strategies import tasks
     from strategies.child import read_rows
+    from strategies.distributed import Group
 
-    task = TASKS[spec.task](spec)
+    task = tasks.load(spec.task)
+    labels = list(spec.labels)
+    device = Group().device(spec.device)
+    model, tokenizer = task.load(spec.model, labels)
+    model.to(device)
     rows = read_rows(spec.rows)
     emit({"event": "loaded", "rows": len(rows)})
-
-    def on_progress(done: int, total: int) -> None:
-        emit({"event": "progress", "done": done, "total": total})
-
-    result = task.evaluate(rows, on_progress) if spec.mode == "eval" else task.predict(rows, on_progress)
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(rows), CHUNK_ROWS):
+        found += task.predict(model, tokenizer, rows[start:start + CHUNK_ROWS], labels, device, spec.max_length,
+                              spec.batch_size)
+        emit({"event": "progress", "done": len(found), "total": len(rows)})
+    result = task.score(rows, found, labels) if spec.mode == "eval" else found
     Path(spec.results).write_text(json.dumps(result))
 
 

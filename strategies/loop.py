@@ -1,9 +1,12 @@
 """The one training loop. Reads top to bottom: prepare -> batches -> forward -> loss -> step -> validate.
 
+What a row becomes and how outputs become a loss is the task's (ctx.task, strategies/tasks/); the
+loop knows neither labels nor logits.
+
 Mini-batches with dynamic padding and length grouping, AdamW with decoupled weight decay (none on
 biases and norms), optional L1, linear warmup then linear decay, gradient clipping, early stopping
 on a validation slice of the new rows (the best weights are kept), seeded and reproducible.
-`class_weights = "balanced"` weighs labels inversely to their frequency. bf16 autocast on CUDA.
+`class_weights = "balanced"` weighs labels inversely to their frequency (the task counts them). bf16 autocast on CUDA.
 Every setting comes from the train spec's `loop` (strategies/spec.py LoopSettings); none has a default here.
 """
 
@@ -14,18 +17,17 @@ import math
 import os
 import random
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from registry.fsutil import fsync_dir, remove
 from strategies.abc import Context, Strategy
-from strategies.data import Encoded, Example, length_grouped_batches, sequential_batches
+from strategies.data import length_grouped_batches, sequential_batches
 from strategies.distributed import Group
 from strategies.spec import LoopSettings
+from strategies.tasks.abc import Row
 
 Progress = Callable[[dict], None]
 
@@ -40,7 +42,7 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(False)
 
 
-def split_validation(examples: list[Example], fraction: float, rng: random.Random) -> tuple[list[Example], list[Example]]:
+def split_validation(examples: list[Row], fraction: float, rng: random.Random) -> tuple[list[Row], list[Row]]:
     if fraction <= 0 or len(examples) < 20:
         return examples, []
     shuffled = examples[:]
@@ -65,15 +67,16 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
     forward = group.wrap(model, ctx.device)
     train_new, validation = split_validation(ctx.new, cfg.val_fraction, ctx.rng)
     examples = strategy.examples(ctx, train_new)
-    encoded = Encoded(examples, ctx.tokenizer, ctx.max_length)
+    task = ctx.task
+    encoded = task.encode(examples, ctx.tokenizer, ctx.labels, ctx.max_length)
     optimizer = _optimizer(model, cfg)
     trainable = [p for p in model.parameters() if p.requires_grad]  # fixed once the strategy has prepared
     steps_per_epoch = math.ceil(math.ceil(len(encoded) / cfg.batch_size) / group.world)
     total = max(1, steps_per_epoch * cfg.epochs)
     scheduler = _schedule(optimizer, int(cfg.warmup_ratio * total), total)
-    weights = _class_weights(encoded.labels, len(ctx.labels), ctx.device) if cfg.class_weights == "balanced" else None
+    weights = task.class_weights(encoded, len(ctx.labels), ctx.device) if cfg.class_weights == "balanced" else None
     autocast = _autocast(ctx.device, cfg.precision)
-    lengths = [len(ids) for ids in encoded.ids]
+    lengths = encoded.lengths
 
     progress = {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "best_score": -math.inf, "stale": 0}
     best_state = None
@@ -96,9 +99,8 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
             indices = shares[group.rank]
             batch = {k: v.to(ctx.device) for k, v in encoded.collate(indices).items()}
             with autocast:
-                logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights)
-            loss = strategy.loss(ctx, batch, logits.float(), loss)
+                logits = task.forward(forward, batch).float()
+            loss = strategy.loss(ctx, batch, logits, task.loss(logits, batch, weights))
             if cfg.l1:
                 loss = loss + cfg.l1 * sum(p.abs().sum() for p in trainable)
             # one collective a step: a non-finite loss on any rank, a stop request on any rank
@@ -237,27 +239,21 @@ def _schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _class_weights(labels: list[int], count: int, device: torch.device) -> torch.Tensor:
-    seen = Counter(labels)
-    total = len(labels)
-    weights = [total / (len(seen) * seen[i]) if seen.get(i) else 0.0 for i in range(count)]
-    return torch.tensor(weights, dtype=torch.float, device=device)
-
-
 def _autocast(device: torch.device, precision: str):  # type: ignore[no-untyped-def]
     use_bf16 = device.type == "cuda" and precision in ("auto", "bf16")
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
 @torch.no_grad()
-def _loss(model: torch.nn.Module, ctx: Context, examples: list[Example]) -> float:
+def _loss(model: torch.nn.Module, ctx: Context, examples: list[Row]) -> float:
+    """The mean loss per row (unweighted) on `examples`."""
     was_training = model.training
     model.eval()
-    encoded = Encoded(examples, ctx.tokenizer, ctx.max_length)
+    encoded = ctx.task.encode(examples, ctx.tokenizer, ctx.labels, ctx.max_length)
     total = 0.0
-    for indices in sequential_batches([len(ids) for ids in encoded.ids], 64):
+    for indices in sequential_batches(encoded.lengths, 64):
         batch = {k: v.to(ctx.device) for k, v in encoded.collate(indices).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        total += F.cross_entropy(logits.float(), batch["labels"], reduction="sum").item()
+        logits = ctx.task.forward(model, batch).float()
+        total += ctx.task.loss(logits, batch, reduction="sum").item()
     model.train(was_training)
     return total / len(examples)

@@ -1,7 +1,7 @@
 """`lwf`: Learning without Forgetting, distilling the champion's own predictions on the new data.
 
 The loss adds alpha * T^2 * KL(teacher || student) on the labels the champion knew, with both
-softmaxes at temperature T.
+softmaxes at temperature T, over the task's predictive outputs (one per row for a classifier).
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ class LwF(Strategy):
         if self.teacher is None:
             return loss
         with torch.no_grad():
-            teacher = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        k, t = self.known, self.temperature
-        distill = F.kl_div(F.log_softmax(logits[:, :k] / t, dim=-1), F.log_softmax(teacher[:, :k] / t, dim=-1),
+            teacher = ctx.task.outputs(ctx.task.forward(self.teacher, batch).float(), batch, self.known)
+        student = ctx.task.outputs(logits, batch, self.known)
+        t = self.temperature
+        distill = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
                            reduction="batchmean", log_target=True) * t * t
         return loss + self.alpha * distill
 

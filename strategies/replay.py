@@ -1,7 +1,8 @@
 """`replay`: a bounded buffer of earlier rows mixed into every update (experience replay).
 
-Policies: `reservoir` (uniform over everything seen) and `class_balanced` (equal room per label).
-The buffer is persisted in each version's state/ as Arrow (never pickled) with its counters.
+Policies: `reservoir` (uniform over everything seen) and `class_balanced` (equal room per label,
+or whatever key the task balances on). The buffer holds rows in the task's columns and is persisted
+in each version's state/ as Arrow (never pickled) with its counters.
 Rows the daemon set aside (a batch given up after repeated failures) join the buffer, never the new rows.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,7 +19,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from strategies.abc import Context, Strategy
-from strategies.data import Example
+from strategies.tasks.abc import Row
 
 BUFFER_FILE = "replay.arrow"
 
@@ -45,7 +47,7 @@ class Replay(Strategy):
         if set_aside:
             self._remember(ctx, set_aside)
 
-    def examples(self, ctx: Context, examples: list[Example]) -> list[Example]:
+    def examples(self, ctx: Context, examples: list[Row]) -> list[Row]:
         if not self.buffer or self.ratio <= 0:
             return examples
         wanted = int(round(self.ratio * len(examples)))
@@ -53,23 +55,23 @@ class Replay(Strategy):
             replayed = [self.buffer[i % len(self.buffer)] for i in range(wanted)]
         else:
             replayed = ctx.rng.sample(self.buffer, wanted)
-        names = ctx.labels
-        return examples + [Example(text, names.index(label)) for text, label in replayed if label in names]
+        return examples + replayed
 
     def after_update(self, ctx: Context) -> None:
-        self._remember(ctx, [(e.text, ctx.labels[e.label]) for e in ctx.new])
+        self._remember(ctx, ctx.new)
 
-    def _remember(self, ctx: Context, rows: list[tuple[str, str]]) -> None:
+    def _remember(self, ctx: Context, rows: list[Row]) -> None:
         if self.policy == "reservoir":
             self.buffer, self.seen = reservoir(self.buffer, self.seen, rows, self.capacity, ctx.rng)
         else:
-            self.buffer, self.seen = class_balanced(self.buffer, self.seen, rows, self.capacity, ctx.rng)
+            self.buffer, self.seen = class_balanced(self.buffer, self.seen, rows, self.capacity, ctx.rng,
+                                                    ctx.task.balance_key)
 
     def save_state(self, ctx: Context, folder: Path) -> None:
-        save_buffer(folder, self.buffer, self.seen, self.policy)
+        save_buffer(folder, self.buffer, self.seen, self.policy, ctx.task.columns)
 
 
-def reservoir(buffer: list[tuple[str, str]], seen: int, rows: list[tuple[str, str]], capacity: int, rng) -> tuple:  # type: ignore[no-untyped-def]
+def reservoir(buffer: list[Row], seen: int, rows: list[Row], capacity: int, rng) -> tuple:  # type: ignore[no-untyped-def]
     buffer = list(buffer)
     for row in rows:
         seen += 1
@@ -82,15 +84,16 @@ def reservoir(buffer: list[tuple[str, str]], seen: int, rows: list[tuple[str, st
     return buffer, seen
 
 
-def class_balanced(buffer: list[tuple[str, str]], seen: int, rows: list[tuple[str, str]], capacity: int, rng) -> tuple:  # type: ignore[no-untyped-def]
-    """Keep an equal share per label (a label with fewer rows leaves its room to the others)."""
-    by_label: dict[str, list[tuple[str, str]]] = defaultdict(list)
+def class_balanced(buffer: list[Row], seen: int, rows: list[Row], capacity: int, rng,  # type: ignore[no-untyped-def]
+                   key: Callable[[Row], str]) -> tuple:
+    """Keep an equal share per key (a label; one with fewer rows leaves its room to the others)."""
+    by_label: dict[str, list[Row]] = defaultdict(list)
     for row in list(buffer) + list(rows):
-        by_label[row[1]].append(row)
+        by_label[key(row)].append(row)
     seen += len(rows)
     if not by_label or capacity <= 0:
         return [], seen
-    kept: list[tuple[str, str]] = []
+    kept: list[Row] = []
     labels = sorted(by_label, key=lambda label: len(by_label[label]))
     room = capacity
     for i, label in enumerate(labels):
@@ -102,19 +105,20 @@ def class_balanced(buffer: list[tuple[str, str]], seen: int, rows: list[tuple[st
     return kept, seen
 
 
-def load_buffer(state: Path | None) -> tuple[list[tuple[str, str]], int]:
+def load_buffer(state: Path | None) -> tuple[list[Row], int]:
     if state is None or not (state / BUFFER_FILE).is_file():
         return [], 0
     with pa.memory_map(str(state / BUFFER_FILE)) as source:
         table = ipc.open_file(source).read_all()
     meta = json.loads((table.schema.metadata or {}).get(b"lifelong", b"{}"))
-    return list(zip(table["text"].to_pylist(), table["label"].to_pylist())), int(meta.get("seen", 0))
+    return table.to_pylist(), int(meta.get("seen", 0))
 
 
-def save_buffer(folder: Path, buffer: list[tuple[str, str]], seen: int, policy: str) -> None:
+def save_buffer(folder: Path, buffer: list[Row], seen: int, policy: str, columns: tuple[str, ...]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    schema = pa.schema([("text", pa.string()), ("label", pa.string())],
-                       metadata={"lifelong": json.dumps({"seen": seen, "policy": policy})})
-    table = pa.table({"text": [t for t, _ in buffer], "label": [l for _, l in buffer]}, schema=schema)
+    table = (pa.Table.from_pylist([{c: row[c] for c in columns} for row in buffer]) if buffer
+             else pa.table({c: pa.array([], pa.string()) for c in columns}))
+    table = table.replace_schema_metadata({"lifelong": json.dumps({"seen": seen, "policy": policy})})
+    schema = table.schema
     with pa.OSFile(str(folder / BUFFER_FILE), "wb") as sink, ipc.new_file(sink, schema) as writer:
         writer.write_table(table)

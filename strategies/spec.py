@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from registry.errors import LifelongError
+from strategies.tasks import TASKS
 
 # -- what crosses back: exit codes and the kinds of a "failed" event ---------------------------------
 EXIT_FAILED = 1  # a "failed" line says why
@@ -114,6 +115,7 @@ class DataPaths:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainSpec:
+    task: str  # a key of strategies/tasks TASKS
     batch: int
     labels: list[str]
     seed: int
@@ -136,6 +138,8 @@ class TrainSpec:
 
     def __post_init__(self) -> None:
         _check(self, "")
+        if self.task not in TASKS:
+            raise SpecError("task", f"{self.task!r} is not one of {', '.join(TASKS)}")
         if not self.labels:
             raise SpecError("labels", "empty")
         if not 0 <= self.old_label_count <= len(self.labels):

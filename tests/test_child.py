@@ -148,16 +148,19 @@ def test_kept_predictions_stand_in_for_the_champion_exactly(tmp_path: Path, tiny
     assert reused["scores"]["champion"]["2"]["accuracy"] == 0.0
 
 
-def test_kept_predictions_cover_only_the_same_rows_in_known_labels() -> None:
-    from strategies.child import _covers, _digest
+def test_kept_predictions_cover_only_the_same_rows_of_the_same_task() -> None:
+    from strategies.evaluate import _covers, _digest
 
-    index = {"sport": 0, "food": 1}
-    digest = _digest(["a", "b"], 64)
-    assert _covers({"digest": digest, "labels": ["food", "sport"]}, digest, 2, index)
-    assert not _covers({"digest": _digest(["a", "b"], 32), "labels": ["food", "sport"]}, digest, 2, index)
-    assert not _covers({"digest": digest, "labels": ["food"]}, digest, 2, index)
-    assert not _covers({"digest": digest, "labels": ["food", "music"]}, digest, 2, index)
-    assert not _covers(None, digest, 2, index)
+    rows = [{"text": "a", "label": "food"}, {"text": "b", "label": "sport"}]
+    digest = _digest("sequence_classification", rows, 64)
+    kept = [{"label": "food", "score": 0.9}, {"label": "sport", "score": 0.8}]
+    assert _covers({"digest": digest, "predictions": kept}, digest, 2)
+    assert not _covers({"digest": _digest("sequence_classification", rows, 32), "predictions": kept}, digest, 2)
+    assert not _covers({"digest": _digest("token_classification", rows, 64), "predictions": kept}, digest, 2)
+    assert not _covers({"digest": _digest("sequence_classification", rows[:1], 64), "predictions": kept}, digest, 2)
+    assert not _covers({"digest": digest, "predictions": kept[:1]}, digest, 2)
+    assert not _covers({"digest": digest, "labels": ["food", "sport"]}, digest, 2)  # the format before tasks
+    assert not _covers(None, digest, 2)
 
 
 @pytest.mark.parametrize(("change", "key", "says"), [

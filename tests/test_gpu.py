@@ -38,10 +38,9 @@ def test_training_on_cuda_learns_in_bf16(tiny_model: Path, strategy: str, lr: fl
     assert next(ctx.model.parameters()).device.type == "cuda"
     assert next(ctx.model.parameters()).dtype == torch.float32  # master weights stay fp32 under autocast
     assert stats["train_samples"] > 0 and stats["samples_per_second"] > 0
-    from strategies.evaluate import predict
-
-    predicted, _ = predict(ctx.model, ctx.tokenizer, [t for t, _ in rows], ctx.device)
-    accuracy = sum(int(labels[p] == l) for p, (_, l) in zip(predicted, rows)) / len(rows)
+    found = [{"text": t, "label": l} for t, l in rows]
+    accuracy = ctx.task.score(found, ctx.task.predict(ctx.model, ctx.tokenizer, found, labels, ctx.device, 128),
+                              labels)["accuracy"]
     if least is not None:
         assert accuracy > least, accuracy
     else:

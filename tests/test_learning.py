@@ -11,10 +11,8 @@ import pytest
 import torch
 
 from registry.errors import ConfigError
-from strategies import models
+from strategies import models, tasks
 from strategies.abc import Context, Strategy, build
-from strategies.data import Example
-from strategies.evaluate import predict, scores
 from strategies.loop import Checkpoints, NonFiniteLoss, train
 from strategies.spec import LoopSettings
 
@@ -25,6 +23,7 @@ WORDS = {
     "tech": "computer software internet code server laptop chip network",
 }
 FILLER = "the a of and to in is it that with".split()
+TASK = tasks.load("sequence_classification")
 
 
 def toy(labels: list[str], per_label: int, seed: int) -> list[tuple[str, str]]:
@@ -56,9 +55,9 @@ def loop(**changed: object) -> LoopSettings:
 
 def context(model_dir: Path, labels: list[str], rows: list[tuple[str, str]], state: Path | None = None,
             seed: int = 0) -> Context:
-    model, tokenizer = models.load(str(model_dir), labels)
-    return Context(model=model, tokenizer=tokenizer, labels=labels, device=torch.device("cpu"), seed=seed,
-                   new=[Example(t, labels.index(l)) for t, l in rows], previous_state=state, rng=random.Random(seed),
+    model, tokenizer = TASK.load(str(model_dir), labels)
+    return Context(task=TASK, model=model, tokenizer=tokenizer, labels=labels, device=torch.device("cpu"), seed=seed,
+                   new=[{"text": t, "label": l} for t, l in rows], previous_state=state, rng=random.Random(seed),
                    old_label_count=_known(model_dir))
 
 
@@ -69,8 +68,9 @@ def _known(model_dir: Path) -> int:
 
 
 def accuracy(model, tokenizer, rows: list[tuple[str, str]], labels: list[str]) -> float:  # type: ignore[no-untyped-def]
-    predicted, _ = predict(model, tokenizer, [t for t, _ in rows], torch.device("cpu"))
-    return scores([labels.index(l) for _, l in rows], predicted, labels)["accuracy"]
+    found = [{"text": t, "label": l} for t, l in rows]
+    predicted = TASK.predict(model, tokenizer, found, labels, torch.device("cpu"), 128)
+    return TASK.score(found, predicted, labels)["accuracy"]
 
 
 def save(ctx: Context, strategy: Strategy, out: Path) -> Path:
@@ -82,7 +82,7 @@ def save(ctx: Context, strategy: Strategy, out: Path) -> Path:
 
 
 def test_growing_the_head_keeps_old_logits(tiny_model: Path) -> None:
-    model, tokenizer = models.load(str(tiny_model), ["neg", "pos"])
+    model, tokenizer = TASK.load(str(tiny_model), ["neg", "pos"])
     batch = tokenizer(["good film", "awful"], return_tensors="pt", padding=True)
     model.eval()
     old_weight = model.classifier.weight.detach().clone()
@@ -95,7 +95,7 @@ def test_growing_the_head_keeps_old_logits(tiny_model: Path) -> None:
     # the logits agree up to float rounding (a matmul of another width may sum in another order)
     assert torch.allclose(before, after[:, :2], rtol=0, atol=1e-6)
     assert model.config.id2label == {0: "neg", 1: "pos", 2: "neu", 3: "mixed"}
-    grown, _ = models.load(str(tiny_model), ["neg", "pos", "neu"])  # loading with a new label grows too
+    grown, _ = TASK.load(str(tiny_model), ["neg", "pos", "neu"])  # loading with a new label grows too
     with torch.no_grad():
         assert torch.allclose(grown.eval()(**batch).logits[:, :2], before, rtol=0, atol=1e-6)
 
@@ -105,7 +105,7 @@ def test_model_sources() -> None:
     with pytest.raises(models.ModelSourceError, match="unknown embedded"):
         models.resolve("embedded:nope")
     with pytest.raises(models.ModelSourceError, match="HF_HUB_OFFLINE"):
-        models.load("some-org/some-model-that-is-not-here", ["a", "b"])
+        TASK.load("some-org/some-model-that-is-not-here", ["a", "b"])
 
 
 def test_training_is_seeded_and_reproducible(tiny_model: Path) -> None:
@@ -206,13 +206,14 @@ def test_replay_buffers_are_bounded_balanced_and_persisted(tmp_path: Path) -> No
     from strategies.replay import class_balanced, load_buffer, reservoir, save_buffer
 
     rng = random.Random(0)
-    rows = [(f"a{i}", "a") for i in range(500)] + [(f"b{i}", "b") for i in range(20)] + [(f"c{i}", "c") for i in range(90)]
-    kept, seen = class_balanced([], 0, rows, 100, rng)
-    counts = {label: sum(1 for _, l in kept if l == label) for label in "abc"}
+    rows = ([{"text": f"a{i}", "label": "a"} for i in range(500)] + [{"text": f"b{i}", "label": "b"} for i in range(20)]
+            + [{"text": f"c{i}", "label": "c"} for i in range(90)])
+    kept, seen = class_balanced([], 0, rows, 100, rng, TASK.balance_key)
+    counts = {label: sum(1 for row in kept if row["label"] == label) for label in "abc"}
     assert len(kept) == 100 and counts == {"b": 20, "c": 40, "a": 40} and seen == 610
     kept, seen = reservoir([], 0, rows, 50, rng)
     assert len(kept) == 50 and seen == 610
-    save_buffer(tmp_path, kept, seen, "reservoir")
+    save_buffer(tmp_path, kept, seen, "reservoir", TASK.columns)
     assert load_buffer(tmp_path) == (kept, seen)
 
 
@@ -274,9 +275,10 @@ def test_replay_and_ewc_forget_less_than_finetune(tmp_path: Path, tiny_model: Pa
 
 
 def test_balanced_class_weights_lift_the_minority_class(tiny_model: Path) -> None:
-    from strategies.loop import _class_weights
+    from strategies.data import Encoded
 
-    assert _class_weights([0, 0, 0, 1], 3, torch.device("cpu")).tolist() == pytest.approx([4 / 6, 2.0, 0.0])
+    encoded = Encoded([[1], [1], [1], [1]], [0, 0, 0, 1], 0)
+    assert TASK.class_weights(encoded, 3, torch.device("cpu")).tolist() == pytest.approx([4 / 6, 2.0, 0.0])
     labels = ["sport", "food"]
     rows = toy(["sport"], 108, seed=4) + toy(["food"], 12, seed=5)  # 90% : 10%
     minority, majority = toy(["food"], 40, seed=6), toy(["sport"], 40, seed=7)

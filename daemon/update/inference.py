@@ -4,7 +4,7 @@ rows, run strategies/inference.py in a child process, show its progress, and ren
 Only reads the home: the caller opens the registry without recovery and without its lock, so both
 commands work while the daemon runs. A LoRA version's merged weights may be materialised into the
 registry's serving cache on first use, as for any other reader. What a task reads, sends and shows
-is one class in `TASKS`.
+is one class in `TASKS`; what the model does with them is the learning side's (strategies/tasks/).
 """
 
 from __future__ import annotations
@@ -142,11 +142,12 @@ class SequenceClassification:
         return "\n".join(lines)
 
 
+# the parent's side of each task of strategies/tasks TASKS (tests/test_strategy_names.py checks they agree)
 TASKS = {SequenceClassification.name: SequenceClassification}
 
 
 def task_of(home: Home) -> type[SequenceClassification]:
-    return TASKS["sequence_classification"]  # the one task today; model.task will choose
+    return TASKS[home.config.model.task]
 
 
 def _cell(text: str, width: int) -> str:

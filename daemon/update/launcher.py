@@ -59,7 +59,7 @@ def train_spec(config: Config, work: Path, *, batch: int, labels: list[str], dat
     state = parent_files / "state" if parent_files is not None else None
     kept = parent_files / "predictions.json" if parent_files is not None else None
     return TrainSpec(
-        batch=batch, labels=list(labels), seed=config.train.seed, device=config.train.device,
+        task=config.model.task, batch=batch, labels=list(labels), seed=config.train.seed, device=config.train.device,
         num_processes=config.train.num_processes, max_length=config.model.max_length,
         base=str(parent_model) if parent_model is not None else config.model.base,
         old_label_count=old_label_count, parent=parent,

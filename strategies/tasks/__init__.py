@@ -1,0 +1,52 @@
+"""Tasks: what a model learns from a row, and how a held-out set is scored.
+
+`TASKS` is the description both processes read (standard library only, so the daemon imports it):
+each task's row columns, the held-out metrics the gate may use and which way each is better. The
+learning side of a task is one module, `strategies/tasks/<name>.py`, defining a `Task` subclass
+(strategies/tasks/abc.py) registered under the same name; `load` imports it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from strategies.tasks.abc import Task
+
+Direction = Literal["higher", "lower"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskInfo:
+    name: str
+    columns: tuple[str, ...]  # an inbox row's fields, in the Arrow files the daemon writes
+    metrics: dict[str, Direction]  # held-out metrics `gate.metric` may name, and which way is better
+    labelled: bool  # rows carry labels, and a new label grows the model's head
+
+
+TASKS: dict[str, TaskInfo] = {
+    "sequence_classification": TaskInfo(name="sequence_classification", columns=("text", "label"),
+                                        metrics={"accuracy": "higher", "macro_f1": "higher"}, labelled=True),
+}
+
+
+class UnknownTask(ValueError):
+    """`model.task` names no task of TASKS."""
+
+
+def info(name: str) -> TaskInfo:
+    if name not in TASKS:
+        raise UnknownTask(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def load(name: str) -> "Task":
+    """The task's learning side (imports torch): `strategies/tasks/<name>.py`'s registered class."""
+    info(name)
+    from strategies.tasks.abc import REGISTRY
+
+    if name not in REGISTRY:
+        importlib.import_module(f"strategies.tasks.{name}")
+    return REGISTRY[name]()
