@@ -223,6 +223,17 @@ class RegistryConfig(Section):
 
         check_url(f"registry.{info.field_name}", url)  # MissingExtra (exit 2) passes through as itself
         return url
+    # "" = SQLite and files in the home; "postgresql://user@host/db", "s3://bucket/prefix" (lifelong[remote])
+    metadata: str = ""
+    artifacts: str = ""
+
+    @field_validator("metadata", "artifacts")
+    @classmethod
+    def _backend_url(cls, url: str, info: Any) -> str:
+        from registry.backends import check_url
+
+        check_url(f"registry.{info.field_name}", url)  # MissingExtra (exit 2) passes through as itself
+        return url
 
 
 class MetricsConfig(Section):
@@ -301,6 +312,9 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+_NOT_ECHOED = ("registry.metadata", "registry.artifacts")  # URLs: a wrong one may hold a password
+
+
 def parse(data: Mapping[str, Any], origin: Mapping[str, str] | None = None, source: str | None = None) -> Config:
     """Validate a config tree; the first problem is raised as ConfigError naming its key."""
     try:
@@ -309,7 +323,7 @@ def parse(data: Mapping[str, Any], origin: Mapping[str, str] | None = None, sour
         error = exc.errors()[0]
         key = _dotted_key(error["loc"])
         message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-        if error["type"] != "extra_forbidden" and "input" in error:
+        if error["type"] != "extra_forbidden" and "input" in error and key not in _NOT_ECHOED:
             message += f" (got {error['input']!r})"
         env_name = (origin or {}).get(key)
         if env_name:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from daemon import config as config_mod
 from daemon.config import Config
 from registry.fsutil import atomic_write
 from registry.errors import HomeNotFound
+
+if TYPE_CHECKING:
+    from registry.registry import Registry
 
 CONFIG_NAME = "lifelong.toml"
 DEFAULT_HOME = "lifelong-home"
@@ -84,3 +87,15 @@ def open_home(root: Path, environ: Mapping[str, str] | None = None) -> Home:
     home = Home(root=root, config=config_mod.load(config_path, environ))
     home.ensure_dirs()
     return home
+
+
+def open_registry(home: Home, *, probe: bool = False, **kwargs: Any) -> "Registry":
+    """The home's registry on the backends `registry.metadata` / `registry.artifacts` name (SQLite and
+    files in the home by default). `probe`: check first that the object store honours create-only
+    writes (the daemon does at start; UnsafeStore, exit 2, otherwise). Other arguments go to Registry."""
+    from registry.backends import open_backends
+    from registry.registry import Registry
+
+    metadata, artifacts = open_backends(home.registry, home.config.registry.metadata,
+                                        home.config.registry.artifacts, probe=probe)
+    return Registry(home.registry, metadata=metadata, artifacts=artifacts, **kwargs)

@@ -20,27 +20,40 @@ ARTIFACT_SCHEMES = ("s3",)
 _NEEDS = {"registry.metadata": "psycopg", "registry.artifacts": "boto3"}
 
 
+def check_url(key: str, url: str) -> None:
+    """Refuse (ValueError) a malformed URL or one holding a password, and (MissingExtra) a remote backend
+    without its extra; `key` is "registry.metadata" or "registry.artifacts". Config time: nothing is
+    contacted and nothing heavy imported."""
+    if not url:
+        return
+    schemes = METADATA_SCHEMES if key == "registry.metadata" else ARTIFACT_SCHEMES
+    parts = urlsplit(url)  # the URL is never echoed: a wrong one may hold a password
+    if parts.password is not None:
+        raise ValueError("holds a password; credentials come from the environment only (PGPASSWORD, ~/.pgpass, "
+                         "AWS_SECRET_ACCESS_KEY), never from the config file")
+    if parts.scheme not in schemes:
+        raise ValueError(f"expected \"\" or a {schemes[0]}:// URL, got a {parts.scheme or 'schemeless'} one")
+    if key == "registry.artifacts":
+        from registry.s3 import parse_url
+        parse_url(url)
+    if not _installed(_NEEDS[key]):
+        raise MissingExtra("remote", f"{key} = \"{parts.scheme}://...\" needs {_NEEDS[key]}")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module blocked in sys.modules (None) counts as missing
+        return False
+
+
 def check_urls(metadata: str, artifacts: str) -> None:
-    """Refuse a malformed URL, a password in one, or a remote backend without its extra (config time:
-    nothing is contacted and nothing heavy imported)."""
-    for key, url, schemes in (("registry.metadata", metadata, METADATA_SCHEMES),
-                              ("registry.artifacts", artifacts, ARTIFACT_SCHEMES)):
-        if not url:
-            continue
-        parts = urlsplit(url)
-        if parts.scheme not in schemes:
-            raise ConfigError(key, f"expected \"\" or a {schemes[0]}:// URL, got {url!r}")
-        if parts.password is not None:
-            raise ConfigError(key, "holds a password; credentials come from the environment only (PGPASSWORD, "
-                                   "~/.pgpass, AWS_SECRET_ACCESS_KEY), never from the config file")
-        if key == "registry.artifacts":
-            from registry.s3 import parse_url
-            try:
-                parse_url(url)
-            except ValueError as exc:
-                raise ConfigError(key, str(exc)) from None
-        if importlib.util.find_spec(_NEEDS[key]) is None:
-            raise MissingExtra("remote", f"{key} = {url!r} needs {_NEEDS[key]}")
+    """check_url for both keys, raising ConfigError naming the key at fault."""
+    for key, url in (("registry.metadata", metadata), ("registry.artifacts", artifacts)):
+        try:
+            check_url(key, url)
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
 
 
 def open_backends(root: Path, metadata: str = "", artifacts: str = "", *,

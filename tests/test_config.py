@@ -28,7 +28,7 @@ def test_template_is_the_defaults_and_names_every_key() -> None:
                      "replay", "ewc", "lora", "lwf"},
         "train": {"device", "precision", "num_processes", "seed", "standby_seconds"},
         "gate": {"metric", "min_gain_new", "max_forgetting", "min_eval_rows", "canary", "max_canary_drop"},
-        "registry": {"keep_versions", "min_free_bytes"},
+        "registry": {"keep_versions", "min_free_bytes", "metadata", "artifacts"},
         "metrics": {"bind"},
         "hooks": {"on_champion_change"},
     }

@@ -35,6 +35,9 @@ REQUIRED = {  # the names and labels docs/reference.md promises users and dashbo
     "lifelong_inbox_waiting_files": set(),
     "lifelong_disk_free_bytes": set(),
     "lifelong_versions": {"state"},
+    # a remote artifact store (registry.artifacts)
+    "lifelong_artifact_store_retries_total": set(),
+    "lifelong_artifact_store_failures_total": set(),
 }
 
 

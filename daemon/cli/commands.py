@@ -195,10 +195,8 @@ def update(home_dir: Path | None, as_json: bool, now: bool, wait: bool) -> None:
 def open_registry(home: home_mod.Home, *, writable: bool = True):  # type: ignore[no-untyped-def]
     from daemon.service.hooks import champion_hook
     from daemon.update.launcher import spawn_materializer
-    from registry.registry import Registry
-
-    return Registry(home.registry, on_switch=champion_hook(home.config.hooks.on_champion_change), recover=writable,
-                    materializer=spawn_materializer)
+    return home_mod.open_registry(home, on_switch=champion_hook(home.config.hooks.on_champion_change),
+                                  recover=writable, materializer=spawn_materializer)
 
 
 @main.command()

@@ -21,9 +21,9 @@ def collect(home: Home) -> dict[str, Any]:
         given_up = store.given_up()
     pid = holder_pid(home.state / "daemon.lock")
     daemon_state = _daemon_state(home) if pid else {}
-    from registry.registry import Registry
+    from daemon.home import open_registry
 
-    with Registry(home.registry, recover=False) as registry:
+    with open_registry(home, recover=False) as registry:
         champion = registry.champion()
         pinned = registry.pinned()
         audit = [entry.as_dict() for entry in registry.audit()[:20]]

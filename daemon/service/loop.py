@@ -104,11 +104,12 @@ class Service:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
             requests_dir(self.home).mkdir(exist_ok=True)
+            from daemon.home import open_registry
             from daemon.update.launcher import spawn_materializer
-            from registry.registry import Registry
 
-            # recover leftovers of a crash before anything else (re-pointing the champion may materialise it)
-            Registry(self.home.registry, materializer=spawn_materializer).close()
+            # recover leftovers of a crash before anything else (re-pointing the champion may materialise
+            # it); a remote object store that would let a version be overwritten is refused here (exit 2)
+            open_registry(self.home, probe=True, materializer=spawn_materializer).close()
             server = self._serve()
             scheduler = self._schedule()
             observer = start_watching(self.home, self.wake, self.inbox)
@@ -265,16 +266,16 @@ class Service:
         return None
 
     def _has_champion(self) -> bool:
-        from registry.registry import Registry
+        from daemon.home import open_registry
 
-        with Registry(self.home.registry, recover=False) as registry:
+        with open_registry(self.home, recover=False) as registry:
             return registry.champion() is not None
 
     def _update(self, reason: str, waiting: list[dict[str, Any]]) -> None:
         from daemon.service.hooks import champion_hook
         from daemon.update.cycle import UpdateCycle
+        from daemon.home import open_registry
         from daemon.update.launcher import TrainingInterrupted, spawn_materializer
-        from registry.registry import Registry
 
         progress = self.home.state / "progress.json"
         started = time.monotonic()
@@ -291,7 +292,7 @@ class Service:
 
         log.info("update cycle starting", extra={"reason": reason})
         try:
-            with Registry(self.home.registry, recover=False, materializer=spawn_materializer,
+            with open_registry(self.home, recover=False, materializer=spawn_materializer,
                           on_switch=champion_hook(self.home.config.hooks.on_champion_change)) as registry:
                 outcome = UpdateCycle(self.home, registry, on_event=on_event, standby=self.standby,
                                       on_child=lambda run: setattr(self, "child", run)).run()

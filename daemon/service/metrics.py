@@ -54,12 +54,12 @@ class StateCollector(Collector):
         self.bytes_ttl = bytes_ttl
 
     def collect(self) -> Iterator[Metric]:
-        from registry.registry import Registry
+        from daemon.home import open_registry
 
         build = GaugeMetricFamily("lifelong_build_info", "lifelong build", labels=["version"])
         build.add_metric([__version__], 1)
         yield build
-        with Store(self.home.store_path) as store, Registry(self.home.registry, recover=False) as registry:
+        with Store(self.home.store_path) as store, open_registry(self.home, recover=False) as registry:
             files = store.file_outcomes()
             totals = store.counts(pending=False)
             pending = store.counts(pending=True)
@@ -123,6 +123,11 @@ class StateCollector(Collector):
         versions.add_metric(["pruned"], pruned)
         yield versions
         yield GaugeMetricFamily("lifelong_registry_bytes", "bytes under the registry", value=self._bytes[1])
+        from registry.retry import COUNTS  # this process's calls to a remote artifact store (registry.artifacts)
+        yield CounterMetricFamily("lifelong_artifact_store_retries", "calls to the artifact store tried again after "
+                                  "a transient failure (connection, timeout, 5xx), with backoff", value=COUNTS.retries)
+        yield CounterMetricFamily("lifelong_artifact_store_failures", "artifact store operations that failed after "
+                                  "every retry", value=COUNTS.failures)
         yield GaugeMetricFamily("lifelong_update_in_progress", "1 while an update runs", value=int(self.in_progress()))
         errors = CounterMetricFamily("lifelong_ingest_errors", "inbox entries that failed to ingest or to move, by reason",
                                      labels=["reason"])

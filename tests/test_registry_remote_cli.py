@@ -1,0 +1,80 @@
+"""The daemon and the CLI on a remote registry (`registry.metadata`, `registry.artifacts`): the config
+keys, the refusals at start (exit 2), and the commands working on PostgreSQL + S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.home import open_registry
+from tests.conftest import ROOT, cli, lifelong_cmd, open_home, stage_full, write_config
+from tests.servers import postgres_server, seaweedfs_server, start_rclone_s3  # noqa: F401 (fixtures)
+
+
+def test_the_cli_works_on_a_remote_registry(home_root: Path, tiny_model: Path, postgres_server,  # noqa: F811
+                                            seaweedfs_server, tmp_path: Path) -> None:  # noqa: F811
+    write_config(home_root, registry={"metadata": postgres_server.new_database(), "artifacts": seaweedfs_server.url()})
+    with open_registry(open_home(home_root), probe=True) as registry:
+        for marker in "ab":
+            registry.create_version(stage_full(registry, tiny_model, marker), parent=None, strategy="replay")
+        registry.promote("v0001", actor="daemon")
+    home = str(home_root)
+    assert cli("promote", "v0002", "--force", "--home", home).exit_code == 0
+    rows = json.loads(cli("versions", "--home", home, "--json").stdout)
+    assert [r["version"] for r in rows] == ["v0001", "v0002"]
+    assert json.loads(cli("status", "--home", home, "--json").stdout)["champion"] == "v0002"
+    assert cli("rollback", "--home", home, "--reason", "test").exit_code == 0
+    assert cli("export", "v0002", str(tmp_path / "out"), "--home", home).exit_code == 0
+    assert (tmp_path / "out" / "config.json").is_file()
+    # another home on the same registry: the same versions and champion, its own verified copy
+    other = tmp_path / "other"
+    cli("init", "--home", str(other))
+    write_config(other, registry=json.loads(json.dumps(open_home(home_root).config.dump()["registry"])))
+    assert json.loads(cli("status", "--home", str(other), "--json").stdout)["champion"] == "v0001"
+
+
+def test_a_remote_backend_without_the_extra_is_refused_naming_it(home_root: Path) -> None:
+    write_config(home_root, registry={"metadata": "postgresql://lifelong@db.example/lifelong"})
+    hide = "import sys; sys.modules['psycopg'] = None; from daemon.cli import main; main()"
+    done = subprocess.run([sys.executable, "-c", hide, "status", "--home", str(home_root)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "lifelong[remote]" in done.stderr and "registry.metadata" in done.stderr
+
+
+@pytest.mark.parametrize("url, message", [("postgresql://u:secret@db/x", "password"), ("mysql://db/x", "postgresql://")])
+def test_a_bad_metadata_url_is_refused_naming_the_key(home_root: Path, url: str, message: str) -> None:
+    write_config(home_root, registry={"metadata": url})
+    result = cli("status", "--home", str(home_root))
+    assert result.exit_code == 2 and "registry.metadata" in result.stderr and message in result.stderr
+    assert "secret" not in result.stderr
+
+
+def test_an_s3_url_with_credentials_is_refused(home_root: Path) -> None:
+    write_config(home_root, registry={"artifacts": "s3://key:secret@bucket/prefix"})
+    result = cli("status", "--home", str(home_root))
+    assert result.exit_code == 2 and "registry.artifacts" in result.stderr and "secret" not in result.stderr
+
+
+def test_run_refuses_a_store_that_ignores_preconditions_with_exit_2(home_root: Path) -> None:
+    try:
+        proc, endpoint, _ = start_rclone_s3()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    try:
+        write_config(home_root, registry={"artifacts": "s3://lifelong/home"})
+        env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "lifelong-test",
+               "AWS_SECRET_ACCESS_KEY": "lifelong-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+        done = subprocess.run(lifelong_cmd("run", "--home", str(home_root)), cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert "If-None-Match" in done.stderr and "registry.artifacts" in done.stderr
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
