@@ -223,17 +223,6 @@ class RegistryConfig(Section):
 
         check_url(f"registry.{info.field_name}", url)  # MissingExtra (exit 2) passes through as itself
         return url
-    # "" = SQLite and files in the home; "postgresql://user@host/db", "s3://bucket/prefix" (lifelong[remote])
-    metadata: str = ""
-    artifacts: str = ""
-
-    @field_validator("metadata", "artifacts")
-    @classmethod
-    def _backend_url(cls, url: str, info: Any) -> str:
-        from registry.backends import check_url
-
-        check_url(f"registry.{info.field_name}", url)  # MissingExtra (exit 2) passes through as itself
-        return url
 
 
 class MetricsConfig(Section):
