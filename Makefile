@@ -11,10 +11,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml requirements/cpu.txt
+$(VENV)/.installed: pyproject.toml requirements/cpu.txt requirements/remote-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements/cpu.txt
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -r requirements/remote-test.txt
+	$(PY) -m pip install -q -e '.[test,remote]'
 	touch $@
 
 run: venv
