@@ -67,18 +67,23 @@ def test_sigkill_while_writing_versions_and_switching(tmp_path: Path, tiny_model
     assert len(champions) > 3  # the kills landed while the champion kept moving
 
 
-def test_parallel_promotes_and_rollbacks_are_serialised(home_root: Path, tiny_model: Path) -> None:
-    from tests.conftest import stage_full
+@pytest.mark.parametrize("backends", BACKENDS)
+def test_parallel_promotes_and_rollbacks_are_serialised(home_root: Path, tiny_model: Path, backends: str,
+                                                        request: pytest.FixtureRequest) -> None:
+    from daemon.home import open_registry
+    from tests.conftest import open_home, stage_full, write_config
 
-    with Registry(home_root / "registry") as registry:
+    metadata, artifacts = backend_urls(request, backends)
+    write_config(home_root, registry={"metadata": metadata, "artifacts": artifacts})
+    with open_registry(open_home(home_root)) as registry:
         for marker in "abcdef":
             registry.create_version(stage_full(registry, tiny_model, marker), parent=None, strategy="finetune")
         registry.promote("v0001", actor="daemon")
     commands = [lifelong_cmd("promote", f"v000{i}", "--force", "--home", str(home_root)) for i in (2, 3, 4, 5, 6, 2)]
     commands += [lifelong_cmd("rollback", "--home", str(home_root), "--reason", f"r{i}") for i in range(4)]
     daemon = [sys.executable, "-c", (
-        "import sys; from pathlib import Path; from registry.registry import Registry; from registry.errors import Conflict\n"
-        f"r = Registry(Path({str(home_root / 'registry')!r}))\n"
+        "from pathlib import Path; from daemon.home import open_home, open_registry; from registry.errors import Conflict\n"
+        f"r = open_registry(open_home(Path({str(home_root)!r})))\n"
         "ok = 0\n"
         "for v in ['v0003', 'v0005', 'v0006']:\n"
         "    try: r.promote(v, actor='daemon', reason='cycle'); ok += 1\n"
@@ -90,7 +95,7 @@ def test_parallel_promotes_and_rollbacks_are_serialised(home_root: Path, tiny_mo
     cli_ok = sum(1 for code, _, _ in results[:-1] if code == 0)
     assert all(code in (0, 3) for code, _, _ in results[:-1]), results
     daemon_ok = int(results[-1][1].strip())
-    with Registry(home_root / "registry") as registry:
+    with open_registry(open_home(home_root)) as registry:
         audit = registry.audit()
         assert len(audit) == 1 + cli_ok + daemon_ok  # every switch that happened is in the log
         # each entry starts where the previous one ended: the switches never interleaved
