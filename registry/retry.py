@@ -70,13 +70,14 @@ def transient(exc: BaseException) -> bool:
 def call(url: str, operation: str, fn: Callable[[], T], backoff: Backoff,
          sleep: Callable[[float], Any] = time.sleep) -> T:
     """`fn()`, tried again on transient failures as `backoff` says."""
-    for attempt in range(1, backoff.attempts + 1):
+    attempt = 1
+    while True:
         try:
             return fn()
         except Exception as exc:
             if not transient(exc):
                 raise
-            if attempt == backoff.attempts:
+            if attempt >= backoff.attempts:
                 COUNTS.add(failures=1)
                 raise ArtifactStoreUnavailable(url, operation, attempt, str(exc)) from exc
             wait = backoff.delay(attempt)
@@ -84,4 +85,4 @@ def call(url: str, operation: str, fn: Callable[[], T], backoff: Backoff,
             log.warning("artifact store: %s failed (%s); attempt %d of %d in %.1fs", operation, exc, attempt + 1,
                         backoff.attempts, wait, extra={"operation": operation, "attempt": attempt})
             sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover
+            attempt += 1
