@@ -30,7 +30,7 @@ from typing import Any, Callable
 from registry import manifest, retention
 from registry.abc import (CHAMPION_ACTIONS, ArtifactStore, AuditEntry, Decision, MetadataBackend, VersionRecord)
 from registry.errors import Conflict, IntegrityError, UsageError, VersionNotFound, VersionPruned
-from registry.fsutil import fsync_dir
+from registry.fsutil import atomic_write, fsync_dir
 from registry.local import LocalArtifacts, _writable
 from registry.lock import PidLock
 from registry.sqlite import SqliteMetadata
@@ -42,6 +42,8 @@ Materializer = Callable[[Path, Path, Path], None]
 # (version, model dir) -> called after every change of champion
 OnSwitch = Callable[[str, Path], None]
 LOCK_TIMEOUT = 120.0
+# in the root of a registry opened on remote backends: opening it on the defaults is refused
+REMOTE_MARKER = "REMOTE"
 
 
 def utcnow() -> str:
@@ -61,8 +63,19 @@ class Registry:
                  clock: Callable[[], str] = utcnow, recover: bool = True) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        marker = root / REMOTE_MARKER
+        if metadata is None and artifacts is None and marker.exists():
+            # opened on the defaults where the config names remote backends: a local registry.sqlite
+            # made here would fork the registry silently
+            raise UsageError(f"{root} is a registry whose metadata or files live remotely ({marker.read_text().strip()});"
+                             " open it with the home's backends (daemon.home.open_registry), or delete"
+                             f" {marker} if this home went back to the local registry")
         self.meta = metadata or SqliteMetadata(root / "registry.sqlite")
         self.artifacts = artifacts or LocalArtifacts(root)
+        remote = [f"{name} {_without_password(backend.url)}" for name, backend in (("metadata", metadata), ("artifacts", artifacts))
+                  if backend is not None and getattr(backend, "url", None)]
+        if remote and not marker.exists():
+            atomic_write(marker, ", ".join(remote) + "\n")
         self.materializer = materializer
         self.on_switch = on_switch
         self.clock = clock
@@ -444,6 +457,15 @@ def library_versions() -> dict[str, str]:
 def _stamps(root: Path) -> dict[str, manifest.Stamp]:
     return {path.relative_to(root).as_posix(): manifest.stamp(path)
             for path in root.rglob("*") if path.is_file() and path.name != manifest.MANIFEST}
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rsplit('@', 1)[-1]}").geturl()
 
 
 def _kind_of(staging: Path) -> str:

@@ -210,3 +210,14 @@ def test_a_switch_from_another_host_in_between_is_a_conflict(urls, tmp_path: Pat
             first.promote("v0003", actor="daemon")
         audit = list(reversed(first.audit()))
         assert [(e.from_, e.to) for e in audit] == [(None, "v0001"), ("v0001", "v0002")]
+
+
+def test_a_remote_registry_is_never_opened_on_the_local_defaults(urls, tmp_path: Path, tiny_model: Path) -> None:
+    from registry.errors import UsageError
+
+    with open_host(tmp_path / "a", urls) as registry:
+        registry.create_version(stage_full(registry, tiny_model), parent=None, strategy="replay")
+    assert "metadata postgresql://" in (tmp_path / "a" / "REMOTE").read_text()
+    with pytest.raises(UsageError, match="open_registry"):
+        Registry(tmp_path / "a")  # a forgotten call site would fork the registry into a local SQLite file
+    assert not (tmp_path / "a" / "registry.sqlite").exists()

@@ -78,3 +78,41 @@ def test_run_refuses_a_store_that_ignores_preconditions_with_exit_2(home_root: P
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
+
+
+def test_the_daemon_updates_and_promotes_on_postgresql_and_s3(home_root: Path, tiny_model: Path, postgres_server,  # noqa: F811
+                                                              seaweedfs_server) -> None:  # noqa: F811
+    import boto3
+    import psycopg
+
+    from tests.conftest import spawn
+    from tests.test_cycle import configure
+    from tests.test_end_to_end import drop, scrape
+    from tests.test_learning import toy
+    from tests.test_service import status, wait_for
+
+    configure(home_root, tiny_model)
+    metadata, artifacts = postgres_server.new_database(), seaweedfs_server.url()
+    write_config(home_root, registry={"metadata": metadata, "artifacts": artifacts})
+    proc = spawn("run", "--home", str(home_root))
+    try:
+        wait_for(lambda: (status(home_root)["daemon"] or {}).get("metrics_port") is not None, timeout=60)
+        drop(home_root, "b1.jsonl", toy(["sport", "food"], 120, seed=1))
+        wait_for(lambda: (status(home_root)["last_update"] or {}).get("decision") is not None, timeout=180)
+        first = status(home_root)["last_update"]
+        assert (first["decision"], first["version"]) == ("promoted", "v0001"), first
+        assert status(home_root)["champion"] == "v0001"
+        text = scrape(status(home_root)["daemon"]["metrics_port"])[1]
+        assert "lifelong_artifact_store_failures_total 0.0" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()  # type: ignore[union-attr]
+    with psycopg.connect(metadata) as db:  # the record and the switch are in PostgreSQL
+        assert db.execute("SELECT version, kind FROM versions").fetchall() == [("v0001", "full")]
+        assert db.execute("SELECT action, to_version FROM audit").fetchall() == [("promote", "v0001")]
+    bucket, prefix = artifacts.removeprefix("s3://").split("/", 1)
+    client = boto3.client("s3", endpoint_url=seaweedfs_server.endpoint)
+    keys = {item["Key"] for item in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}
+    assert f"{prefix}/versions/v0001/manifest.json" in keys and f"{prefix}/versions/v0001/model/config.json" in keys
+    assert not (home_root / "registry" / "registry.sqlite").exists()  # nothing went to a local registry
+    assert os.readlink(home_root / "registry" / "champion") == "versions/v0001/model"
