@@ -39,16 +39,17 @@ def main(root: str, model: str, seed: str, metadata: str = "", artifacts: str = 
                 pass
 
 
-def gc(root: str, keep: str, kill_at: str) -> None:
-    """Run one gc, SIGKILLing this process at its `kill_at`-th file operation (0: never); print the count."""
+def gc(root: str, keep: str, kill_at: str, metadata: str = "", artifacts: str = "") -> None:
+    """Run one gc, SIGKILLing this process at its `kill_at`-th file operation or call to the object
+    store (0: never); print the count."""
     import os
     import signal
 
+    from registry import retry
+
     calls = [0]
 
-    def counted(name: str):  # type: ignore[no-untyped-def]
-        real = getattr(os, name)
-
+    def counted(real):  # type: ignore[no-untyped-def]
         def call(*args, **kwargs):  # type: ignore[no-untyped-def]
             calls[0] += 1
             if calls[0] == int(kill_at):
@@ -56,9 +57,10 @@ def gc(root: str, keep: str, kill_at: str) -> None:
             return real(*args, **kwargs)
         return call
 
-    with Registry(Path(root)) as registry:
+    with open_registry(root, metadata, artifacts) as registry:
         for name in ("rename", "unlink", "rmdir", "fsync"):
-            setattr(os, name, counted(name))
+            setattr(os, name, counted(getattr(os, name)))
+        retry.call = counted(retry.call)  # every request to the object store
         registry.gc(int(keep))
     print(calls[0])
 

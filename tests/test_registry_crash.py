@@ -124,9 +124,38 @@ def copy_materializer(version_dir: Path, parent_dir: Path, out: Path) -> None:
     (out / "adapter.txt").write_text(version_dir.name)
 
 
-def test_sigkill_at_every_step_of_a_gc_leaves_every_kept_version_verifiable(tmp_path: Path) -> None:
+def clone_remote(urls: tuple[str, str], name: str, request: pytest.FixtureRequest) -> tuple[str, str]:
+    """A copy of the remote pair's state: the database (CREATE DATABASE ... TEMPLATE) and every object."""
+    import psycopg
+
+    from registry.s3 import make_client, parse_url
+
+    metadata, artifacts = urls
+    if metadata:
+        server = request.getfixturevalue("postgres_server")
+        with psycopg.connect(server.url(), autocommit=True) as db:
+            db.execute(f'CREATE DATABASE "{name}" TEMPLATE "{metadata.rsplit("/", 1)[1]}"')
+        metadata = server.url(name)
+    if artifacts:
+        bucket, prefix = parse_url(artifacts)
+        client = make_client()
+        for item in client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/").get("Contents", []):
+            if not item["Key"].endswith("/"):
+                body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                client.put_object(Bucket=bucket, Key=f"{prefix}-{name}/{item['Key'][len(prefix) + 1:]}", Body=body)
+        artifacts = f"{artifacts}-{name}"
+    return metadata, artifacts
+
+
+# on S3 every request is a kill point too (about 70 runs, 3 min): kept for `make test-slow`
+@pytest.mark.parametrize("backends", [pytest.param(b, marks=pytest.mark.slow) if b.endswith("+s3") else b
+                                      for b in BACKENDS])
+def test_sigkill_at_every_step_of_a_gc_leaves_every_kept_version_verifiable(tmp_path: Path, backends: str,
+                                                                            request: pytest.FixtureRequest) -> None:
+    template_urls = backend_urls(request, backends)
     template = tmp_path / "template"
-    with Registry(template, materializer=copy_materializer) as registry:
+    with open_registry(str(template), *template_urls) as registry:
+        registry.materializer = copy_materializer
         for i, marker in enumerate("abcdef", 1):
             lora = marker in "ce"  # v0003 adapts v0002, v0005 adapts v0004
             registry.create_version(fake_version(registry, marker, lora=lora), parent=f"v{i - 1:04d}" if lora else None,
@@ -141,10 +170,13 @@ def test_sigkill_at_every_step_of_a_gc_leaves_every_kept_version_verifiable(tmp_
     for kill_at in range(1, 200):
         root = tmp_path / f"run{kill_at}"
         shutil.copytree(template, root, symlinks=True)
-        done = subprocess.run([sys.executable, "-m", "tests.registry_worker", "gc", str(root), "1", str(kill_at)],
+        urls = clone_remote(template_urls, f"{template_urls[0].rsplit('/', 1)[-1] or 'r'}_{kill_at}", request) \
+            if any(template_urls) else template_urls
+        done = subprocess.run([sys.executable, "-m", "tests.registry_worker", "gc", str(root), "1", str(kill_at), *urls],
                               cwd=ROOT, capture_output=True, text=True, timeout=60)
         runs += 1
-        with Registry(root, materializer=copy_materializer) as registry:  # opening finishes the prune
+        with open_registry(str(root), *urls) as registry:  # opening finishes the prune
+            registry.materializer = copy_materializer
             assert set(registry.pruned()) <= doomed
             assert not [p for p in (root / "versions").iterdir() if p.name.startswith(".")]
             assert not [p for p in (root / "serving").iterdir() if p.name.startswith(".")]
