@@ -141,6 +141,8 @@ class LwfConfig(Section):
 class StrategyConfig(Section):
     name: str = "replay"  # lora+replay learned less; see the template
     epochs: int = Field(default=2, ge=1)
+    min_steps: int = Field(default=100, ge=0)  # a hard small batch trains more epochs; see the template
+    fit_target: float = Field(default=0.9, gt=0.0, le=1.0)
     batch_size: int = Field(default=16, ge=1)
     lr: float | Literal["auto"] = 1e-4  # 5e-4 was unstable; see the template
     early_stopping_patience: int = Field(default=2, ge=0)
@@ -320,8 +322,11 @@ def parse(data: Mapping[str, Any], origin: Mapping[str, str] | None = None, sour
         raise ConfigError(key, message, source=source) from None
     metrics = TASKS[config.model.task].metrics
     if config.gate.metric not in metrics:
-        raise ConfigError("gate.metric", f"{config.gate.metric!r} is not a held-out metric of {config.model.task} "
-                          f"(one of {', '.join(metrics)})", source=source)
+        message = f"{config.gate.metric!r} is not a held-out metric of {config.model.task} (one of {', '.join(metrics)})"
+        env_name = (origin or {}).get("gate.metric") or (origin or {}).get("model.task")
+        if env_name:
+            raise ConfigError("gate.metric", f"{message} [from env {env_name}]", source=None)
+        raise ConfigError("gate.metric", message, source=source)
     return config
 
 

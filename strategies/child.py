@@ -147,7 +147,7 @@ def search_lr(fresh_context, make_strategy, cfg, examples) -> float:  # type: ig
     best_lr, best_loss = LR_GRID[0], float("inf")
     for lr in LR_GRID:
         ctx = fresh_context(subset)
-        stats = train(ctx, make_strategy(), replace(cfg, lr=lr, epochs=1, early_stopping_patience=0,
+        stats = train(ctx, make_strategy(), replace(cfg, lr=lr, epochs=1, min_steps=0, early_stopping_patience=0,
                                                     val_fraction=max(cfg.val_fraction, 0.2)))
         loss = stats.get("validation_loss")
         emit({"event": "lr_search", "lr": lr, "validation_loss": loss})

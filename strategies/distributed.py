@@ -69,6 +69,16 @@ class Group:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return tuple(bool(v) for v in value.tolist())
 
+    def sum(self, *values: float) -> tuple[float, ...]:
+        """Each value summed over the ranks (one all-reduce)."""
+        if not self.active:
+            return values
+        import torch.distributed as dist
+
+        total = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return tuple(total.tolist())
+
     def in_sync(self, model: torch.nn.Module) -> bool:
         """True when every rank holds the same trainable weights (what DDP guarantees; checked once)."""
         if not self.active:

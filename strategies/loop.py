@@ -51,6 +51,24 @@ def split_validation(examples: list[Row], fraction: float, rng: random.Random) -
     return shuffled[cut:], shuffled[:cut]
 
 
+def planned_epochs(cfg: LoopSettings, steps_per_epoch: int) -> int:
+    """The most epochs an update may take: `epochs`, or as many as reach `min_steps` optimizer steps
+    when `epochs` take fewer. Past `epochs` training goes on only while the rows are not yet fitted
+    (`fitted`), and early stopping on the validation slice ends it sooner: a small batch that is hard
+    to learn (a new domain, fresh head rows) gets the steps it needs, one that is learned at once
+    stops at `epochs`, and a large batch reaches min_steps within `epochs` and costs what it did."""
+    if steps_per_epoch <= 0 or cfg.min_steps <= cfg.epochs * steps_per_epoch:
+        return cfg.epochs
+    return math.ceil(cfg.min_steps / steps_per_epoch)
+
+
+def fitted(cfg: LoopSettings, epochs_done: int, hits: float, scored: float) -> bool:
+    """Enough epochs for this update: at least `epochs`, and the rows it trains on were right at
+    least `fit_target` of the time during the last one (the task's hits, as the model saw them in
+    training)."""
+    return epochs_done >= cfg.epochs and (scored == 0 or hits / scored >= cfg.fit_target)
+
+
 class Interrupted(RuntimeError):
     """Training stopped on request (SIGTERM) after writing a checkpoint; the next attempt resumes."""
 
@@ -72,24 +90,28 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
     optimizer = _optimizer(model, cfg)
     trainable = [p for p in model.parameters() if p.requires_grad]  # fixed once the strategy has prepared
     steps_per_epoch = math.ceil(math.ceil(len(encoded) / cfg.batch_size) / group.world)
-    total = max(1, steps_per_epoch * cfg.epochs)
-    scheduler = _schedule(optimizer, int(cfg.warmup_ratio * total), total)
+    epochs = planned_epochs(cfg, steps_per_epoch)
+    base = max(1, steps_per_epoch * cfg.epochs)
+    total = max(base, steps_per_epoch * epochs)
+    scheduler = _schedule(optimizer, int(cfg.warmup_ratio * base), base, total)
     weights = task.class_weights(encoded, len(ctx.labels), ctx.device) if cfg.class_weights == "balanced" else None
     autocast = _autocast(ctx.device, cfg.precision)
     lengths = encoded.lengths
 
-    progress = {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "best_score": -math.inf, "stale": 0}
+    progress = {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "best_score": -math.inf, "stale": 0,
+                "hits": 0, "scored": 0}
     best_state = None
     if checkpoints is not None:
         resumed = checkpoints.load(model, optimizer, scheduler)
         if resumed is not None:
             progress, best_state = resumed
+            progress = {"hits": 0, "scored": 0, **progress}
             if on_progress:
                 on_progress({"event": "resumed", "epoch": progress["epoch"] + 1, "step": progress["step"]})
     started = time.perf_counter()
     done_samples = progress["samples"]
     stopped_early = False
-    for epoch in range(progress["epoch"], cfg.epochs):
+    for epoch in range(progress["epoch"], epochs):
         model.train()
         # each epoch's batch order depends only on (seed, epoch), so a resumed run repeats it
         batches = list(length_grouped_batches(lengths, cfg.batch_size, random.Random(f"{ctx.seed}:{epoch}")))
@@ -101,6 +123,7 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
             with autocast:
                 logits = task.forward(forward, batch).float()
             loss = strategy.loss(ctx, batch, logits, task.loss(logits, batch, weights))
+            hits, scored = task.hits(logits.detach(), batch)
             if cfg.l1:
                 loss = loss + cfg.l1 * sum(p.abs().sum() for p in trainable)
             # one collective a step: a non-finite loss on any rank, a stop request on any rank
@@ -114,7 +137,8 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             progress.update(batch=number + 1, step=progress["step"] + 1,
-                            samples=progress["samples"] + sum(len(share) for share in shares))
+                            samples=progress["samples"] + sum(len(share) for share in shares),
+                            hits=progress["hits"] + hits, scored=progress["scored"] + scored)
             if on_progress:
                 elapsed = time.perf_counter() - started
                 on_progress({"event": "step", "epoch": epoch + 1, "step": progress["step"], "steps": total,
@@ -136,7 +160,12 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
             else:
                 progress["stale"] += 1
                 stopped_early = bool(cfg.early_stopping_patience) and progress["stale"] >= cfg.early_stopping_patience
-        progress.update(epoch=epoch + 1, batch=0)
+        hits, scored = group.sum(progress["hits"], progress["scored"])
+        fit = hits / scored if scored else None
+        if on_progress:
+            on_progress({"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "fit": fit})
+        progress.update(epoch=epoch + 1, batch=0, hits=0, scored=0, fit=fit)
+        stopped_early = stopped_early or fitted(cfg, epoch + 1, hits, scored)
         if checkpoints is not None and group.main:
             checkpoints.save(model, optimizer, scheduler, progress, best_state)
         if stopped_early:
@@ -154,7 +183,7 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
     return {**parallel, "steps": progress["step"], "train_samples": progress["samples"], "seconds": round(seconds, 3),
             "samples_per_second": round(samples / seconds, 2) if seconds else None,
             "validation_loss": -progress["best_score"] if validation and best_state is not None else None,
-            "epochs_run": progress["epoch"]}
+            "epochs_planned": epochs, "epochs_run": progress["epoch"], "fit": progress.get("fit")}
 
 
 class Checkpoints:
@@ -231,11 +260,16 @@ def _optimizer(model: torch.nn.Module, cfg: LoopSettings) -> torch.optim.Optimiz
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
 
 
-def _schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+def _schedule(optimizer: torch.optim.Optimizer, warmup: int, base: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then linear decay to zero over the `base` steps of `epochs`; the steps past them
+    that an unfitted small batch may take (up to `total`) restart at the full rate and decay to zero
+    again. An update that stops at `epochs` so follows exactly the schedule it always had."""
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
+        if step < base or total <= base:
+            return max(0.0, (base - step) / max(1, base - warmup))
+        return max(0.0, (total - step) / (total - base))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 

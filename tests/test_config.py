@@ -20,12 +20,12 @@ def test_template_is_the_defaults_and_names_every_key() -> None:
     data = tomllib.loads(text)
     # every key (the later additions strategy.l1, strategy.lora.lr, train.standby_seconds included) appears in the commented file
     expected = {
-        "model": {"base", "max_length"},
+        "model": {"task", "base", "max_length"},
         "inbox": {"path", "settle_seconds", "eval_fraction", "on_bad_rows", "max_file_bytes", "labels", "polling", "rescan_seconds",
                   "max_row_bytes", "max_text_chars", "max_labels", "max_label_chars"},
         "schedule": {"interval", "cron", "min_new_rows", "max_wait", "max_attempts"},
-        "strategy": {"name", "epochs", "batch_size", "lr", "early_stopping_patience", "weight_decay", "l1", "class_weights",
-                     "replay", "ewc", "lora", "lwf"},
+        "strategy": {"name", "epochs", "min_steps", "fit_target", "batch_size", "lr", "early_stopping_patience",
+                     "weight_decay", "l1", "class_weights", "replay", "ewc", "lora", "lwf"},
         "train": {"device", "precision", "num_processes", "seed", "standby_seconds"},
         "gate": {"metric", "min_gain_new", "max_forgetting", "min_eval_rows", "canary", "max_canary_drop"},
         "registry": {"keep_versions", "min_free_bytes", "metadata", "artifacts"},

@@ -45,12 +45,13 @@ def sections(**changed: dict) -> dict:
 
 
 def loop(**changed: object) -> LoopSettings:
-    """The loop's settings as the daemon builds them from its config (with class_weights "none",
-    the setting these figures were measured with), then the fields in `changed`."""
+    """The loop's settings as the daemon builds them from its config (with class_weights "none" and
+    exactly `epochs` epochs, the settings these figures were measured with), then the fields in `changed`."""
     from daemon.config import parse
     from daemon.update.launcher import loop_settings
 
-    return dataclasses.replace(loop_settings(parse({"strategy": {"class_weights": "none"}})), **changed)  # type: ignore[arg-type]
+    settings = loop_settings(parse({"strategy": {"class_weights": "none", "min_steps": 0}}))
+    return dataclasses.replace(settings, **changed)  # type: ignore[arg-type]
 
 
 def context(model_dir: Path, labels: list[str], rows: list[tuple[str, str]], state: Path | None = None,
@@ -300,3 +301,22 @@ def test_l1_shrinks_the_trained_weights(tiny_model: Path) -> None:
         train(ctx, build("finetune", {}), loop(epochs=2, lr=1e-3, l1=l1))
         sizes[l1] = sum(p.abs().sum().item() for p in ctx.model.parameters())
     assert sizes[1e-3] < sizes[0.0] * 0.99, sizes
+
+
+def test_a_small_batch_trains_past_epochs_until_fitted_and_a_learned_one_stops_at_epochs(tiny_model: Path) -> None:
+    from strategies.loop import planned_epochs
+
+    settings = loop(epochs=2, lr=3e-3, batch_size=8, min_steps=60, fit_target=0.9, val_fraction=0.0)
+    assert planned_epochs(settings, 5) == 12 and planned_epochs(settings, 40) == 2  # a large batch: as before
+    assert planned_epochs(dataclasses.replace(settings, min_steps=0), 5) == 2
+    labels = ["sport", "food"]
+    # a hard batch for 2 epochs of 5 steps: random-init weights fit these 40 rows only after more
+    hard = toy(labels, 20, seed=8)
+    events: list[dict] = []
+    stats = train(context(tiny_model, labels, hard), build("finetune", {}), settings, on_progress=events.append)
+    fits = [e["fit"] for e in events if e["event"] == "epoch"]
+    assert stats["epochs_planned"] == 12 and 2 < stats["epochs_run"] <= 12, (stats, fits)
+    assert all(f < 0.9 for f in fits[1:-1]) and (fits[-1] >= 0.9 or stats["epochs_run"] == 12), fits
+    # a target any model meets: the update stops at `epochs`, whatever min_steps allows
+    easy = dataclasses.replace(settings, fit_target=1e-9)
+    assert train(context(tiny_model, labels, hard), build("finetune", {}), easy)["epochs_run"] == 2

@@ -1,8 +1,9 @@
 """One update cycle, top to bottom:
 
-    close the pending rows into a batch -> build the training set and spec -> train in the child
-    -> evaluate candidate and champion side by side -> gate -> register the version ->
-    promote, reject or hold -> record the decision.
+    close the pending rows into a batch -> build the training set and spec -> train in the child,
+    which also scores candidate and champion side by side (strategies/evaluate.py) -> judge: the
+    gate over those scores (daemon/update/gate.py) -> register the version -> conclude: promote,
+    reject or hold, and record the decision.
 
 A failed run is recorded as `failed` and its batch retried later, until `schedule.max_attempts`
 failures give the batch up for good: later batches go on and its train rows join the replay pool.
@@ -74,9 +75,9 @@ class UpdateCycle:
                 child_started = time.monotonic()
                 results = self.train(spec)
                 child_seconds = time.monotonic() - child_started
-                gate, metrics = self.evaluate(store, batch, spec, results)
+                gate, metrics = self.judge(store, batch, spec, results)
                 version = self.register(batch, spec, results, metrics)
-                decision = self.decide(version, gate, metrics)
+                decision = self.conclude(version, gate, metrics)
                 outcome = Outcome(batch=batch, decision=decision, version=version, reasons=gate.reasons,
                                   summary={"metrics": metrics, "train": results["train"],
                                            "eval_seconds": results.get("eval_seconds"),
@@ -232,7 +233,9 @@ class UpdateCycle:
         finally:
             self.on_child(None)
 
-    def evaluate(self, store: Store, batch: int, spec: TrainSpec, results: dict[str, Any]) -> tuple[GateResult, dict]:
+    def judge(self, store: Store, batch: int, spec: TrainSpec, results: dict[str, Any]) -> tuple[GateResult, dict]:
+        """The gate's verdict on the child's scores, and the metrics recorded with the decision (score
+        tables in the gate's metric, the batch's floor, changed rows, the accuracy matrix)."""
         metric = self.config.gate.metric
         rows = dict(spec.data.eval_rows)
         new = str(batch)
@@ -246,12 +249,16 @@ class UpdateCycle:
             return Scores(per_experience=per, canary=canary)
 
         candidate, champion = table("candidate"), table("champion")
-        baseline = majority_share([label for _, label in store.iter_rows(batch, "eval")])
+        eval_labels = [label for _, label in store.iter_rows(batch, "eval")]
+        baseline = majority_share(eval_labels)
+        batch_labels, model_labels = len(set(eval_labels)), len(spec.labels)
         paired = results.get("paired") or {}
         gate = decide(new=new, candidate=candidate, champion=champion, rows=rows, config=self.config.gate,  # type: ignore[arg-type]
-                      baseline=baseline, canary_rows=rows.get("canary", 0), paired=paired)
+                      baseline=baseline, canary_rows=rows.get("canary", 0), paired=paired,
+                      batch_labels=batch_labels, model_labels=model_labels)
         metrics = {"candidate": _summary(candidate, new, rows), "champion": _summary(champion, new, rows) if champion else None,
-                   "baseline": baseline, "metric": metric, "rows": rows, "paired": paired}
+                   "baseline": baseline, "batch_labels": batch_labels, "model_labels": model_labels,
+                   "metric": metric, "rows": rows, "paired": paired}
         metrics["forgetting_max"] = _forgetting_max(candidate, champion, new)  # type: ignore[arg-type]
         metrics["accuracy_matrix"] = self._matrix(metrics["candidate"]["per_experience"])
         return gate, metrics
@@ -281,7 +288,8 @@ class UpdateCycle:
                                               info=info, serving=serving if serving.is_dir() else None)
         return record.version
 
-    def decide(self, version: str, gate: GateResult, metrics: dict[str, Any]) -> str:
+    def conclude(self, version: str, gate: GateResult, metrics: dict[str, Any]) -> str:
+        """Promote (the gate passed and nothing is pinned), hold (passed while pinned) or reject; recorded."""
         if not gate.passed:
             decision = "rejected"
         elif self.registry.pinned():

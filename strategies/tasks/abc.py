@@ -22,7 +22,7 @@ from strategies.tasks import TASKS
 Row = dict[str, Any]
 Prediction = dict[str, Any]  # JSON-able: what `lifelong predict` shows for one row
 
-HOOKS = ("load", "encode", "forward", "loss", "outputs", "class_weights", "predict", "score", "correct",
+HOOKS = ("load", "encode", "forward", "loss", "hits", "outputs", "class_weights", "predict", "score", "correct",
          "balance_key", "adapter_targets", "adapter_saved_modules")
 REGISTRY: dict[str, type["Task"]] = {}
 
@@ -82,6 +82,10 @@ class Task:
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], weights: torch.Tensor | None = None,
              reduction: str = "mean") -> torch.Tensor:
         """The training loss of a batch (`reduction="sum"`: summed over rows, for validation and Fisher)."""
+        raise NotImplementedError
+
+    def hits(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """How many of the batch's targets the outputs got right, of how many (the loop's fit)."""
         raise NotImplementedError
 
     def outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], known: int) -> torch.Tensor:

@@ -55,6 +55,9 @@ class SequenceClassification(Task):
              reduction: str = "mean") -> torch.Tensor:
         return F.cross_entropy(logits.float(), batch["labels"], weight=weights, reduction=reduction)
 
+    def hits(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+        return int((logits.argmax(-1) == batch["labels"]).sum()), len(batch["labels"])
+
     def outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], known: int) -> torch.Tensor:
         return logits[:, :known]
 
