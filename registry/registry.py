@@ -72,10 +72,7 @@ class Registry:
                              f" {marker} if this home went back to the local registry")
         self.meta = metadata or SqliteMetadata(root / "registry.sqlite")
         self.artifacts = artifacts or LocalArtifacts(root)
-        remote = [f"{name} {_without_password(backend.url)}" for name, backend in (("metadata", metadata), ("artifacts", artifacts))
-                  if backend is not None and getattr(backend, "url", None)]
-        if remote and not marker.exists():
-            atomic_write(marker, ", ".join(remote) + "\n")
+        mark_remote(root, metadata=getattr(metadata, "url", ""), artifacts=getattr(artifacts, "url", ""))
         self.materializer = materializer
         self.on_switch = on_switch
         self.clock = clock
@@ -457,6 +454,17 @@ def library_versions() -> dict[str, str]:
 def _stamps(root: Path) -> dict[str, manifest.Stamp]:
     return {path.relative_to(root).as_posix(): manifest.stamp(path)
             for path in root.rglob("*") if path.is_file() and path.name != manifest.MANIFEST}
+
+
+def mark_remote(root: Path, *, metadata: str = "", artifacts: str = "") -> None:
+    """Leave REMOTE in a registry root whose metadata or files live remotely (once), so that opening it
+    on the local defaults is refused."""
+    remote = [f"{name} {_without_password(url)}" for name, url in (("metadata", metadata), ("artifacts", artifacts))
+              if url]
+    marker = root / REMOTE_MARKER
+    if remote and not marker.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write(marker, ", ".join(remote) + "\n")
 
 
 def _without_password(url: str) -> str:

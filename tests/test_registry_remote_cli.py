@@ -116,3 +116,15 @@ def test_the_daemon_updates_and_promotes_on_postgresql_and_s3(home_root: Path, t
     assert f"{prefix}/versions/v0001/manifest.json" in keys and f"{prefix}/versions/v0001/model/config.json" in keys
     assert not (home_root / "registry" / "registry.sqlite").exists()  # nothing went to a local registry
     assert os.readlink(home_root / "registry" / "champion") == "versions/v0001/model"
+
+
+def test_a_home_configured_remote_is_marked_before_any_registry_is_opened(home_root: Path) -> None:
+    from registry.errors import UsageError
+    from registry.registry import Registry
+
+    write_config(home_root, registry={"metadata": "postgresql://lifelong@127.0.0.1:1/lifelong"})
+    open_home(home_root)
+    assert (home_root / "registry" / "REMOTE").read_text().strip() == "metadata postgresql://lifelong@127.0.0.1:1/lifelong"
+    with pytest.raises(UsageError):  # a call site on the defaults never makes a second, local registry
+        Registry(home_root / "registry")
+    assert not (home_root / "registry" / "registry.sqlite").exists()
