@@ -134,8 +134,9 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
     from registry.registry import Registry
 
     matrix: list[list[float | None]] = []
-    samples = promoted = rejected = 0
+    samples = promoted = rejected = below_floor = 0
     drops: list[float] = []
+    verdicts: list[str | None] = []
     champion: dict[str, float | None] = {}
     with Registry(home / "registry") as registry:
         by_batch = {int(r.info["data"]["experience"]): (r, registry.decision_record(r.version)) for r in registry.versions()}
@@ -147,13 +148,17 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
             verdict = decision.decision if decision else None
             promoted += verdict == "promoted"
             rejected += verdict == "rejected"
+            new = (metrics.get("candidate") or {}).get("new")
+            if verdict == "promoted" and batch > 1 and new is not None and metrics.get("baseline") is not None:
+                below_floor += new < metrics["baseline"]  # a promoted model worse than one fixed answer
             if metrics.get("forgetting_max") is not None:
                 drops.append(metrics["forgetting_max"])
             who = "candidate" if verdict == "promoted" else "champion"
             champion = dict(((metrics.get(who) or {}).get("per_experience")) or champion)
+        verdicts.append(by_batch[batch][1].decision if batch in by_batch and by_batch[batch][1] else None)
         matrix.append([champion.get(str(j)) for j in range(1, batches + 1)])
     return {"matrix": matrix, "train_samples": samples, "promoted": promoted, "rejected": rejected,
-            "candidate_drop_max": max(drops, default=None)}
+            "candidate_drop_max": max(drops, default=None), "verdicts": verdicts, "promoted_below_floor": below_floor}
 
 
 def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, Any], model: str, work: Path,
@@ -201,8 +206,12 @@ def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, An
 
 
 def figures(run: dict[str, Any]) -> dict[str, Any]:
-    """acc, bwt and forgetting_max from an accuracy matrix (row i: after update i; column j: batch j)."""
-    matrix = run["matrix"]
+    """acc, bwt and forgetting_max from an accuracy matrix (row i: after update i; column j: batch j),
+    over the clean batches only: a poisoned batch's held-out rows carry spoiled labels, and what counts
+    there is that its candidate was rejected (`poison_rejected`)."""
+    poisoned = set(run.get("poisoned") or [])
+    clean = [j for j in range(len(run["matrix"][-1])) if j not in poisoned]
+    matrix = [[row[j] for j in clean] for row in run["matrix"]]
     final = [0.0 if v is None else v for v in matrix[-1]]
     earlier = range(len(final) - 1)
     acc = sum(final) / len(final)
@@ -211,14 +220,19 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
            if earlier and all(v is not None for v in learned) else None)
     best = [max((matrix[i][j] for i in range(j, len(matrix) - 1) if matrix[i][j] is not None), default=None) for j in earlier]
     drops = [b - final[j] for j, b in zip(earlier, best) if b is not None]
+    verdicts = run.get("verdicts") or []
     return {"acc": acc, "bwt": bwt, "forgetting_max": max(drops) if drops else None,
             "train_samples": run["train_samples"], "wall_seconds": round(run["wall_seconds"], 1),
-            "promoted": run["promoted"], "rejected": run["rejected"], "candidate_drop_max": run.get("candidate_drop_max")}
+            "promoted": run["promoted"], "rejected": run["rejected"], "candidate_drop_max": run.get("candidate_drop_max"),
+            "poison_rejected": (sum(verdicts[j] == "rejected" for j in poisoned if j < len(verdicts)) / len(poisoned)
+                                if poisoned and verdicts else None),
+            "promoted_below_floor": run.get("promoted_below_floor")}
 
 
 def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("acc", "bwt", "forgetting_max", "candidate_drop_max", "train_samples", "wall_seconds", "promoted", "rejected"):
+    for key in ("acc", "bwt", "forgetting_max", "candidate_drop_max", "train_samples", "wall_seconds", "promoted", "rejected",
+                "poison_rejected", "promoted_below_floor"):
         values = [f[key] for f in per_seed if f.get(key) is not None]
         if not values:
             out[key] = None
@@ -262,6 +276,8 @@ def verdicts(results: dict[str, Any], profile_name: str) -> list[str]:
     if not {DEFAULT_STRATEGY, "joint", "retrain"} <= rows.keys():
         return []
     limits = {"quick": (0.05, -0.05, 0.50), "full": (0.02 if results["stream"] == "bbc" else 0.01, -0.02, 0.40)}[profile_name]
+    if results["stream"] == "mixed":  # small files of several sources: the default must end near joint
+        limits = (0.02, limits[1], limits[2])
     d, joint, retrain = rows[DEFAULT_STRATEGY], rows["joint"], rows["retrain"]
     gap = joint["acc"] - d["acc"]
     share = d["train_samples"] / retrain["train_samples"]
@@ -273,6 +289,12 @@ def verdicts(results: dict[str, Any], profile_name: str) -> list[str]:
                    f"({'met' if ok else 'MISSED'}, target >= {limits[1]})")
     out.append(f"- default training samples {share:.0%} of retrain's ({'met' if share <= limits[2] else 'MISSED'}, "
                f"target <= {limits[2]:.0%})")
+    if d.get("poison_rejected") is not None:
+        out.append(f"- default rejected {d['poison_rejected']:.0%} of the poisoned batches "
+                   f"({'met' if d['poison_rejected'] == 1 else 'MISSED'}, target 100%)")
+    if d.get("promoted_below_floor") is not None:
+        out.append(f"- default promoted {d['promoted_below_floor']:.3g} candidates below their batch's majority-class "
+                   f"baseline ({'met' if d['promoted_below_floor'] == 0 else 'MISSED'}, target 0)")
     if "finetune" in rows and rows["finetune"]["bwt"] is not None:
         f = rows["finetune"]
         out.append(f"- finetune BWT {f['bwt']:.3f}, forgetting max {f['forgetting_max'] or 0:.3f} (its champion's); "
@@ -386,9 +408,10 @@ def main() -> None:
         name, seed = task
         parts, files = streams[seed]
         print(f"{name} (seed {seed})", flush=True)
-        if name in ("joint", "retrain"):
-            return name, seed, run_reference(name, parts, seed, profile, args.model, work)
-        return name, seed, run_strategy(name, files, seed, profile, args.model, work, keep_home=args.keep_homes)
+        if name in ("joint", "retrain"):  # the references learn the clean batches only
+            return name, seed, run_reference(name, [p for p in parts if not p.poison], seed, profile, args.model, work)
+        run = run_strategy(name, files, seed, profile, args.model, work, keep_home=args.keep_homes)
+        return name, seed, {**run, "poisoned": [j for j, p in enumerate(parts) if p.poison]}
 
     # one queue over every seed, slowest contenders first: no seed waits for the last of the one before
     tasks = sorted(((n, seed) for seed in profile["seeds"] for n in names),
