@@ -5,7 +5,7 @@ Whoever holds the lock is active; the others poll `try_acquire` and stay standby
 its session: when the active process dies its connection closes and the server releases the lock at
 once; when its host or network dies, the server's TCP keepalives on the lease connection (set here to
 10 s idle, 5 s between probes, 3 probes) end the session within about 25 s, so a standby polling
-every 2 s takes over within the 30 s CONTRACT section 9 promises. The active must check `held()`
+every 2 s takes over within 30 s. The active must check `held()`
 before each step that writes: a lease whose connection broke is lost, whoever holds it now.
 The lease connection's application_name names its holder (host and pid), so `holder()` can say who
 is active.

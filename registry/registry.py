@@ -386,6 +386,21 @@ class Registry:
                 log.exception("on_champion_change hook failed", extra={"version": target_version})
         return entry
 
+    def sync_champion(self) -> str | None:
+        """Point `champion` at the champion the audit names, its files fetched and verified first: what a
+        serving host that only reads a shared registry runs (`lifelong sync-champion`). Returns it."""
+        with self.lock.acquire(timeout=LOCK_TIMEOUT):
+            champion = self.champion()
+            if champion is None:
+                if os.path.lexists(self.link):
+                    self.link.unlink()
+                return None
+            model_dir = self.model_dir(champion)
+            if self._link_target() != model_dir.resolve():
+                self._point_link(model_dir)
+                log.info("champion link now on %s", champion, extra={"version": champion})
+            return champion
+
     def _link_target(self) -> Path | None:
         try:
             return (self.root / os.readlink(self.link)).resolve()

@@ -128,3 +128,36 @@ def test_a_home_configured_remote_is_marked_before_any_registry_is_opened(home_r
     with pytest.raises(UsageError):  # a call site on the defaults never makes a second, local registry
         Registry(home_root / "registry")
     assert not (home_root / "registry" / "registry.sqlite").exists()
+
+
+def test_sync_champion_follows_the_shared_registry_on_a_serving_host(home_root: Path, tiny_model: Path,
+                                                                     postgres_server, seaweedfs_server,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    from tests.test_service import wait_for
+
+    urls = {"metadata": postgres_server.new_database(), "artifacts": seaweedfs_server.url()}
+    write_config(home_root, registry=urls)
+    serving = tmp_path / "serving"
+    cli("init", "--home", str(serving))
+    write_config(serving, registry=urls)
+    link = serving / "registry" / "champion"
+    result = cli("sync-champion", "--home", str(serving))
+    assert result.exit_code == 0 and "no champion yet" in result.stdout and not os.path.lexists(link)
+    with open_registry(open_home(home_root)) as registry:
+        for marker in "ab":
+            registry.create_version(stage_full(registry, tiny_model, marker), parent=None, strategy="replay")
+        registry.promote("v0001", actor="daemon")
+    result = cli("sync-champion", "--home", str(serving))
+    assert result.exit_code == 0 and "champion v0001" in result.stdout
+    assert os.readlink(link) == "versions/v0001/model" and (link / "config.json").is_file()
+    follower = subprocess.Popen(lifelong_cmd("sync-champion", "--every", "0.2s", "--home", str(serving)), cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with open_registry(open_home(home_root)) as registry:
+            registry.promote("v0002", actor="daemon")
+        wait_for(lambda: os.readlink(link) == "versions/v0002/model", timeout=30)
+        assert (link / "config.json").is_file()
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        follower.wait(timeout=30)
+    assert cli("sync-champion", "--every", "0s", "--home", str(serving)).exit_code == 2

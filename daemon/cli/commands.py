@@ -335,6 +335,42 @@ def export(version: str, dest: Path, home_dir: Path | None) -> None:
     click.echo(f"exported {version} to {path}")
 
 
+@main.command("sync-champion")
+@home_option
+@click.option("--every", default="", help="Keep following the champion, checking this often (e.g. 30s); "
+              "without it, once.")
+@errors_to_exit_codes
+def sync_champion(home_dir: Path | None, every: str) -> None:
+    """Point registry/champion at the registry's champion, fetched and verified (a serving host)."""
+    import time
+
+    from daemon.config import parse_duration
+    from registry.errors import ArtifactStoreUnavailable, MetadataUnavailable, UsageError
+
+    home = open_home(home_dir)
+    try:
+        interval = float(parse_duration(every)) if every else None
+    except ValueError as exc:
+        raise UsageError(f"--every: {exc}") from None
+    if interval is not None and interval <= 0:
+        raise UsageError("--every: must be more than 0s")
+    last: object = ...
+    while True:
+        try:
+            with open_registry(home, writable=False) as registry:
+                champion = registry.sync_champion()
+            if champion != last:
+                click.echo(f"champion {champion} at {home.registry / 'champion'}" if champion else "no champion yet")
+                last = champion
+        except (MetadataUnavailable, ArtifactStoreUnavailable) as exc:
+            if interval is None:
+                raise
+            click.echo(f"lifelong: {exc}; trying again in {interval:g}s", err=True)
+        if interval is None:
+            return
+        time.sleep(interval)
+
+
 @main.command()
 @home_option
 @json_option
