@@ -126,3 +126,19 @@ def test_update_now_without_a_daemon_ingests_the_inbox_first(home_root: Path, ti
     text = cli("update", "--home", str(home_root)).stdout
     assert text.splitlines()[0].startswith("ingested b2.jsonl (accepted): ")
     assert "not enough new rows: 10 < schedule.min_new_rows" in text
+
+
+def test_a_candidate_that_did_not_learn_a_small_new_label_batch_is_never_promoted(home_root: Path, tiny_model: Path) -> None:
+    """A small batch of three new labels, held-out set under min_eval_rows: the champion scores 0 on
+    new labels, so any candidate "gains"; one that learned nothing must still not be promoted."""
+    configure(home_root, tiny_model)
+    drop(home_root, "b1.jsonl", toy(["sport", "food"], 120, seed=1))
+    assert cycle(home_root)["decision"] == "promoted"
+    # a rate too small to move anything: the candidate answers with the old labels only
+    write_config(home_root, strategy={"lr": 1e-9, "min_steps": 0, "epochs": 1},
+                 gate={"min_eval_rows": 100, "max_forgetting": 0.1})
+    drop(home_root, "b2.jsonl", toy(["music", "tech"], 14, seed=2) + toy(["sport"], 6, seed=3))
+    second = cycle(home_root)
+    assert second["metrics"]["candidate"]["new"] < second["metrics"]["baseline"], second
+    assert second["decision"] == "rejected", second
+    assert any(r.startswith("floor on batch 2:") for r in second["reasons"]), second["reasons"]
