@@ -85,6 +85,10 @@ class MetadataBackend(abc.ABC):
         """The latest decision recorded for the version."""
 
     @abc.abstractmethod
+    def decisions(self) -> list[Decision]:
+        """Every decision of every version, oldest first."""
+
+    @abc.abstractmethod
     def append_audit(self, entry: AuditEntry) -> None: ...
 
     @abc.abstractmethod

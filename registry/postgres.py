@@ -191,6 +191,10 @@ class PostgresMetadata(MetadataBackend):
             return None
         return Decision(version=row[0], decision=row[1], at=row[2], gate=row[3], metrics=row[4])
 
+    def decisions(self) -> list[Decision]:
+        rows = self._execute("SELECT version, decision, at, gate, metrics FROM decisions ORDER BY id").fetchall()
+        return [Decision(version=r[0], decision=r[1], at=r[2], gate=r[3], metrics=r[4]) for r in rows]
+
     def append_audit(self, entry: AuditEntry) -> None:
         self._execute("INSERT INTO audit (at, actor, action, from_version, to_version, reason)"
                       " VALUES (%s, %s, %s, %s, %s, %s)",

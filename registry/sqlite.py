@@ -135,6 +135,11 @@ class SqliteMetadata(MetadataBackend):
             return None
         return Decision(version=row[0], decision=row[1], at=row[2], gate=json.loads(row[3]), metrics=json.loads(row[4]))
 
+    def decisions(self) -> list[Decision]:
+        cursor = self._db.execute("SELECT version, decision, at, gate, metrics FROM decisions ORDER BY id")
+        return [Decision(version=r[0], decision=r[1], at=r[2], gate=json.loads(r[3]), metrics=json.loads(r[4]))
+                for r in cursor]
+
     def append_audit(self, entry: AuditEntry) -> None:
         self._db.execute(
             "INSERT INTO audit (at, actor, action, from_version, to_version, reason) VALUES (?, ?, ?, ?, ?, ?)",

@@ -335,6 +335,59 @@ def export(version: str, dest: Path, home_dir: Path | None) -> None:
     click.echo(f"exported {version} to {path}")
 
 
+@main.command("migrate-registry")
+@home_option
+@click.option("--metadata", "metadata_url", default="", help="Copy the metadata to this postgresql:// URL.")
+@click.option("--artifacts", "artifacts_url", default="", help="Copy the version files to this s3:// URL.")
+@errors_to_exit_codes
+def migrate_registry(home_dir: Path | None, metadata_url: str, artifacts_url: str) -> None:
+    """Copy the home's local registry to PostgreSQL and/or S3, verified; run it again to resume."""
+    from registry.backends import open_backends
+    from registry.errors import UsageError
+    from registry.lock import PidLock
+    from registry.migrate import migrate
+    from registry.sqlite import SqliteMetadata
+
+    home = open_home(home_dir)
+    if home.config.registry.metadata or home.config.registry.artifacts:
+        raise UsageError("migrate-registry copies a local registry; this home's config already names remote ones")
+    if not metadata_url and not artifacts_url:
+        raise UsageError("name where to copy to: --metadata postgresql://... and/or --artifacts s3://...")
+    if artifacts_url and not metadata_url:
+        raise UsageError("--artifacts needs --metadata: the records that name the files go to PostgreSQL too")
+    upload, check = home.state / "migrate-upload", home.state / "migrate-check"
+    with PidLock(home.state / "daemon.lock", "lifelong run").acquire(timeout=0):  # the daemon is stopped
+        for folder in (upload, check):
+            _remove_tree(folder)  # a run killed before left copies behind: start them afresh
+        source = open_registry(home)
+        meta, artifacts = open_backends(upload, metadata_url, artifacts_url, probe=True)
+        checker = open_backends(check, "", artifacts_url)[1] if artifacts_url else None
+        try:
+            done = migrate(source, meta, artifacts,  # type: ignore[arg-type]
+                           check=(check, checker) if checker is not None else None,
+                           on_version=lambda version: click.echo(f"copied {version}"))
+        finally:
+            source.close()
+            meta.close()  # type: ignore[union-attr]
+            for folder in (upload, check):
+                _remove_tree(folder)
+    click.echo(f"migrated: {len(done.versions)} versions ({len(done.files)} with files), {done.decisions} decisions,"
+               f" {done.audit} audit entries, {len(done.pruned)} retention marks; {len(done.verified)} versions"
+               " verified at the destination")
+    click.echo("now set in lifelong.toml, [registry]:" + (f"\n  metadata = {metadata_url!r}" if metadata_url else "")
+               + (f"\n  artifacts = {artifacts_url!r}" if artifacts_url else ""))
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    from registry.local import _writable
+
+    if path.exists():
+        _writable(path)
+        shutil.rmtree(path)
+
+
 @main.command("sync-champion")
 @home_option
 @click.option("--every", default="", help="Keep following the champion, checking this often (e.g. 30s); "
