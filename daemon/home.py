@@ -87,7 +87,7 @@ def open_home(root: Path, environ: Mapping[str, str] | None = None) -> Home:
     home = Home(root=root, config=config_mod.load(config_path, environ))
     home.ensure_dirs()
     if home.config.registry.metadata or home.config.registry.artifacts:
-        from registry.registry import mark_remote  # from now on, Registry(home.registry) alone is refused
+        from registry.backends import mark_remote  # from now on, Registry(home.registry) alone is refused
 
         mark_remote(home.registry, metadata=home.config.registry.metadata, artifacts=home.config.registry.artifacts)
     return home

@@ -14,7 +14,10 @@ from urllib.parse import urlsplit
 
 from registry.abc import ArtifactStore, MetadataBackend
 from registry.errors import ConfigError, MissingExtra
+from registry.fsutil import atomic_write
 
+# in the root of a registry opened on remote backends: opening it on the defaults is refused
+REMOTE_MARKER = "REMOTE"
 METADATA_SCHEMES = ("postgresql", "postgres")
 ARTIFACT_SCHEMES = ("s3",)
 _NEEDS = {"registry.metadata": "psycopg", "registry.artifacts": "boto3"}
@@ -77,3 +80,21 @@ def open_backends(root: Path, metadata: str = "", artifacts: str = "", *,
                 meta.close()
             raise
     return meta, store
+
+
+def mark_remote(root: Path, *, metadata: str = "", artifacts: str = "") -> None:
+    """Leave REMOTE in a registry root whose metadata or files live remotely (once), so that opening it
+    on the local defaults is refused."""
+    remote = [f"{name} {_without_password(url)}" for name, url in (("metadata", metadata), ("artifacts", artifacts))
+              if url]
+    marker = root / REMOTE_MARKER
+    if remote and not marker.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write(marker, ", ".join(remote) + "\n")
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rsplit('@', 1)[-1]}").geturl()

@@ -29,8 +29,9 @@ from typing import Any, Callable
 
 from registry import manifest, retention
 from registry.abc import (CHAMPION_ACTIONS, ArtifactStore, AuditEntry, Decision, MetadataBackend, VersionRecord)
+from registry.backends import REMOTE_MARKER, mark_remote
 from registry.errors import Conflict, IntegrityError, UsageError, VersionNotFound, VersionPruned
-from registry.fsutil import atomic_write, fsync_dir
+from registry.fsutil import fsync_dir
 from registry.local import LocalArtifacts, _writable
 from registry.lock import PidLock
 from registry.sqlite import SqliteMetadata
@@ -42,8 +43,6 @@ Materializer = Callable[[Path, Path, Path], None]
 # (version, model dir) -> called after every change of champion
 OnSwitch = Callable[[str, Path], None]
 LOCK_TIMEOUT = 120.0
-# in the root of a registry opened on remote backends: opening it on the defaults is refused
-REMOTE_MARKER = "REMOTE"
 
 
 def utcnow() -> str:
@@ -469,26 +468,6 @@ def library_versions() -> dict[str, str]:
 def _stamps(root: Path) -> dict[str, manifest.Stamp]:
     return {path.relative_to(root).as_posix(): manifest.stamp(path)
             for path in root.rglob("*") if path.is_file() and path.name != manifest.MANIFEST}
-
-
-def mark_remote(root: Path, *, metadata: str = "", artifacts: str = "") -> None:
-    """Leave REMOTE in a registry root whose metadata or files live remotely (once), so that opening it
-    on the local defaults is refused."""
-    remote = [f"{name} {_without_password(url)}" for name, url in (("metadata", metadata), ("artifacts", artifacts))
-              if url]
-    marker = root / REMOTE_MARKER
-    if remote and not marker.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        atomic_write(marker, ", ".join(remote) + "\n")
-
-
-def _without_password(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rsplit('@', 1)[-1]}").geturl()
 
 
 def _kind_of(staging: Path) -> str:

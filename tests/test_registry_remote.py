@@ -28,6 +28,14 @@ def urls(postgres_server, seaweedfs_server) -> tuple[str, str]:  # noqa: F811
     return postgres_server.new_database(), seaweedfs_server.url()
 
 
+@pytest.fixture
+def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test servers' keys in the environment, for stores other than the session's SeaweedFS."""
+    for name, value in (("AWS_ACCESS_KEY_ID", S3_KEY), ("AWS_SECRET_ACCESS_KEY", S3_SECRET),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+
+
 def open_host(root: Path, urls: tuple[str, str], **kwargs: object) -> Registry:
     metadata, artifacts = open_backends(root, *urls, probe=True)
     return Registry(root, metadata=metadata, artifacts=artifacts, **kwargs)  # type: ignore[arg-type]
@@ -95,7 +103,7 @@ def test_a_stored_object_is_never_overwritten(urls, tmp_path: Path, tiny_model: 
         assert reopened.create_version(stage_full(reopened, tiny_model), parent=None, strategy="x").version == "v0001"
 
 
-def test_a_store_that_ignores_if_none_match_is_refused(tmp_path: Path, postgres_server) -> None:  # noqa: F811
+def test_a_store_that_ignores_if_none_match_is_refused(tmp_path: Path, s3_credentials: None) -> None:
     try:
         proc, endpoint, folder = start_rclone_s3()
     except FileNotFoundError as exc:
@@ -111,7 +119,7 @@ def test_a_store_that_ignores_if_none_match_is_refused(tmp_path: Path, postgres_
         proc.wait()
 
 
-def test_a_store_down_for_good_fails_after_retries_with_backoff(tmp_path: Path) -> None:
+def test_a_store_down_for_good_fails_after_retries_with_backoff(tmp_path: Path, s3_credentials: None) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     store = S3Artifacts(tmp_path / "r", "s3://lifelong/x", client=make_client(endpoint_url=dead, timeout=1),
                         backoff=retry.Backoff(attempts=4, base_seconds=0.05, max_seconds=0.2))
