@@ -120,9 +120,37 @@ class PostgresMetadata(MetadataBackend):
                 self._connect()
         return self._db
 
+    def _stale(self) -> bool:
+        return self._db is None or self._db.closed or self._db.broken
+
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        with self._lock, self._errors("query"):
-            return self._conn().execute(sql, params)
+        with self._lock:
+            try:
+                return self._conn().execute(sql, params)
+            except self._psycopg.OperationalError as exc:
+                # a read outside a transaction on a connection the server dropped since the last call
+                # (a restart, a failover) is sent once more on a new one; a write never is
+                if self._depth or not self._stale() or not sql.lstrip().upper().startswith("SELECT"):
+                    raise MetadataUnavailable(_redact(self.url), f"query: {exc}".strip()) from exc
+            with self._errors("query"):
+                return self._conn().execute(sql, params)
+
+    def _begin(self) -> Any:
+        """A transaction holding the write lock; a connection found dead at this point (nothing sent
+        in the transaction yet) is replaced once."""
+        for attempt in (1, 2):
+            tx = None
+            try:
+                tx = self._conn().transaction()
+                tx.__enter__()
+                self._db.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                return tx
+            except self._psycopg.OperationalError as exc:
+                if tx is not None and not self._stale():
+                    tx.__exit__(type(exc), exc, exc.__traceback__)
+                if attempt == 2 or not self._stale():
+                    raise MetadataUnavailable(_redact(self.url), f"begin: {exc}".strip()) from exc
+        raise MetadataUnavailable(_redact(self.url), "begin")  # pragma: no cover (the loop returns or raises)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -134,13 +162,9 @@ class PostgresMetadata(MetadataBackend):
                 finally:
                     self._depth -= 1
                 return
-            with self._errors("begin"):
-                tx = self._conn().transaction()
-                tx.__enter__()
+            tx = self._begin()
             self._depth = 1
             try:
-                with self._errors("lock"):
-                    self._db.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
                 yield
             except BaseException as exc:
                 self._depth = 0

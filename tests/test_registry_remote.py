@@ -229,3 +229,24 @@ def test_a_remote_registry_is_never_opened_on_the_local_defaults(urls, tmp_path:
     with pytest.raises(UsageError, match="open_registry"):
         Registry(tmp_path / "a")  # a forgotten call site would fork the registry into a local SQLite file
     assert not (tmp_path / "a" / "registry.sqlite").exists()
+
+
+def test_a_database_restart_between_two_calls_goes_unnoticed(urls, tmp_path: Path, tiny_model: Path,
+                                                             postgres_server) -> None:  # noqa: F811
+    with open_host(tmp_path / "a", urls) as registry:
+        registry.create_version(stage_full(registry, tiny_model, "a"), parent=None, strategy="replay")
+        staging = stage_full(registry, tiny_model, "b")
+        postgres_server.stop()  # a restart (or a failover) while an update trains, say
+        postgres_server.start()
+        assert [r.version for r in registry.versions()] == ["v0001"]  # a read: sent again on a new connection
+        postgres_server.stop()
+        postgres_server.start()
+        assert registry.create_version(staging, parent=None, strategy="replay").version == "v0002"  # a write too
+        registry.promote("v0002", actor="daemon")
+        postgres_server.stop()
+        try:
+            with pytest.raises(MetadataUnavailable):  # down for good: the call fails, named
+                registry.champion()
+        finally:
+            postgres_server.start()
+        assert registry.champion() == "v0002"
