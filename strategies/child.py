@@ -77,7 +77,9 @@ def _run(spec: TrainSpec, stop: threading.Event, group) -> dict[str, Any] | None
     device = group.device(spec.device)
     rows = read_rows(spec.data.train)
     if TASKS[spec.task].labelled:
-        unknown = sorted({row["label"] for row in rows} - set(labels))
+        column = TASKS[spec.task].columns[-1]  # a row's label, or its tags (one per token)
+        used = {value for row in rows for value in (row[column] if isinstance(row[column], list) else [row[column]])}
+        unknown = sorted(used - set(labels))
         if unknown:
             raise SpecError("data.train", f"rows labelled {', '.join(map(repr, unknown[:5]))}, not in labels")
     # train rows of batches given up after schedule.max_attempts failures: for the replay pool only

@@ -1,7 +1,9 @@
 """`lwf`: Learning without Forgetting, distilling the champion's own predictions on the new data.
 
 The loss adds alpha * T^2 * KL(teacher || student) on the labels the champion knew, with both
-softmaxes at temperature T, over the task's predictive outputs (one per row for a classifier).
+softmaxes at temperature T, over the task's predictive outputs: one per row for a classifier; for
+token classification the tokens the batch marks `O`, where a batch labelling only new entity types
+hides the old ones.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class LwF(Strategy):
         with torch.no_grad():
             teacher = ctx.task.outputs(ctx.task.forward(self.teacher, batch).float(), batch, self.known)
         student = ctx.task.outputs(logits, batch, self.known)
+        if not student.shape[0]:
+            return loss  # no position to distil in this batch (a batch of sentences tagged all through)
         t = self.temperature
         distill = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
                            reduction="batchmean", log_target=True) * t * t

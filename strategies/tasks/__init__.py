@@ -29,6 +29,9 @@ class TaskInfo:
 TASKS: dict[str, TaskInfo] = {
     "sequence_classification": TaskInfo(name="sequence_classification", columns=("text", "label"),
                                         metrics={"accuracy": "higher", "macro_f1": "higher"}, labelled=True),
+    # labels are BIO tags (strategies/tasks/bio.py); the daemon's catalog holds the entity types
+    "token_classification": TaskInfo(name="token_classification", columns=("tokens", "tags"),
+                                     metrics={"entity_f1": "higher"}, labelled=True),
 }
 
 

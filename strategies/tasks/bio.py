@@ -1,0 +1,80 @@
+"""BIO tags, read the same way by both processes (standard library only, so the daemon imports it).
+
+A token classification model's labels are its tags: `O` first, then `B-TYPE`, `I-TYPE` for each
+entity type in the order the types arrived, so a new type appends its two rows to the head and
+every earlier tag keeps its index. Entities are read as conlleval and seqeval's default mode read
+them: a `B-X`, or an `I-X` that does not continue an `X`, starts one; `I-X` continues it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+OUTSIDE = "O"
+PREFIXES = ("B-", "I-")
+
+Span = tuple[str, int, int]  # (type, first token, one past the last token)
+
+
+class BadTag(ValueError):
+    """A tag that is neither `O` nor `B-TYPE` / `I-TYPE` with a non-empty type."""
+
+    def __init__(self, tag: object) -> None:
+        self.tag = tag
+        super().__init__(f"{tag!r} is not a BIO tag (O, B-TYPE or I-TYPE)")
+
+
+def tag_labels(types: Sequence[str]) -> list[str]:
+    """The head's labels for these entity types: O, then B-/I- of each type in order."""
+    return [OUTSIDE] + [f"{prefix}{kind}" for kind in types for prefix in PREFIXES]
+
+
+def entity_types(labels: Sequence[str]) -> list[str]:
+    """The entity types of a head's labels, in the order of their rows."""
+    found: list[str] = []
+    for label in labels:
+        kind = type_of(label)
+        if kind is not None and kind not in found:
+            found.append(kind)
+    return found
+
+
+def type_of(tag: object) -> str | None:
+    """The entity type a tag names (None for O); BadTag for anything that is not a BIO tag."""
+    if tag == OUTSIDE:
+        return None
+    if not isinstance(tag, str) or tag[:2] not in PREFIXES or not tag[2:].strip() or tag[2:] != tag[2:].strip():
+        raise BadTag(tag)
+    return tag[2:]
+
+
+def spans(tags: Sequence[str]) -> list[Span]:
+    """The entities of a tag sequence; a tag that is not BIO reads as O (a model's output is never refused)."""
+    found: list[Span] = []
+    kind: str | None = None
+    start = 0
+    for i, tag in enumerate(tags):
+        prefix, name = (tag[:2], tag[2:]) if isinstance(tag, str) and tag[:2] in PREFIXES and tag[2:] else ("", None)
+        if kind is not None and (prefix != "I-" or name != kind):
+            found.append((kind, start, i))
+            kind = None
+        if name is not None and kind is None:
+            kind, start = name, i
+    if kind is not None:
+        found.append((kind, start, len(tags)))
+    return found
+
+
+def repair(tags: Sequence[str]) -> tuple[list[str], int]:
+    """Well-formed BIO (every entity begins with B-) and how many tags had to change: an `I-X` that
+    does not continue an `X` becomes `B-X`. The entities read from the tags stay the same."""
+    fixed = list(tags)
+    changes = 0
+    previous: str | None = None
+    for i, tag in enumerate(fixed):
+        kind = type_of(tag)
+        if tag.startswith("I-") and previous != kind:
+            fixed[i] = f"B-{kind}"
+            changes += 1
+        previous = kind
+    return fixed, changes

@@ -1,0 +1,188 @@
+"""`token_classification` (NER): each token of a sentence -> a BIO tag, from a linear head per sub-token.
+
+Rows are `{"tokens": [str], "tags": [str]}`; the model's labels are tags (strategies/tasks/bio.py:
+`O`, then `B-`/`I-` of each entity type in arrival order, so a new type grows the head by two rows).
+A word's first sub-token carries its tag and is what the model predicts for it; the rest are ignored.
+Tokens past `max_length` sub-tokens are predicted `O`.
+
+Distillation (`outputs`, read by `lwf`) is on the tokens the batch marks `O`: a batch that labels
+only new entity types marks every old entity `O`, and these are the tokens where plain fine-tuning
+un-learns the old types; the champion's predictions there keep them.
+
+Held-out figures: entity-level micro precision, recall and F1 (exact span and type, conlleval's
+reading of BIO; `entity_f1` is None when neither truth nor predictions hold an entity), and the same
+per entity type. A row is `correct` when its predicted entities are exactly its true ones.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from strategies import models
+from strategies.data import IGNORE, Encoded, sequential_batches
+from strategies.tasks import bio
+from strategies.tasks.abc import Prediction, Row, Task
+
+
+class SlowTokenizer(TypeError):
+    """The model's tokenizer cannot map sub-tokens back to words (it is not a "fast" tokenizer)."""
+
+
+class TokenClassification(Task):
+    name = "token_classification"
+
+    def load(self, source: str, labels: list[str]) -> tuple[torch.nn.Module, Any]:
+        from transformers import AutoModelForTokenClassification
+
+        return models.load_labelled(AutoModelForTokenClassification, source, labels)
+
+    def adapter_targets(self, model: torch.nn.Module) -> list[str]:
+        return models.attention_projections(model)
+
+    def adapter_saved_modules(self, model: torch.nn.Module) -> list[str]:
+        heads = [name for name in ("classifier", "score") if hasattr(model, name)]
+        if not heads:
+            raise ValueError(f"{type(model).__name__}: no token classification head to train alongside the adapter")
+        return heads
+
+    def encode(self, rows: Sequence[Row], tokenizer: Any, labels: list[str], max_length: int,
+               targets: bool = True) -> Encoded:
+        index = {label: i for i, label in enumerate(labels)}
+        if targets:
+            unknown = sorted({tag for row in rows for tag in row["tags"]} - set(index))
+            if unknown:
+                raise ValueError(f"rows tagged {', '.join(map(repr, unknown[:5]))}, not in labels")
+        ids, firsts = _tokenize(rows, tokenizer, max_length)
+        found = []
+        for row, row_ids, first in zip(rows, ids, firsts):
+            target = [IGNORE] * len(row_ids)
+            for word, position in enumerate(first):
+                if position is not None:
+                    target[position] = index[row["tags"][word]] if targets else 0
+            found.append(target)
+        return Encoded(ids, found, tokenizer.pad_token_id or 0)
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], weights: torch.Tensor | None = None,
+             reduction: str = "mean") -> torch.Tensor:
+        targets = batch["labels"]
+        if not bool((targets != IGNORE).any()):
+            return logits.float().sum() * 0.0  # nothing labelled (every word truncated away): no signal, not NaN
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), weight=weights,
+                               ignore_index=IGNORE, reduction=reduction)
+
+    def hits(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+        mask = batch["labels"] != IGNORE
+        return int((logits.argmax(-1)[mask] == batch["labels"][mask]).sum()), int(mask.sum())
+
+    def outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], known: int) -> torch.Tensor:
+        return logits[batch["labels"] == 0][:, :known]  # tag 0 is O (bio.tag_labels)
+
+    def class_weights(self, encoded: Encoded, count: int, device: torch.device) -> torch.Tensor | None:
+        seen = Counter(t for target in encoded.targets for t in target if t != IGNORE)  # type: ignore[union-attr]
+        total = sum(seen.values())
+        weights = [total / (len(seen) * seen[i]) if seen.get(i) else 0.0 for i in range(count)]
+        return torch.tensor(weights, dtype=torch.float, device=device)
+
+    def balance_key(self, row: Row) -> str:
+        kinds = sorted({kind for kind, _, _ in bio.spans(row["tags"])})
+        return "+".join(kinds) if kinds else bio.OUTSIDE
+
+    @torch.no_grad()
+    def predict(self, model: torch.nn.Module, tokenizer: Any, rows: Sequence[Row], labels: list[str],
+                device: torch.device, max_length: int, batch_size: int = 64) -> list[Prediction]:
+        was_training = model.training
+        model.eval()
+        ids, firsts = _tokenize(rows, tokenizer, max_length)
+        encoded = Encoded(ids, [[IGNORE] * len(row) for row in ids], tokenizer.pad_token_id or 0)
+        found: list[Prediction] = [{}] * len(rows)
+        for indices in sequential_batches(encoded.lengths, batch_size):
+            batch = {k: v.to(device) for k, v in encoded.collate(indices).items()}
+            best = self.forward(model, batch).float().softmax(-1).cpu().max(-1)
+            for row, i in enumerate(indices):
+                tags, scores = [], []
+                for position in firsts[i]:
+                    tags.append(bio.OUTSIDE if position is None else labels[int(best.indices[row, position])])
+                    scores.append(1.0 if position is None else float(best.values[row, position]))
+                found[i] = {"tags": tags, "entities": entities(list(rows[i]["tokens"]), tags, scores)}
+        model.train(was_training)
+        return found
+
+    def score(self, rows: Sequence[Row], predictions: Sequence[Prediction], labels: list[str]) -> dict[str, Any]:
+        known = set(bio.entity_types(labels))
+        unknown = Counter(kind for row in rows for kind, _, _ in bio.spans(row["tags"]) if kind not in known)
+        return {**figures([row["tags"] for row in rows], [p["tags"] for p in predictions]),
+                "unknown_types": dict(unknown)}
+
+    def correct(self, row: Row, prediction: Prediction) -> bool:
+        return set(bio.spans(row["tags"])) == set(bio.spans(prediction["tags"]))
+
+
+def _tokenize(rows: Sequence[Row], tokenizer: Any, max_length: int) -> tuple[list[list[int]], list[list[int | None]]]:
+    """Token ids of each row and, per word, the position of its first sub-token (None: truncated away,
+    or a word the tokenizer makes nothing of)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise SlowTokenizer(f"{type(tokenizer).__name__} is not a fast tokenizer: token classification needs word_ids")
+    if not rows:
+        return [], []
+    encoded = tokenizer([list(row["tokens"]) for row in rows], is_split_into_words=True, truncation=True,
+                        max_length=max_length)
+    firsts = []
+    for i, row in enumerate(rows):
+        first: list[int | None] = [None] * len(row["tokens"])
+        for position, word in enumerate(encoded.word_ids(i)):
+            if word is not None and first[word] is None:
+                first[word] = position
+        firsts.append(first)
+    return encoded["input_ids"], firsts
+
+
+def entities(tokens: list[str], tags: Sequence[str], scores: Sequence[float]) -> list[dict[str, Any]]:
+    """The entities of one sentence with character offsets in its tokens joined by single spaces
+    (`text` of `lifelong predict`), each scored by the mean probability of its words' tags."""
+    starts, at = [], 0
+    for token in tokens:
+        starts.append(at)
+        at += len(token) + 1
+    text = " ".join(tokens)
+    found = []
+    for kind, first, last in bio.spans(tags):
+        start, end = starts[first], starts[last - 1] + len(tokens[last - 1])
+        found.append({"type": kind, "start": start, "end": end, "text": text[start:end],
+                      "score": sum(scores[first:last]) / (last - first), "token_start": first, "token_end": last})
+    return found
+
+
+def figures(truth: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """rows, entity-level micro precision/recall/F1 (`entity_f1`) and per-type figures (support: true entities)."""
+    counts: dict[str, list[int]] = {}  # type -> [true positives, predicted, true]
+    for true_tags, found_tags in zip(truth, predicted):
+        wanted, got = set(bio.spans(true_tags)), set(bio.spans(found_tags))
+        for kind, _, _ in wanted | got:
+            counts.setdefault(kind, [0, 0, 0])
+        for kind, _, _ in wanted & got:
+            counts[kind][0] += 1
+        for kind, _, _ in got:
+            counts[kind][1] += 1
+        for kind, _, _ in wanted:
+            counts[kind][2] += 1
+    per_type = {kind: _prf(*counts[kind]) for kind in sorted(counts)}
+    total = [sum(c[i] for c in counts.values()) for i in range(3)]
+    micro = _prf(*total)
+    nothing = total[1] == 0 and total[2] == 0
+    return {"rows": len(truth), "entity_f1": None if nothing or not truth else micro["f1"],
+            "precision": None if nothing else micro["precision"], "recall": None if nothing else micro["recall"],
+            "per_type": per_type}
+
+
+def _prf(hits: int, predicted: int, true: int) -> dict[str, Any]:
+    precision = hits / predicted if predicted else 0.0
+    recall = hits / true if true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "support": true}
