@@ -29,8 +29,9 @@ CHUNK_ROWS = 4096
 BLOCK_BYTES = 1 << 20
 _SUFFIXES = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".jsonl.gz": "jsonl", ".ndjson.gz": "jsonl",
-    ".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet",
+    ".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".conll": "conll", ".conll.gz": "conll",
 }
+TAGGED = ("tokens", "tags")  # token classification rows: JSONL or CoNLL files only (daemon/ingest/conll.py)
 
 
 _SHORT = reprlib.Repr()  # Python 3.10 and 3.11 take no keyword arguments here
@@ -105,12 +106,13 @@ class Limits:
 
 
 def read(source: Path | BinaryIO, limits: Limits | int, on_progress: Callable[[int], None] | None = None, *,
-         name: str | None = None, fast: bool = False) -> Iterator[Chunk]:
+         name: str | None = None, fast: bool = False, required: tuple[str, ...] = REQUIRED) -> Iterator[Chunk]:
     """Yield chunks for every data row of a file: a path, or a binary stream opened by the caller
     (then `name` says which format it is). An int for `limits` is `max_file_bytes`.
 
     `fast=True` lets plain two-column CSV files go through Arrow's C++ parser; it raises `NotFast`
-    (possibly after some chunks) when the file needs the exact row-by-row reader.
+    (possibly after some chunks) when the file needs the exact row-by-row reader. `required`: the
+    fields of the home's task, REQUIRED or TAGGED (token classification: JSONL and CoNLL files).
     """
     limits = Limits(limits) if isinstance(limits, int) else limits
     name = name or os.fsdecode(getattr(source, "name", ""))
@@ -119,9 +121,13 @@ def read(source: Path | BinaryIO, limits: Limits | int, on_progress: Callable[[i
         raise FileRejected("unsupported_format", f"not one of {', '.join(sorted(_SUFFIXES))}")
     if isinstance(source, Path):
         with open(source, "rb") as raw:
-            yield from read(raw, limits, on_progress, name=name, fast=fast)
+            yield from read(raw, limits, on_progress, name=name, fast=fast, required=required)
         return
     kind, gzipped = found
+    tagged = required == TAGGED
+    if (kind == "conll" and not tagged) or (tagged and kind not in ("jsonl", "conll")):
+        wanted = "JSONL or CoNLL files of tokens and tags" if tagged else "rows of text and label"
+        raise FileRejected("unsupported_format", f"a {kind} file, but model.task takes {wanted}")
     raw = source
     if kind == "parquet":
         from daemon.ingest.parquet import read_parquet  # only Parquet files pay for pyarrow.parquet
@@ -131,8 +137,12 @@ def read(source: Path | BinaryIO, limits: Limits | int, on_progress: Callable[[i
     stream: BinaryIO = raw
     if gzipped:
         stream = _Limited(gzip.GzipFile(fileobj=raw, mode="rb"), limits.max_file_bytes)  # type: ignore[assignment]
-    if kind == "jsonl":
-        reader = _read_jsonl(stream, limits.max_row_bytes)
+    if kind == "conll":
+        from daemon.ingest.conll import read_conll
+
+        reader = read_conll(stream, limits.max_row_bytes)
+    elif kind == "jsonl":
+        reader = _read_jsonl(stream, limits.max_row_bytes, required)
     else:
         reader = _read_csv_arrow(stream) if fast else _read_csv(stream, limits.max_row_bytes)
     try:
@@ -225,7 +235,7 @@ def too_large(line: int, size: int, max_row_bytes: int) -> RowError:
     return RowError(line, None, "row_too_large", f"{size} bytes > inbox.max_row_bytes = {max_row_bytes}")
 
 
-def _read_jsonl(stream: BinaryIO, max_row_bytes: int) -> Iterator[Chunk]:
+def _read_jsonl(stream: BinaryIO, max_row_bytes: int, required: tuple[str, ...] = REQUIRED) -> Iterator[Chunk]:
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
     parsed = rows = objects = oversize = 0
     seen: set[str] = set()
@@ -246,7 +256,7 @@ def _read_jsonl(stream: BinaryIO, max_row_bytes: int) -> Iterator[Chunk]:
                 objects += len(records)
                 if len(seen) < 2:
                     for record in records:
-                        seen.update(key for key in REQUIRED if key in record)
+                        seen.update(key for key in required if key in record)
                 yield Chunk(range(base, base + len(records)), records)
                 continue
             lines: list[int] = []
@@ -278,7 +288,7 @@ def _read_jsonl(stream: BinaryIO, max_row_bytes: int) -> Iterator[Chunk]:
                     chunk.append(RowError(line, None, "not_object", record))
                 else:
                     objects += 1
-                    seen.update(key for key in REQUIRED if key in record)
+                    seen.update(key for key in required if key in record)
                     chunk.append(record)
             if chunk:
                 yield Chunk(lines, chunk)
@@ -286,7 +296,7 @@ def _read_jsonl(stream: BinaryIO, max_row_bytes: int) -> Iterator[Chunk]:
         raise FileRejected("empty", "no data rows")
     if parsed == 0 and oversize < rows:
         raise FileRejected("unreadable", f"no line is valid JSON ({first_error})")
-    missing = [key for key in REQUIRED if key not in seen]
+    missing = [key for key in required if key not in seen]
     if missing and objects:
         raise FileRejected("missing_columns", f"no row has the required field(s) {', '.join(missing)}")
 

@@ -176,7 +176,8 @@ class Inbox:
         outcomes: list[FileOutcome] = []
         with self.lock, Store(self.home.store_path) as store:
             ingestor = Ingestor(store=store, inbox=self.home.inbox, archive=self.home.archive,
-                                quarantine=self.home.quarantine, config=self.home.config.inbox, tick=self.tick)
+                                quarantine=self.home.quarantine, config=self.home.config.inbox, tick=self.tick,
+                                task=self.home.config.model.task)
             unfinished = ingestor.recover(due=lambda record: self._due(record.name))
             for name, exc in unfinished.items():
                 if self._due(name):

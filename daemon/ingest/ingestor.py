@@ -32,7 +32,9 @@ import pyarrow.compute as pc
 
 from daemon.config import InboxConfig
 from daemon.ingest import formats, names
+from daemon.ingest import tagged
 from daemon.ingest.rows import LabelSet, Validator
+from daemon.ingest.tagged import TaggedValidator
 from daemon.ingest.rejected import RejectedRows, publish_no_replace
 from daemon.ingest.segments import SegmentWriter
 from daemon.ingest.store import FileRecord, Store
@@ -84,8 +86,10 @@ class Ingestor:
     """
 
     def __init__(self, *, store: Store, inbox: Path, archive: Path, quarantine: Path, config: InboxConfig,
-                 clock: Callable[[], str] = utcnow, tick: Callable[[], None] = _noop) -> None:
+                 clock: Callable[[], str] = utcnow, tick: Callable[[], None] = _noop,
+                 task: str = "sequence_classification") -> None:
         self.store = store
+        self.tagged = task == "token_classification"  # rows of tokens and BIO tags (daemon/ingest/tagged.py)
         self.inbox = inbox
         self.archive = archive
         self.quarantine = quarantine
@@ -205,9 +209,14 @@ class Ingestor:
             return
         scan.publish()
         self.store.add_labels(file_id, scan.labels.added)
+        message = f"{good_rows} rows ingested, {scan.bad} skipped" if scan.bad else f"{good_rows} rows ingested"
+        repaired = scan.validate.repaired if isinstance(scan.validate, TaggedValidator) else 0
+        if repaired:
+            message += f"; {repaired} BIO tags repaired (I- starting an entity made B-) in {scan.validate.repaired_rows} rows"
+            log.warning("%s: %s", names.display(name), message, extra={"repaired_tags": repaired})
         self.store.finish_file(
             file_id, outcome="accepted", dest=self._free_name(self.archive, name, file_id),
-            message=f"{good_rows} rows ingested, {scan.bad} skipped" if scan.bad else f"{good_rows} rows ingested",
+            message=message,
             rows_train=scan.counts[0], rows_eval=scan.counts[1], rows_rejected=scan.bad,
         )
 
@@ -217,13 +226,17 @@ class Ingestor:
         config = self.config
         skip = config.on_bad_rows == "skip"
         labels = LabelSet.of(self.store.labels(), config.labels, max_labels=config.max_labels)
-        validate = Validator(labels, config.eval_fraction, max_text_chars=config.max_text_chars,
-                             max_label_chars=config.max_label_chars)
+        checks = TaggedValidator if self.tagged else Validator
+        validate = checks(labels, config.eval_fraction, max_text_chars=config.max_text_chars,
+                          max_label_chars=config.max_label_chars)
         rejected = RejectedRows(self.quarantine / f".tmp-{file_id}.rejected.jsonl") if skip else None
-        scan = _Scan(labels=labels, writer=self.store.segment_writer(file_id), rejected=rejected)
+        writer = self.store.segment_writer(file_id, tagged.SCHEMA) if self.tagged else self.store.segment_writer(file_id)
+        scan = _Scan(labels=labels, writer=writer, rejected=rejected, validate=validate)
         limits = formats.Limits(config.max_file_bytes, config.max_row_bytes)
+        required = formats.TAGGED if self.tagged else formats.REQUIRED
         try:
-            for chunk in formats.read(PositionalReader(handle), limits, on_progress, name=name, fast=fast):
+            for chunk in formats.read(PositionalReader(handle), limits, on_progress, name=name, fast=fast,
+                                      required=required):
                 self.tick()
                 scan.total += len(chunk)
                 if not scan.bad or skip:
@@ -425,6 +438,7 @@ class _Scan:
     labels: LabelSet
     writer: SegmentWriter
     rejected: "RejectedRows | None"
+    validate: "Validator | TaggedValidator"
     counts: list[int] = field(default_factory=lambda: [0, 0])  # train, eval
     bad: int = 0
     total: int = 0

@@ -31,21 +31,23 @@ def path_of(folder: Path, file_id: int) -> Path:
 class SegmentWriter:
     """Appends columns in record batches; `publish` makes the segment durable and visible."""
 
-    def __init__(self, folder: Path, file_id: int) -> None:
+    def __init__(self, folder: Path, file_id: int, schema: pa.Schema = SCHEMA) -> None:
         self.final = path_of(folder, file_id)
         self.tmp = folder / f".{file_id}.arrow.tmp"
+        self.schema = schema  # SCHEMA, or a task's own (daemon/ingest/tagged.py): split first, key and extra last
         self._sink = pa.OSFile(str(self.tmp), "wb")
-        self._writer = pa.ipc.new_file(self._sink, SCHEMA)
+        self._writer = pa.ipc.new_file(self._sink, schema)
         self.rows = 0
 
     def write(self, splits: Sequence[int] | pa.Array, labels: Sequence[str] | pa.Array, texts: Sequence[str] | pa.Array,
               keys: Sequence[str | None] | None = None, extras: Sequence[str | None] | None = None) -> None:
-        """Append rows given column by column (Python sequences or Arrow arrays); None = all null."""
+        """Append rows given column by column (Python sequences or Arrow arrays), in the order of the
+        schema's fields (with a task's schema, `labels` and `texts` are its two columns); None = all null."""
         size = len(splits)
         if not size:
             return
-        columns = [_column(values, field.type, size) for values, field in zip((splits, labels, texts, keys, extras), SCHEMA)]
-        self._writer.write_batch(pa.record_batch(columns, schema=SCHEMA))
+        columns = [_column(values, field.type, size) for values, field in zip((splits, labels, texts, keys, extras), self.schema)]
+        self._writer.write_batch(pa.record_batch(columns, schema=self.schema))
         self.rows += size
 
     def publish(self) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from daemon.ingest import names, segments
@@ -146,8 +147,8 @@ class Store:
         )
         return int(cursor.lastrowid)  # type: ignore[arg-type]
 
-    def segment_writer(self, file_id: int) -> SegmentWriter:
-        return SegmentWriter(self.segments, file_id)
+    def segment_writer(self, file_id: int, schema: pa.Schema = segments.SCHEMA) -> SegmentWriter:
+        return SegmentWriter(self.segments, file_id, schema)
 
     def add_labels(self, file_id: int, names: Iterable[str]) -> None:
         start = self._db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM labels").fetchone()[0]
@@ -251,13 +252,14 @@ class Store:
         return [row[0] for row in self._db.execute(
             "SELECT id FROM files WHERE batch_id = ? AND rows_train + rows_eval > 0 ORDER BY id", (batch_id,))]
 
-    def iter_rows(self, batch_id: int, split: str) -> Iterator[tuple[str, str]]:
-        """(text, label) of one split of one batch, in ingestion order."""
+    def iter_rows(self, batch_id: int, split: str, columns: tuple[str, ...] = ("text", "label")) -> Iterator[tuple]:
+        """(text, label), or the values of `columns` (a task's, strategies/tasks TASKS), of one split
+        of one batch, in ingestion order."""
         flag = 1 if split == "eval" else 0
         for file_id in self.batch_file_ids(batch_id):
-            table = segments.read(self.segments, file_id, ["split", "text", "label"])
+            table = segments.read(self.segments, file_id, ["split", *columns])
             table = table.filter(pc.equal(table["split"], flag))
-            yield from zip(table["text"].to_pylist(), table["label"].to_pylist())
+            yield from zip(*(table[column].to_pylist() for column in columns))
 
     def undecided_batch(self) -> int | None:
         """The newest batch no update has decided yet (a failed or interrupted one is retried) and

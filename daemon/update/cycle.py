@@ -24,10 +24,12 @@ from daemon.ingest import formats
 from daemon.ingest.ingestor import utcnow
 from daemon.ingest.rows import LabelSet, Validator
 from daemon.ingest.store import Store
+from daemon.ingest.tagged import TaggedValidator
 from daemon.update.gate import GateResult, Scores, decide, majority_share
 from daemon.update.launcher import ChildRun, Standby, TrainingInterrupted, train_spec, write_rows
 from registry.registry import Registry
 from strategies.spec import DataPaths, TrainSpec
+from strategies.tasks import TASKS, bio
 
 log = logging.getLogger(__name__)
 Event = Callable[[dict[str, Any]], None]
@@ -147,9 +149,20 @@ class UpdateCycle:
     def workdir(self, batch: int) -> Path:
         return self.home.state / "work" / f"batch-{batch:06d}"
 
+    @property
+    def tagged(self) -> bool:
+        """Token classification: the store's labels are entity types, the model's are their BIO tags."""
+        return self.config.model.task == "token_classification"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return TASKS[self.config.model.task].columns
+
     def labels(self, store: Store) -> list[str]:
+        """The model's labels: the store's (or inbox.labels), as BIO tags for token classification."""
         fixed = [str(label) for label in self.config.inbox.labels]
-        return fixed or store.labels()
+        names = fixed or store.labels()
+        return bio.tag_labels(names) if self.tagged else names
 
     def build_spec(self, store: Store, batch: int) -> TrainSpec:
         """The batch's training set and held-out sets as Arrow files, and the spec naming them
@@ -167,7 +180,9 @@ class UpdateCycle:
         given_up = {entry["batch"] for entry in store.given_up()}
         learn = ([b["batch"] for b in batches if b["batch"] <= batch and b["batch"] not in given_up]
                  if champion is None else [batch])
-        train_rows = write_rows(data / "train.arrow", (row for b in learn for row in store.iter_rows(b, "train")))
+        columns = self.columns
+        train_rows = write_rows(data / "train.arrow", (row for b in learn for row in store.iter_rows(b, "train", columns)),
+                                columns)
         # A batch given up after `schedule.max_attempts` failures is not trained on again at full
         # weight, first model or not: whatever made its training fail (an oversized or poisoned
         # batch, rows that break the loss) would fail the update after it too. Its train rows are
@@ -178,7 +193,7 @@ class UpdateCycle:
         since = self._trained_batch(champion)
         set_aside = sorted(b for b in given_up if since < b < batch)
         set_aside_rows = write_rows(data / "set_aside.arrow",
-                                    (row for b in set_aside for row in store.iter_rows(b, "train")))
+                                    (row for b in set_aside for row in store.iter_rows(b, "train", columns)), columns)
         # Held-out rows of a given-up batch are still scored as an earlier batch: its rows reach the
         # model through replay, and the gate's forgetting check (candidate and champion on the same
         # rows) guards them like any data the service was given.
@@ -187,10 +202,10 @@ class UpdateCycle:
             if earlier["batch"] > batch:
                 continue
             key = str(earlier["batch"])
-            rows[key] = write_rows(data / f"eval-{key}.arrow", store.iter_rows(earlier["batch"], "eval"))
+            rows[key] = write_rows(data / f"eval-{key}.arrow", store.iter_rows(earlier["batch"], "eval", columns), columns)
             evals[key] = str(data / f"eval-{key}.arrow")
         if self.config.gate.canary:
-            rows["canary"] = write_rows(data / "canary.arrow", self._canary_rows(store))
+            rows["canary"] = write_rows(data / "canary.arrow", self._canary_rows(store), columns)
             evals["canary"] = str(data / "canary.arrow")
         paths = DataPaths(train=str(data / "train.arrow"), train_rows=train_rows, eval=evals, eval_rows=rows,
                           set_aside=str(data / "set_aside.arrow"), set_aside_rows=set_aside_rows,
@@ -212,9 +227,15 @@ class UpdateCycle:
         data = self.registry.get(champion).info.get("data")
         return int(data.get("experience") or 0) if isinstance(data, dict) else 0
 
-    def _canary_rows(self, store: Store) -> list[tuple[str, str]]:
+    def _canary_rows(self, store: Store) -> list[tuple]:
         path = Path(self.config.gate.canary)
         path = path if path.is_absolute() else self.home.root / path
+        if self.tagged:  # sentences of known entity types only, as (tokens, tags)
+            types = LabelSet.of(bio.entity_types(self.labels(store)), bio.entity_types(self.labels(store)))
+            tagged = TaggedValidator(types, 0.0)
+            return [(row[1], row[2]) for chunk in formats.read(path, self.config.inbox.max_file_bytes, required=formats.TAGGED)
+                    for line, record in zip(chunk.lines, chunk.records)
+                    if isinstance(record, dict) and isinstance(row := tagged(line, record), tuple)]
         validate = Validator(LabelSet.of(self.labels(store)), 0.0)
         rows = []
         for chunk in formats.read(path, self.config.inbox.max_file_bytes):
@@ -249,9 +270,15 @@ class UpdateCycle:
             return Scores(per_experience=per, canary=canary)
 
         candidate, champion = table("candidate"), table("champion")
-        eval_labels = [label for _, label in store.iter_rows(batch, "eval")]
-        baseline = majority_share(eval_labels)
-        batch_labels, model_labels = len(set(eval_labels)), len(spec.labels)
+        if self.tagged:  # no majority class to beat: the floor is the gate's "better than nothing" (F1 > 0)
+            baseline = None
+            batch_labels = len({kind for _, tags in store.iter_rows(batch, "eval", self.columns)
+                                for kind, _, _ in bio.spans(tags)})
+            model_labels = len(bio.entity_types(spec.labels))
+        else:
+            eval_labels = [label for _, label in store.iter_rows(batch, "eval")]
+            baseline = majority_share(eval_labels)
+            batch_labels, model_labels = len(set(eval_labels)), len(spec.labels)
         paired = results.get("paired") or {}
         gate = decide(new=new, candidate=candidate, champion=champion, rows=rows, config=self.config.gate,  # type: ignore[arg-type]
                       baseline=baseline, canary_rows=rows.get("canary", 0), paired=paired,

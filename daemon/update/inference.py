@@ -24,6 +24,7 @@ from daemon.ingest import formats
 from daemon.ingest.names import display
 from daemon.ingest.rows import LabelSet, Validator
 from daemon.update.launcher import spawn, write_rows
+from daemon.update.tagging import TokenClassification
 from registry.errors import FileRejected, LifelongError, UsageError, VersionNotFound
 from strategies.inference import FAILURE_KINDS, InferenceSpec
 
@@ -116,6 +117,14 @@ class SequenceClassification:
         write_rows(path, rows)
 
     @staticmethod
+    def predict_rows(texts: list[str]) -> list[tuple[str, str]]:
+        return [(text, "") for text in texts]
+
+    @staticmethod
+    def present(texts: list[str], found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"text": text, **item} for text, item in zip(texts, found)]
+
+    @staticmethod
     def render_eval(doc: dict[str, Any]) -> str:
         lines = [f"{doc['version']} on {doc['data']}: {doc['rows']} rows",
                  f"accuracy  {doc['accuracy']:.4f}", f"macro F1  {doc['macro_f1']:.4f}", ""]
@@ -142,11 +151,11 @@ class SequenceClassification:
         return "\n".join(lines)
 
 
-# the parent's side of each task of strategies/tasks TASKS (tests/test_strategy_names.py checks they agree)
-TASKS = {SequenceClassification.name: SequenceClassification}
+# the parent's side of each task of strategies/tasks TASKS (tests/test_tasks.py checks they agree)
+TASKS = {SequenceClassification.name: SequenceClassification, TokenClassification.name: TokenClassification}
 
 
-def task_of(home: Home) -> type[SequenceClassification]:
+def task_of(home: Home) -> type[SequenceClassification] | type[TokenClassification]:
     return TASKS[home.config.model.task]
 
 
@@ -178,8 +187,8 @@ def predict(home: Home, target: Target, texts: list[str]) -> list[dict[str, Any]
             raise UsageError(f"text {number} is longer than inbox.max_text_chars = {home.config.inbox.max_text_chars}")
     task = task_of(home)
     with _Display(target.version, "labelling") as shown:
-        found = _run_child(home, task, target, "predict", [(text, "") for text in texts], shown)
-    return [{"text": text, **item} for text, item in zip(texts, found)]
+        found = _run_child(home, task, target, "predict", task.predict_rows(texts), shown)
+    return task.present(texts, found)
 
 
 def read_texts(home: Home, path: Path) -> list[str]:
@@ -217,8 +226,8 @@ def read_texts(home: Home, path: Path) -> list[str]:
     return texts
 
 
-def _run_child(home: Home, task: type[SequenceClassification], target: Target, mode: str,
-               rows: list[tuple[str, str]], shown: "_Display") -> Any:
+def _run_child(home: Home, task: type[SequenceClassification] | type[TokenClassification], target: Target, mode: str,
+               rows: list[tuple], shown: "_Display") -> Any:
     with tempfile.TemporaryDirectory(prefix=f"lifelong-{mode}-") as tmp:
         folder = Path(tmp)
         task.write(folder / "rows.arrow", rows)

@@ -241,13 +241,19 @@ def launcher(processes: int) -> list[str]:
             "--monitor-interval=1", "-m"]
 
 
-def write_rows(path: Path, rows: Iterable[tuple[str, str]]) -> int:
-    """Rows (text, label) as an Arrow IPC file for the child; returns how many."""
-    texts, labels = [], []
-    for text, label in rows:
-        texts.append(text)
-        labels.append(label)
-    table = pa.table({"text": pa.array(texts, pa.string()), "label": pa.array(labels, pa.string())})
+# columns of a list per row (token classification's tokens and tags); every other column is a string
+LIST_COLUMNS = frozenset(("tokens", "tags"))
+
+
+def write_rows(path: Path, rows: Iterable[tuple], columns: tuple[str, ...] = ("text", "label")) -> int:
+    """Rows (text, label), or tuples of the task's `columns`, as an Arrow IPC file for the child;
+    returns how many."""
+    values: list[list] = [[] for _ in columns]
+    for row in rows:
+        for column, value in zip(values, row):
+            column.append(value)
+    table = pa.table({name: pa.array(column, pa.list_(pa.string()) if name in LIST_COLUMNS else pa.string())
+                      for name, column in zip(columns, values)})
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    return len(texts)
+    return len(values[0])

@@ -1,0 +1,114 @@
+"""`lifelong eval` and `lifelong predict` for token classification (NER), the parent's side: rows
+are `{"tokens", "tags"}` in JSONL or CoNLL files (checked as the inbox checks them), a text to
+label is split into tokens on white space, and each entity comes back with character offsets into
+the text as given (CONTRACT section 8). One of daemon/update/inference.py's TASKS.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from daemon.ingest import formats
+from daemon.ingest.names import display
+from daemon.ingest.rows import LabelSet
+from daemon.ingest.tagged import COLUMNS, TaggedValidator
+from daemon.update.launcher import write_rows
+from registry.errors import FileRejected, UsageError
+from strategies.tasks import bio
+
+if TYPE_CHECKING:
+    from daemon.home import Home
+    from daemon.update.inference import Labeled
+
+_WORD = re.compile(r"\S+")
+
+
+def _cell(text: str, width: int) -> str:
+    shown = display(text)
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+class TokenClassification:
+    """Rows are {"tokens", "tags"}; predictions are the entities of each text."""
+
+    name = "token_classification"
+
+    @staticmethod
+    def read_labeled(home: "Home", path: Path, labels: list[str], on_progress: Callable[[int], None] | None) -> "Labeled":
+        """Every valid sentence of the file (BIO repaired as the inbox repairs it). An entity type the
+        version does not know is kept (never predicted, so its entities count as missed)."""
+        from daemon.update.inference import MAX_ERRORS, Labeled
+
+        inbox = home.config.inbox
+        types = bio.entity_types(labels)
+        known = LabelSet(known={kind: i for i, kind in enumerate(types)}, max_labels=max(inbox.max_labels, len(types)))
+        validate = TaggedValidator(known, 0.0, max_text_chars=inbox.max_text_chars, max_label_chars=inbox.max_label_chars)
+        rows: list[tuple[list[str], list[str]]] = []
+        invalid, errors = 0, []
+        try:
+            for chunk in formats.read(path, formats.Limits(inbox.max_file_bytes, inbox.max_row_bytes), on_progress,
+                                      required=formats.TAGGED):
+                for line, record in zip(chunk.lines, chunk.records):
+                    found = validate(line, record) if isinstance(record, dict) else [record]  # a RowError
+                    if isinstance(found, list):
+                        invalid += 1
+                        errors += [error.as_dict() for error in found][: MAX_ERRORS - len(errors)]
+                    else:
+                        rows.append((found[1], found[2]))
+        except FileRejected as exc:
+            raise UsageError(f"{display(str(path))}: {exc}") from None
+        return Labeled(rows=rows, invalid=invalid, errors=errors)  # type: ignore[arg-type]
+
+    @staticmethod
+    def write(path: Path, rows: list[tuple[list[str], list[str]]]) -> None:
+        write_rows(path, rows, COLUMNS)
+
+    @staticmethod
+    def predict_rows(texts: list[str]) -> list[tuple[list[str], list[str]]]:
+        return [([m.group() for m in _WORD.finditer(text)], []) for text in texts]
+
+    @staticmethod
+    def present(texts: list[str], found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """{"text", "entities": [{"type", "start", "end", "text", "score"}]} per text, offsets into the text given."""
+        shown = []
+        for text, item in zip(texts, found):
+            words = [m.span() for m in _WORD.finditer(text)]
+            entities = []
+            for entity in item["entities"]:
+                start, end = words[entity["token_start"]][0], words[entity["token_end"] - 1][1]
+                entities.append({"type": entity["type"], "start": start, "end": end, "text": text[start:end],
+                                 "score": entity["score"]})
+            shown.append({"text": text, "entities": entities})
+        return shown
+
+    @staticmethod
+    def render_eval(doc: dict[str, Any]) -> str:
+        from daemon.update.inference import MAX_ERRORS
+
+        f1 = doc["entity_f1"]
+        lines = [f"{doc['version']} on {doc['data']}: {doc['rows']} sentences",
+                 f"entity F1  {f1:.4f}" if f1 is not None else "entity F1  - (no entity in the rows or the predictions)", ""]
+        width = max([4] + [len(_cell(kind, 30)) for kind in doc["per_type"]])
+        lines.append(f"{'type':<{width}}  precision  recall      f1  support")
+        for kind, row in doc["per_type"].items():
+            lines.append(f"{_cell(kind, 30):<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
+                         f"{row['f1']:6.4f}  {row['support']:7d}")
+        if doc.get("unknown_types"):
+            named = ", ".join(f"{_cell(kind, 30)} ({n})" for kind, n in doc["unknown_types"].items())
+            lines.append(f"entity types {doc['version']} does not know (counted as missed): {named}")
+        if doc["invalid_rows"]:
+            first = doc["errors"][0]
+            lines.append(f"{doc['invalid_rows']} invalid rows not scored; first: line {first['line']}, "
+                         f"{first['field']}: {first['reason']} (--json lists up to {MAX_ERRORS})")
+        return "\n".join(lines)
+
+    @staticmethod
+    def render_predict(items: list[dict[str, Any]]) -> str:
+        lines = []
+        for item in items:
+            lines.append(_cell(item["text"], 80))
+            lines += [f"  {_cell(e['type'], 30)}  {e['score']:.4f}  {e['start']}-{e['end']}  {_cell(e['text'], 60)}"
+                      for e in item["entities"]] or ["  (no entities)"]
+        return "\n".join(lines)
