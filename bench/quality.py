@@ -148,9 +148,9 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
             verdict = decision.decision if decision else None
             promoted += verdict == "promoted"
             rejected += verdict == "rejected"
-            new = (metrics.get("candidate") or {}).get("new")
-            if verdict == "promoted" and batch > 1 and new is not None and metrics.get("baseline") is not None:
-                below_floor += new < metrics["baseline"]  # a promoted model worse than one fixed answer
+            new, floor = (metrics.get("candidate") or {}).get("new"), _floor(metrics)
+            if verdict == "promoted" and batch > 1 and new is not None and floor is not None:
+                below_floor += new < floor  # a promoted model worse than one fixed answer (or a guess)
             if metrics.get("forgetting_max") is not None:
                 drops.append(metrics["forgetting_max"])
             who = "candidate" if verdict == "promoted" else "champion"
@@ -203,6 +203,16 @@ def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, An
     if name == "joint":  # one model: its row stands for the end of the stream
         matrix = [[None] * len(parts) for _ in parts[:-1]] + matrix
     return {"matrix": matrix, "train_samples": samples, "wall_seconds": wall, "promoted": None, "rejected": None}
+
+
+def _floor(metrics: dict[str, Any]) -> float | None:
+    """What one fixed answer scores on the batch's held-out rows (its majority label's share), or
+    where they carry one label, a uniform guess over the model's labels (as the gate has it)."""
+    if metrics.get("baseline") is None:
+        return None
+    if metrics.get("batch_labels") == 1:
+        return 1 / metrics["model_labels"] if metrics.get("model_labels") else None
+    return metrics["baseline"]
 
 
 def figures(run: dict[str, Any]) -> dict[str, Any]:
@@ -293,8 +303,9 @@ def verdicts(results: dict[str, Any], profile_name: str) -> list[str]:
         out.append(f"- default rejected {d['poison_rejected']:.0%} of the poisoned batches "
                    f"({'met' if d['poison_rejected'] == 1 else 'MISSED'}, target 100%)")
     if d.get("promoted_below_floor") is not None:
-        out.append(f"- default promoted {d['promoted_below_floor']:.3g} candidates below their batch's majority-class "
-                   f"baseline ({'met' if d['promoted_below_floor'] == 0 else 'MISSED'}, target 0)")
+        out.append(f"- default promoted {d['promoted_below_floor']:.3g} candidates below their batch's floor (its "
+                   f"majority-class baseline, or a guess where its rows carry one label) "
+                   f"({'met' if d['promoted_below_floor'] == 0 else 'MISSED'}, target 0)")
     if "finetune" in rows and rows["finetune"]["bwt"] is not None:
         f = rows["finetune"]
         out.append(f"- finetune BWT {f['bwt']:.3f}, forgetting max {f['forgetting_max'] or 0:.3f} (its champion's); "
