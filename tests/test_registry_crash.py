@@ -136,6 +136,7 @@ def clone_remote(urls: tuple[str, str], name: str, request: pytest.FixtureReques
         with psycopg.connect(server.url(), autocommit=True) as db:
             db.execute(f'CREATE DATABASE "{name}" TEMPLATE "{metadata.rsplit("/", 1)[1]}"')
         metadata = server.url(name)
+        request.addfinalizer(lambda: server.drop_database(metadata))
     if artifacts:
         bucket, prefix = parse_url(artifacts)
         client = make_client()

@@ -6,6 +6,7 @@ lives through a store that is down for a while and a database that restarts."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -117,6 +118,7 @@ def test_a_store_that_ignores_if_none_match_is_refused(tmp_path: Path, s3_creden
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_store_down_for_good_fails_after_retries_with_backoff(tmp_path: Path, s3_credentials: None) -> None:

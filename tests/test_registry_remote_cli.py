@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def test_an_s3_url_with_credentials_is_refused(home_root: Path) -> None:
 
 def test_run_refuses_a_store_that_ignores_preconditions_with_exit_2(home_root: Path) -> None:
     try:
-        proc, endpoint, _ = start_rclone_s3()
+        proc, endpoint, folder = start_rclone_s3()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
     try:
@@ -78,6 +79,7 @@ def test_run_refuses_a_store_that_ignores_preconditions_with_exit_2(home_root: P
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_the_daemon_updates_and_promotes_on_postgresql_and_s3(home_root: Path, tiny_model: Path, postgres_server,  # noqa: F811
