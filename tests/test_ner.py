@@ -177,3 +177,30 @@ def test_an_update_eval_and_predict_on_a_ner_home(home_root: Path, tiny_model: P
     assert item["text"] == "alice flew to paris"
     assert all(set(e) >= {"type", "start", "end", "text", "score"} for e in item["entities"])
     assert decided
+
+
+@pytest.mark.parametrize("name", ["replay", "ewc", "lora", "lora+replay", "lwf+ewc"])
+def test_every_strategy_trains_ner_and_keeps_its_state(tiny_model: Path, tmp_path: Path, name: str) -> None:
+    config = sections(replay={"buffer_rows": 30}, ewc={"fisher_samples": 16}, lora={"r": 4})
+    first, later = bio.tag_labels(OLD), bio.tag_labels(OLD + NEW)
+    model, tokenizer = TASK.load(str(tiny_model), first)
+    ctx = Context(task=TASK, model=model, tokenizer=tokenizer, labels=first, device=torch.device("cpu"),
+                  new=sentences(20, OLD, OLD, seed=3))
+    strategy = build(name, config)
+    assert train(ctx, strategy, settings(epochs=1))["steps"] > 0
+    trained = ctx.model.merge_and_unload() if ctx.lora else ctx.model
+    trained.save_pretrained(tmp_path / "v1" / "model")
+    tokenizer.save_pretrained(tmp_path / "v1" / "model")
+    strategy.save_state(ctx, tmp_path / "v1" / "state")
+    if "replay" in name:  # whole sentences, balanced on the entity types they hold
+        from strategies.replay import load_buffer
+
+        buffer, _ = load_buffer(tmp_path / "v1" / "state")
+        assert buffer and all(set(row) == {"tokens", "tags"} and len(row["tokens"]) == len(row["tags"]) for row in buffer)
+    model, tokenizer = TASK.load(str(tmp_path / "v1" / "model"), later)
+    new = sentences(20, OLD + NEW, NEW, seed=4)
+    ctx = Context(task=TASK, model=model, tokenizer=tokenizer, labels=later, device=torch.device("cpu"), new=new,
+                  previous_state=tmp_path / "v1" / "state", old_label_count=len(first))
+    stats = train(ctx, build(name, config), settings(epochs=1))
+    if "replay" in name:
+        assert stats["train_samples"] > len(new)  # new sentences plus replayed ones
