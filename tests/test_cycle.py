@@ -142,3 +142,21 @@ def test_a_candidate_that_did_not_learn_a_small_new_label_batch_is_never_promote
     assert second["metrics"]["candidate"]["new"] < second["metrics"]["baseline"], second
     assert second["decision"] == "rejected", second
     assert any(r.startswith("floor on batch 2:") for r in second["reasons"]), second["reasons"]
+
+
+def test_a_poisoned_small_batch_is_rejected_though_its_forgetting_is_within_the_sign_tests_noise(
+        home_root: Path, tiny_model: Path) -> None:
+    """Labels flipped, every set under min_eval_rows: the candidate loses 4 of 31 pooled earlier rows
+    and gains none (p = 0.062, "noise" to a sign test) and scores 0.05 on its own batch (whose gain
+    is not gated): both were promoted before the batch's floor and the pool's ceiling."""
+    configure(home_root, tiny_model)
+    write_config(home_root, gate={"min_eval_rows": 100, "max_forgetting": 0.02})
+    drop(home_root, "b1.jsonl", toy(["sport", "food"], 60, seed=1))
+    assert cycle(home_root)["decision"] == "promoted"
+    write_config(home_root, strategy={"lr": 8e-4, "min_steps": 0, "epochs": 1, "replay": {"ratio": 0.0, "buffer_rows": 400}})
+    drop(home_root, "b2.jsonl", [(t, {"sport": "food", "food": "sport"}[l]) for t, l in toy(["sport", "food"], 30, seed=3)])
+    second = cycle(home_root)
+    assert second["decision"] == "rejected", second
+    reasons = "\n".join(second["reasons"])
+    assert "floor on batch 2: accuracy 0.050 < 0.650" in reasons, reasons
+    assert "(31 rows; 4 lost, 0 gained)" in reasons and "whatever the sign test (p=0.062)" in reasons, reasons
