@@ -165,6 +165,7 @@ def test_an_update_eval_and_predict_on_a_ner_home(home_root: Path, tiny_model: P
     assert shown["metrics"]["candidate"]["new"] is not None, shown  # entity F1 on the batch's held-out sentences
     assert shown["decision"] in ("promoted", "rejected") and shown["data"]["train_rows"] > 0
     assert any("entity_f1" in reason for reason in shown["gate"]["reasons"]), shown["gate"]
+    assert set(shown["metrics"]["candidate"]["per_type"]["1"]) <= {"PER", "LOC"}  # per entity type, per batch
     test = tmp_path / "test.conll"
     test.write_text("alice B-PER\nflew O\nto O\nparis B-LOC\n\nbob B-PER\nsaw O\nrome B-LOC\n")
     result = cli("eval", "--home", str(home_root), "--data", str(test), "--version", "v0001", "--json")

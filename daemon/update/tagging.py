@@ -1,11 +1,12 @@
 """`lifelong eval` and `lifelong predict` for token classification (NER), the parent's side: rows
 are `{"tokens", "tags"}` in JSONL or CoNLL files (checked as the inbox checks them), a text to
 label is split into tokens on white space, and each entity comes back with character offsets into
-the text as given (CONTRACT section 8). One of daemon/update/inference.py's TASKS.
+the text as given. One of daemon/update/inference.py's TASKS.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -21,6 +22,7 @@ from strategies.tasks import bio
 if TYPE_CHECKING:
     from daemon.home import Home
     from daemon.update.inference import Labeled
+    from strategies.spec import TrainSpec
 
 _WORD = re.compile(r"\S+")
 
@@ -112,3 +114,22 @@ class TokenClassification:
             lines += [f"  {_cell(e['type'], 30)}  {e['score']:.4f}  {e['start']}-{e['end']}  {_cell(e['text'], 60)}"
                       for e in item["entities"]] or ["  (no entities)"]
         return "\n".join(lines)
+
+
+def per_type(spec: "TrainSpec") -> dict[str, dict[str, Any]]:
+    """The candidate's figures per entity type on each held-out set of an update ({set: {type:
+    {precision, recall, f1, support}}}), from the predictions the child kept with it; {} when they
+    cannot be read (the gate never depends on them)."""
+    import pyarrow as pa
+
+    try:
+        kept = json.loads((Path(spec.out) / "predictions.json").read_text())
+        found = {}
+        for name, path in spec.data.eval.items():
+            with pa.memory_map(path) as source:
+                tags = pa.ipc.open_file(source).read_all().column("tags").to_pylist()
+            predicted = [p["tags"] for p in kept[name]["predictions"]]
+            found[name] = bio.figures(tags, predicted)["per_type"]
+        return found
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
+        return {}

@@ -4,11 +4,12 @@ A token classification model's labels are its tags: `O` first, then `B-TYPE`, `I
 entity type in the order the types arrived, so a new type appends its two rows to the head and
 every earlier tag keeps its index. Entities are read as conlleval and seqeval's default mode read
 them: a `B-X`, or an `I-X` that does not continue an `X`, starts one; `I-X` continues it.
+`figures` scores them (exact span and type), here so that the daemon can break a score down by type too.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 OUTSIDE = "O"
 PREFIXES = ("B-", "I-")
@@ -78,3 +79,32 @@ def repair(tags: Sequence[str]) -> tuple[list[str], int]:
             changes += 1
         previous = kind
     return fixed, changes
+
+
+def figures(truth: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """rows, entity-level micro precision/recall/F1 (`entity_f1`) and per-type figures (support: true entities)."""
+    counts: dict[str, list[int]] = {}  # type -> [true positives, predicted, true]
+    for true_tags, found_tags in zip(truth, predicted):
+        wanted, got = set(spans(true_tags)), set(spans(found_tags))
+        for kind, _, _ in wanted | got:
+            counts.setdefault(kind, [0, 0, 0])
+        for kind, _, _ in wanted & got:
+            counts[kind][0] += 1
+        for kind, _, _ in got:
+            counts[kind][1] += 1
+        for kind, _, _ in wanted:
+            counts[kind][2] += 1
+    per_type = {kind: _prf(*counts[kind]) for kind in sorted(counts)}
+    total = [sum(c[i] for c in counts.values()) for i in range(3)]
+    micro = _prf(*total)
+    nothing = total[1] == 0 and total[2] == 0
+    return {"rows": len(truth), "entity_f1": None if nothing or not truth else micro["f1"],
+            "precision": None if nothing else micro["precision"], "recall": None if nothing else micro["recall"],
+            "per_type": per_type}
+
+
+def _prf(hits: int, predicted: int, true: int) -> dict[str, Any]:
+    precision = hits / predicted if predicted else 0.0
+    recall = hits / true if true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "support": true}

@@ -9,9 +9,9 @@ Distillation (`outputs`, read by `lwf`) is on the tokens the batch marks `O`: a 
 only new entity types marks every old entity `O`, and these are the tokens where plain fine-tuning
 un-learns the old types; the champion's predictions there keep them.
 
-Held-out figures: entity-level micro precision, recall and F1 (exact span and type, conlleval's
-reading of BIO; `entity_f1` is None when neither truth nor predictions hold an entity), and the same
-per entity type. A row is `correct` when its predicted entities are exactly its true ones.
+Held-out figures (strategies/tasks/bio.py `figures`): entity-level micro precision, recall and F1
+(exact span and type, conlleval's reading of BIO; `entity_f1` is None when neither truth nor
+predictions hold an entity), and the same per entity type. A row is `correct` when its predicted entities are exactly its true ones.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class TokenClassification(Task):
     def score(self, rows: Sequence[Row], predictions: Sequence[Prediction], labels: list[str]) -> dict[str, Any]:
         known = set(bio.entity_types(labels))
         unknown = Counter(kind for row in rows for kind, _, _ in bio.spans(row["tags"]) if kind not in known)
-        return {**figures([row["tags"] for row in rows], [p["tags"] for p in predictions]),
+        return {**bio.figures([row["tags"] for row in rows], [p["tags"] for p in predictions]),
                 "unknown_types": dict(unknown)}
 
     def correct(self, row: Row, prediction: Prediction) -> bool:
@@ -157,32 +157,3 @@ def entities(tokens: list[str], tags: Sequence[str], scores: Sequence[float]) ->
         found.append({"type": kind, "start": start, "end": end, "text": text[start:end],
                       "score": sum(scores[first:last]) / (last - first), "token_start": first, "token_end": last})
     return found
-
-
-def figures(truth: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, Any]:
-    """rows, entity-level micro precision/recall/F1 (`entity_f1`) and per-type figures (support: true entities)."""
-    counts: dict[str, list[int]] = {}  # type -> [true positives, predicted, true]
-    for true_tags, found_tags in zip(truth, predicted):
-        wanted, got = set(bio.spans(true_tags)), set(bio.spans(found_tags))
-        for kind, _, _ in wanted | got:
-            counts.setdefault(kind, [0, 0, 0])
-        for kind, _, _ in wanted & got:
-            counts[kind][0] += 1
-        for kind, _, _ in got:
-            counts[kind][1] += 1
-        for kind, _, _ in wanted:
-            counts[kind][2] += 1
-    per_type = {kind: _prf(*counts[kind]) for kind in sorted(counts)}
-    total = [sum(c[i] for c in counts.values()) for i in range(3)]
-    micro = _prf(*total)
-    nothing = total[1] == 0 and total[2] == 0
-    return {"rows": len(truth), "entity_f1": None if nothing or not truth else micro["f1"],
-            "precision": None if nothing else micro["precision"], "recall": None if nothing else micro["recall"],
-            "per_type": per_type}
-
-
-def _prf(hits: int, predicted: int, true: int) -> dict[str, Any]:
-    precision = hits / predicted if predicted else 0.0
-    recall = hits / true if true else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "support": true}
