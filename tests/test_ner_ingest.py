@@ -149,3 +149,20 @@ def test_a_sequence_classification_home_refuses_conll(home_root: Path) -> None:
     [outcome] = ingest(home_root)
     assert outcome.outcome == "quarantined" and outcome.reason == "unsupported_format"
     assert archived(home_root) == []
+
+
+def test_entity_types_are_capped_and_may_be_fixed(ner_root: Path) -> None:
+    write_config(ner_root, inbox={"settle_seconds": 0, "max_labels": 2, "on_bad_rows": "skip"})
+    rows = [{"tokens": ["a", "b"], "tags": ["B-PER", "B-LOC"]}, {"tokens": ["c"], "tags": ["B-ORG"]},
+            {"tokens": ["d"], "tags": [f"B-{'X' * 300}"]}]
+    (ner_root / "inbox" / "capped.jsonl").write_text(jsonl(rows))
+    [outcome] = ingest(ner_root)
+    assert outcome.rows_rejected == 2
+    reasons = [json.loads(line)["errors"][0]["reason"]
+               for line in (ner_root / "quarantine" / "capped.jsonl.rejected.jsonl").read_text().splitlines()]
+    assert reasons == ["too_many_labels", "label_too_long"]
+    write_config(ner_root, inbox={"settle_seconds": 0, "max_labels": 10, "labels": ["PER", "LOC"], "on_bad_rows": "reject"})
+    (ner_root / "inbox" / "fixed.jsonl").write_text(jsonl([{"tokens": ["c"], "tags": ["B-ORG"]}]))
+    [outcome] = ingest(ner_root)
+    assert outcome.reason == "invalid_rows"
+    assert error_doc(ner_root, "fixed.jsonl")["errors"][0]["reason"] == "unknown_label"
