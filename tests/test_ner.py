@@ -81,7 +81,10 @@ def test_the_first_sub_token_of_a_word_carries_its_tag(tiny_model: Path) -> None
     assert len(pieces) > 4 and pieces[0] == "[CLS]" and pieces[-1] == "[SEP]"  # the name is several sub-tokens
     assert encoded.targets[0] == [IGNORE, 1] + [IGNORE] * (len(pieces) - 4) + [0, IGNORE]
     batch = encoded.collate([0])
-    assert TASK.hits(torch.zeros(1, len(pieces), 3), batch) == (1, 2)  # all-O logits: the O word right
+    assert TASK.hits(torch.zeros(1, len(pieces), 3), batch) == (0, 1)  # all-O logits: the name missed, O not counted
+    logits = torch.zeros(1, len(pieces), 3)
+    logits[0, 1, 1] = logits[0, -2, 2] = 1.0  # the name right, the O word wrongly I-PER
+    assert TASK.hits(logits, batch) == (1, 2)
     with pytest.raises(ValueError, match="'B-LOC'"):
         TASK.encode([{"tokens": ["x"], "tags": ["B-LOC"]}], tokenizer, labels, 32)
     truncated = TASK.encode([{"tokens": ["a"] * 50, "tags": ["O"] * 50}], tokenizer, labels, 8)
