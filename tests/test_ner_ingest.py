@@ -108,6 +108,7 @@ def test_invalid_sentences_are_named(ner_root: Path) -> None:
            {"tokens": ["a"], "tags": ["PER"]},  # not BIO
            {"tokens": ["a b"], "tags": ["O"]},  # a token with a space
            {"tokens": [], "tags": []},
+           {"tokens": [0], "tags": ["O"]},
            {"text": "a", "label": "x"}]
     (ner_root / "inbox" / "bad.jsonl").write_text(jsonl(SENTENCES[:3] + bad))
     [outcome] = ingest(ner_root)
@@ -115,7 +116,8 @@ def test_invalid_sentences_are_named(ner_root: Path) -> None:
     reasons = [(e["line"], e["field"], e["reason"]) for e in error_doc(ner_root, "bad.jsonl")["errors"]]
     assert reasons[:4] == [(4, "tags", "length_mismatch"), (5, "tags", "bad_tag"), (6, "tokens", "bad_token"),
                            (7, "tokens", "not_token_list")]
-    assert (8, "tokens", "missing_field") in reasons and (8, "tags", "missing_field") in reasons
+    assert (8, "tokens", "bad_token") in reasons
+    assert (9, "tokens", "missing_field") in reasons and (9, "tags", "missing_field") in reasons
 
 
 def test_conll_edge_cases(ner_root: Path) -> None:

@@ -60,9 +60,9 @@ class TaggedValidator:
             errors.append(RowError(line, "tokens", "not_token_list", tokens))
             tokens = None
         else:
-            bad = next((t for t in tokens if not isinstance(t, str) or not t or t != t.strip() or len(t.split()) != 1), 0)
-            if bad != 0:
-                errors.append(RowError(line, "tokens", "bad_token", bad))
+            bad = [t for t in tokens if not isinstance(t, str) or not t or len(t.split()) != 1 or t != t.strip()][:1]
+            if bad:  # not a string, empty, or holding white space (a token is one word of the text)
+                errors.append(RowError(line, "tokens", "bad_token", bad[0]))
                 tokens = None
             elif sum(map(len, tokens)) + len(tokens) - 1 > self.max_text_chars:
                 errors.append(RowError(line, "tokens", "text_too_long",
