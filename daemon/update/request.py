@@ -85,8 +85,8 @@ def _ask_daemon(home: Home, pid: int, *, wait: bool, as_json: bool) -> dict[str,
 def _run_here(home: Home, *, now: bool, as_json: bool) -> dict[str, Any]:
     from daemon.service.hooks import champion_hook
     from daemon.update.cycle import UpdateCycle
+    from daemon.home import open_registry
     from daemon.update.launcher import spawn_materializer
-    from registry.registry import Registry
 
     show = _Progress(enabled=not as_json and sys.stderr.isatty())
     lock = PidLock(home.state / "daemon.lock", "lifelong run").acquire(timeout=0)
@@ -95,8 +95,8 @@ def _run_here(home: Home, *, now: bool, as_json: bool) -> dict[str, Any]:
         too_few = _too_few_rows(home, now=now, as_json=as_json)
         if too_few is not None:
             return {**too_few, "ingested": ingested}
-        with Registry(home.registry, on_switch=champion_hook(home.config.hooks.on_champion_change),
-                      materializer=spawn_materializer) as registry:
+        with open_registry(home, on_switch=champion_hook(home.config.hooks.on_champion_change),
+                           materializer=spawn_materializer) as registry:
             outcome = UpdateCycle(home, registry, on_event=show.event).run()
     finally:
         lock.release()
