@@ -22,6 +22,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from registry.errors import ConfigError
+from strategies.hooks import refuse_unknown
 from strategies.tasks.abc import Row, Task
 
 HOOKS = ("prepare", "examples", "loss", "after_update", "save_state")
@@ -88,10 +89,7 @@ class Strategy:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        unknown = [n for n, v in vars(cls).items()
-                   if callable(v) and not isinstance(v, type) and not n.startswith("_") and n not in HOOKS]
-        if unknown:
-            raise TypeError(f"{cls.__name__} defines {', '.join(unknown)}: not a strategy hook ({', '.join(HOOKS)})")
+        refuse_unknown(cls, HOOKS, "strategy")
         if cls.name:
             REGISTRY[cls.name] = cls
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from strategies.data import Encoded
+from strategies.hooks import refuse_unknown
 from strategies.tasks import TASKS
 
 Row = dict[str, Any]
@@ -34,10 +35,7 @@ class Task:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        unknown = [n for n, v in vars(cls).items()
-                   if callable(v) and not isinstance(v, type) and not n.startswith("_") and n not in HOOKS]
-        if unknown:
-            raise TypeError(f"{cls.__name__} defines {', '.join(unknown)}: not a task hook ({', '.join(HOOKS)})")
+        refuse_unknown(cls, HOOKS, "task")
         if not cls.name:
             return
         if cls.name not in TASKS:
