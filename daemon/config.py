@@ -248,6 +248,13 @@ class HooksConfig(Section):
     on_champion_change: str = ""
 
 
+class FailoverConfig(Section):
+    # "" = the row store, archive and quarantine live in the home; a folder on a volume that every
+    # daemon of an active/standby group mounts at this same path (as the inbox) keeps them there, so
+    # the daemon that takes over trains on every row the dead one took in (docs/operations.md)
+    state: str = ""
+
+
 class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     inbox: InboxConfig = Field(default_factory=InboxConfig)
@@ -258,6 +265,7 @@ class Config(Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
+    failover: FailoverConfig = Field(default_factory=FailoverConfig)
 
     def dump(self) -> dict[str, Any]:
         """The config as plain data, keys spelled as in lifelong.toml."""

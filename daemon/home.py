@@ -34,12 +34,20 @@ class Home:
         return path if path.is_absolute() else self.root / path
 
     @property
+    def shared(self) -> Path:
+        """Where the row store, archive and quarantine live: `failover.state`, else the home."""
+        if not self.config.failover.state:
+            return self.root
+        path = Path(os.path.expanduser(self.config.failover.state))
+        return path if path.is_absolute() else self.root / path
+
+    @property
     def quarantine(self) -> Path:
-        return self.root / "quarantine"
+        return self.shared / "quarantine"
 
     @property
     def archive(self) -> Path:
-        return self.root / "archive"
+        return self.shared / "archive"
 
     @property
     def registry(self) -> Path:
@@ -52,7 +60,8 @@ class Home:
 
     @property
     def store_path(self) -> Path:
-        return self.state / "rows.sqlite"
+        """The row store; with `failover.state` shared by every daemon of the group (only the active writes)."""
+        return (self.shared / "rows.sqlite") if self.config.failover.state else self.state / "rows.sqlite"
 
     def ensure_dirs(self) -> None:
         for path in (self.inbox, self.quarantine, self.archive, self.registry, self.state):

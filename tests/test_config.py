@@ -31,6 +31,7 @@ def test_template_is_the_defaults_and_names_every_key() -> None:
         "registry": {"keep_versions", "min_free_bytes", "metadata", "artifacts"},
         "metrics": {"bind"},
         "hooks": {"on_champion_change"},
+        "failover": {"state"},
     }
     assert {k: set(v) for k, v in data.items()} == expected
     assert set(data["strategy"]["replay"]) == {"buffer_rows", "policy", "ratio"}
