@@ -10,17 +10,25 @@ from daemon.ingest.store import Store
 
 
 def collect(home: Home) -> dict[str, Any]:
-    with Store(home.store_path) as store:
-        pending = store.counts(pending=True)
-        totals = store.counts(pending=False)
-        labels = store.labels()
-        files = store.file_outcomes()
-        rejected_rows = store.rejected_rows()
-        oldest = store.oldest_pending()
-        last = store.updates(limit=1)
-        given_up = store.given_up()
     pid = holder_pid(home.state / "daemon.lock")
     daemon_state = _daemon_state(home) if pid else {}
+    role = daemon_state.get("role", "active") if pid else None
+    rows_skipped = role == "standby" and bool(home.config.failover.state)
+    if rows_skipped:
+        # the shared row store is the active daemon's, maybe on another host: SQLite's WAL is shared
+        # by one host at a time, so a standby's status leaves it alone
+        pending = totals = {"train": 0, "eval": 0}
+        labels, files, rejected_rows, oldest, last, given_up = [], {"accepted": 0, "duplicate": 0, "quarantined": 0}, 0, None, [], []
+    else:
+        with Store(home.store_path) as store:
+            pending = store.counts(pending=True)
+            totals = store.counts(pending=False)
+            labels = store.labels()
+            files = store.file_outcomes()
+            rejected_rows = store.rejected_rows()
+            oldest = store.oldest_pending()
+            last = store.updates(limit=1)
+            given_up = store.given_up()
     from daemon.home import open_registry
 
     with open_registry(home, recover=False) as registry:
@@ -31,6 +39,7 @@ def collect(home: Home) -> dict[str, Any]:
         "home": str(home.root),
         "champion": champion,
         "pinned": pinned,
+        "rows_skipped": rows_skipped,  # a standby's status: the row figures are the active daemon's to show
         "pending_rows": pending,
         "rows_total": totals,
         "labels": labels,
@@ -40,7 +49,8 @@ def collect(home: Home) -> dict[str, Any]:
         "failed_for_good": given_up,  # batches given up after schedule.max_attempts failures, newest first
         "daemon": {"pid": pid, "updating": daemon_state.get("updating", False),
                    "metrics_port": daemon_state.get("metrics_port"),
-                   "standby": daemon_state.get("standby", False)} if pid else None,
+                   "standby": daemon_state.get("standby", False),  # a warm training child
+                   "role": role, "active_daemon": daemon_state.get("active_daemon")} if pid else None,
         "audit": audit,
         "inbox": {"path": str(home.inbox), "files": files, "rejected_rows": rejected_rows, "oldest_pending": oldest,
                   **_entries(home, pid)},
@@ -75,6 +85,9 @@ def _daemon_state(home: Home) -> dict[str, Any]:
 def render(doc: dict[str, Any]) -> str:
     pending, totals = doc["pending_rows"], doc["rows_total"]
     daemon = f"running (pid {doc['daemon']['pid']})" if doc["daemon"] else "not running"
+    if doc["daemon"] and doc["daemon"].get("role") == "standby":
+        daemon += f", standby: {doc['daemon'].get('active_daemon') or 'no daemon'} is active"
+        daemon += " (row figures: lifelong status on its host)" if doc.get("rows_skipped") else ""
     if doc["daemon"] and doc["daemon"].get("standby"):
         daemon += ", a training child on standby"
     last = doc["last_update"]

@@ -1,5 +1,9 @@
 """The read-only HTTP endpoint: /metrics, /healthz (main-loop heartbeat), /readyz. GET and HEAD only.
 
+/readyz answers 200 `ready` on the active daemon and 200 `standby` on a standby that can reach the
+registry's database (ready to take over: a rolling restart may go on), 503 while starting or while a
+standby cannot reach the database. Whether a daemon is active is `lifelong_daemon_active`.
+
 One asyncio loop in one thread serves every connection, so a client that stalls costs a socket for at
 most `request_timeout`, never a thread; past `max_connections` a new one gets 503 at once. The
 exposition is computed in one worker thread at most once per `scrape_ttl` seconds however often it is
@@ -51,11 +55,11 @@ class ScrapeCache:
 
 class HealthServer:
     def __init__(self, host: str, port: int, *, metrics: Callable[[], bytes], healthy: Callable[[], bool],
-                 ready: Callable[[], bool], request_timeout: float = 10.0, max_connections: int = 256,
+                 ready: Callable[[], bool], standby: Callable[[], bool] = lambda: False, request_timeout: float = 10.0, max_connections: int = 256,
                  max_head_bytes: int = 8192, scrape_ttl: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.scrape = ScrapeCache(metrics, ttl=scrape_ttl, clock=clock)
-        self.healthy, self.ready = healthy, ready
+        self.healthy, self.ready, self.standby = healthy, ready, standby
         self.request_timeout, self.max_connections = request_timeout, max_connections
         self.max_head_bytes = max_head_bytes
         # bound here, so a taken port fails the caller at once, as an OSError
@@ -146,7 +150,9 @@ class HealthServer:
             ok = self.healthy()
             return (200, b"ok\n", TEXT) if ok else (503, b"main loop stalled\n", TEXT)
         if path == b"/readyz":
-            ok = self.ready()
+            ok, standby = self.ready(), self.standby()
+            if standby:
+                return (200, b"standby\n", TEXT) if ok else (503, b"standby, cannot reach the registry database\n", TEXT)
             return (200, b"ready\n", TEXT) if ok else (503, b"starting\n", TEXT)
         return 404, b"not found\n", TEXT
 

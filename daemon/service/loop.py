@@ -25,6 +25,7 @@ from daemon.ingest.inbox import Inbox
 from daemon.ingest.store import Store
 from daemon.service.metrics import Metrics
 from daemon.service.notify import Notifier
+from daemon.service.role import Role, settle_decided
 from daemon.update.launcher import Standby
 from registry.errors import LifelongError, Stopping
 from registry.fsutil import atomic_write
@@ -82,8 +83,9 @@ class Service:
         self.lock = PidLock(home.state / "daemon.lock", "lifelong run")
         self.inbox = Inbox(home)
         self.notifier = Notifier()
+        self.role = Role(home.config.registry.metadata, clock=clock)
         self.metrics = Metrics(home, in_progress=lambda: self.worker is not None and self.worker.is_alive(),
-                               inbox=self.inbox)
+                               inbox=self.inbox, active=lambda: self.role.active)
         self.worker: threading.Thread | None = None
         self.child: Any = None
         self.standby = Standby(home.config.train.standby_seconds if home.config.train.num_processes == 1 else 0)
@@ -91,6 +93,7 @@ class Service:
         self.requests: list[dict[str, Any]] = []
         self.retry_at = 0.0
         self.port: int | None = None
+        self._last_ping = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------------
     def stop(self, *_args: object) -> None:
@@ -99,39 +102,75 @@ class Service:
 
     def run(self) -> int:
         self.lock.acquire(timeout=0)
-        observer = scheduler = server = None
+        server = None
         try:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
             requests_dir(self.home).mkdir(exist_ok=True)
             from daemon.home import open_registry
-            from daemon.update.launcher import spawn_materializer
 
-            # recover leftovers of a crash before anything else (re-pointing the champion may materialise
-            # it); a remote object store that would let a version be overwritten is refused here (exit 2)
-            open_registry(self.home, probe=True, materializer=spawn_materializer).close()
+            # a remote object store that would let a version be overwritten is refused here (exit 2)
+            open_registry(self.home, probe=True, recover=False).close()
             server = self._serve()
-            scheduler = self._schedule()
-            observer = start_watching(self.home, self.wake, self.inbox)
             self.ready = True
-            self.standby.warm()  # an update soon after start-up (files already waiting, a test) starts warm
             self.notifier.ready()
-            self._write_state()  # before the first pass, which may take long (a large file waiting)
-            log.info("lifelong running", extra={"home": str(self.home.root), "inbox": str(self.home.inbox),
-                                                "pid": os.getpid(), "metrics": self.home.config.metrics.bind})
-            self._loop()
+            while self._wait_for_lease():  # a standby until it holds the lease; again if it loses it
+                self._active()
             self.notifier.stopping()
-            self._finish_update()
-            self.standby.close()
             log.info("lifelong stopped")
             return 0
+        finally:
+            if server is not None:
+                server.stop()
+            self.role.release()
+            self.lock.release()
+
+    def _wait_for_lease(self) -> bool:
+        """As a standby: try for the lease every few seconds, answer requests by naming the active
+        daemon. True once this daemon is active; False when it is stopping."""
+        said = None
+        while not self.stopping.is_set():
+            self._alive()
+            if self.role.take():
+                return True
+            if self.role.holder != said:
+                said = self.role.holder
+                log.info("standby: %s is active", said or "no daemon", extra={"active_daemon": said})
+            self._take_requests()
+            if self.requests:
+                self._answer(self.requests, {"decision": None, "reasons": [
+                    f"this daemon is a standby; {self.role.holder or 'another daemon'} is active and runs updates"]})
+                self.requests = []
+            self._write_state()
+            self.wake.wait(1.0)
+            self.wake.clear()
+        return False
+
+    def _active(self) -> None:
+        """As the active daemon: recover, watch the inbox, update; until stopping or the lease is lost."""
+        from daemon.home import open_registry
+        from daemon.update.launcher import spawn_materializer
+
+        observer = scheduler = None
+        try:
+            # recover leftovers of a crash before anything else (re-pointing the champion may materialise it)
+            open_registry(self.home, materializer=spawn_materializer).close()
+            settle_decided(self.home)
+            scheduler = self._schedule()
+            observer = start_watching(self.home, self.wake, self.inbox)
+            self.standby.warm()  # an update soon after start-up (files already waiting, a test) starts warm
+            self._write_state()  # before the first pass, which may take long (a large file waiting)
+            log.info("lifelong running", extra={"home": str(self.home.root), "inbox": str(self.home.inbox),
+                                                "pid": os.getpid(), "metrics": self.home.config.metrics.bind,
+                                                "role": self.role.name})
+            self._loop()
+            self._finish_update()
+            self.standby.close()
         finally:
             for part in (observer, scheduler):
                 if part is not None:
                     part.stop() if part is observer else part.shutdown(wait=False)
-            if server is not None:
-                server.stop()
-            self.lock.release()
+            self.tick = False
 
     def _serve(self):  # type: ignore[no-untyped-def]
         from daemon.service.http import HealthServer
@@ -139,7 +178,8 @@ class Service:
         host, port = self.home.config.metrics.host_port
         try:
             server = HealthServer(host, port, metrics=self.metrics.exposition, healthy=self.healthy,
-                                  ready=lambda: self.ready)
+                                  ready=lambda: self.ready and (self.role.active or self.role.error is None),
+                                  standby=lambda: not self.role.active)
         except OSError as exc:
             raise LifelongError(f"cannot serve metrics on {self.home.config.metrics.bind}: {exc.strerror}") from None
         self.port = server.port
@@ -185,10 +225,12 @@ class Service:
     def _loop(self) -> None:
         rescan = self.home.config.inbox.rescan_seconds
         next_pass = self.clock()
-        self._last_ping = 0.0
         self.inbox.tick = self._ingest_tick
         while not self.stopping.is_set():
             self._alive()
+            if not self.role.kept():
+                log.error("the lease was lost (its database session ended); stepping down to standby")
+                return
             if self.wake.is_set() or self.clock() >= next_pass:
                 self.wake.clear()
                 settle_wait = self._ingest_pass()
@@ -344,7 +386,8 @@ class Service:
         next_run = job.next_run_time if job is not None else None
         state = {"pid": os.getpid(), "next_update": next_run.isoformat() if next_run else None,
                  "updating": self.worker is not None and self.worker.is_alive(), "metrics_port": self.port,
-                 "standby": self.standby.alive}
+                 "standby": self.standby.alive, "role": self.role.name,
+                 "active_daemon": self.role.holder if self.role.lease is not None else None}
         if state != getattr(self, "_last_state", None):
             atomic_write(self.home.state / "daemon.json", json.dumps(state))
             self._last_state = state

@@ -46,8 +46,9 @@ class InboxState(Protocol):
 
 class StateCollector(Collector):
     def __init__(self, home: Home, in_progress: Callable[[], bool], bytes_ttl: float = 30.0,
-                 inbox: InboxState | None = None) -> None:
+                 inbox: InboxState | None = None, active: Callable[[], bool] = lambda: True) -> None:
         self.home = home
+        self.active = active
         self.in_progress = in_progress
         self.inbox = inbox
         self._bytes: tuple[float, int] = (0.0, 0)
@@ -59,6 +60,11 @@ class StateCollector(Collector):
         build = GaugeMetricFamily("lifelong_build_info", "lifelong build", labels=["version"])
         build.add_metric([__version__], 1)
         yield build
+        active = self.active()
+        yield GaugeMetricFamily("lifelong_daemon_active", "1 on the daemon that holds the registry's lease (ingests "
+                                "and trains), 0 on a standby", value=int(active))
+        if not active:  # the rest describe the group's row store, which only the active opens
+            return
         with Store(self.home.store_path) as store, open_registry(self.home, recover=False) as registry:
             files = store.file_outcomes()
             totals = store.counts(pending=False)
@@ -151,14 +157,14 @@ def _replay_rows(state: Path | None) -> int:
 
 class Metrics:
     def __init__(self, home: Home, in_progress: Callable[[], bool] = lambda: False,
-                 inbox: InboxState | None = None) -> None:
+                 inbox: InboxState | None = None, active: Callable[[], bool] = lambda: True) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.duration = Histogram("lifelong_update_duration_seconds", "update cycle time by stage", ["stage"],
                                   registry=self.registry,
                                   buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, float("inf")))
         for stage in STAGES:
             self.duration.labels(stage=stage)  # present at zero from the start
-        self.registry.register(StateCollector(home, in_progress, inbox=inbox))
+        self.registry.register(StateCollector(home, in_progress, inbox=inbox, active=active))
 
     def observe(self, durations: dict[str, float]) -> None:
         for stage, seconds in durations.items():
