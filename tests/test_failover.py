@@ -123,3 +123,69 @@ def test_a_standby_takes_over_within_30s_and_no_row_is_lost_or_trained_twice(
                    if registry.decision_record(record.version) is not None]
     assert sorted(trained) == [1, 2, 3], trained
     postgres_server.drop_database(metadata)
+
+
+def test_a_batch_decided_in_the_registry_but_not_in_the_row_store_is_recorded_not_trained_again(
+        home_root: Path, tiny_model: Path) -> None:
+    from daemon.ingest.inbox import Inbox
+    from daemon.service.role import settle_decided
+    from tests.conftest import stage_full
+
+    configure(home_root, tiny_model)
+    drop(home_root / "inbox", "one.jsonl", seed=1)
+    home = open_home(home_root)
+    Inbox(home).pass_once()
+    with Store(home.store_path) as store:
+        batch = store.close_batch("2026-01-01T00:00:00.000Z")
+        files = store.batch_files(batch)
+    with open_registry(home) as registry:  # what a daemon killed between the registry and the row store left
+        other = registry.create_version(stage_full(registry, tiny_model, "x"), parent=None, strategy="replay",
+                                        info={"data": {"experience": batch, "files": ["another.jsonl"]}})
+        mine = registry.create_version(stage_full(registry, tiny_model, "y"), parent=None, strategy="replay",
+                                       info={"data": {"experience": batch, "files": files}})
+        registry.record_decision(other.version, "rejected", gate={"passed": False, "reasons": ["no"]})
+        registry.record_decision(mine.version, "promoted", gate={"passed": True, "reasons": ["better"]})
+    settle_decided(home)
+    with Store(home.store_path) as store:
+        assert store.undecided_batch() is None
+        (update,) = store.updates()
+        assert (update["batch"], update["version"], update["decision"], update["reasons"]) == (
+            batch, mine.version, "promoted", ["better"])
+    with open_registry(home) as registry:  # the promotion it decided and did not make, made
+        assert registry.champion() == mine.version
+    settle_decided(home)  # nothing undecided: nothing done
+    with Store(home.store_path) as store:
+        assert len(store.updates()) == 1
+
+
+def test_an_active_whose_lease_session_is_cut_steps_down_and_a_standby_takes_it(postgres_server) -> None:  # noqa: F811
+    import psycopg
+
+    from daemon.service.role import POLL, Role
+
+    now = [0.0]
+    url = postgres_server.new_database()
+    try:
+        first, second = Role(url, clock=lambda: now[0]), Role(url, clock=lambda: now[0])
+        assert (first.name, second.name) == ("standby", "standby")
+        assert first.take() and first.name == "active" and first.kept()
+        assert not second.take() and second.name == "standby" and second.holder == first.lease.me
+        assert not second.take()  # not tried again before POLL seconds
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                          (f"lifelong active {first.lease.me}",))
+        time.sleep(0.2)
+        now[0] += 1.0
+        assert not first.kept() and first.name == "standby"
+        now[0] += POLL
+        deadline = time.monotonic() + 10
+        while not second.take():  # the cut session's lock is gone once the server has ended it
+            assert time.monotonic() < deadline
+            now[0] += POLL
+            time.sleep(0.1)
+        assert second.name == "active" and not first.take() and first.holder == second.lease.me
+        first.release()
+        second.release()
+        assert Role("").active and Role("").take() and Role("").kept()  # SQLite: alone, always active
+    finally:
+        postgres_server.drop_database(url)
