@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_STALE = 30.0  # /healthz fails when the loop has not gone round for this long
 STOP_GRACE = 120.0  # seconds the training child gets to checkpoint on SIGTERM
 BACKOFF_FIRST, BACKOFF_MAX = 60.0, 3600.0
+FOLLOW_SECONDS = 30.0  # a standby refreshes its registry/champion this often
 DISK_RETRY = 300.0  # seconds before an update skipped for want of disk is tried again
 
 
@@ -112,8 +113,6 @@ class Service:
             # a remote object store that would let a version be overwritten is refused here (exit 2)
             open_registry(self.home, probe=True, recover=False).close()
             server = self._serve()
-            self.ready = True
-            self.notifier.ready()
             while self._wait_for_lease():  # a standby until it holds the lease; again if it loses it
                 self._active()
             self.notifier.stopping()
@@ -128,11 +127,18 @@ class Service:
     def _wait_for_lease(self) -> bool:
         """As a standby: try for the lease every few seconds, answer requests by naming the active
         daemon. True once this daemon is active; False when it is stopping."""
-        said = None
+        said, follower, followed = None, None, float("-inf")
         while not self.stopping.is_set():
             self._alive()
             if self.role.take():
+                if follower is not None:
+                    follower.join()
                 return True
+            self._now_ready()  # as a standby: serving, and trying for the lease
+            if (follower is None or not follower.is_alive()) and self.clock() - followed >= FOLLOW_SECONDS:
+                # a local, verified champion ready for the day this daemon takes over (and for serving)
+                follower, followed = threading.Thread(target=self._follow_champion, name="follow", daemon=True), self.clock()
+                follower.start()
             if self.role.holder != said:
                 said = self.role.holder
                 log.info("standby: %s is active", said or "no daemon", extra={"active_daemon": said})
@@ -145,6 +151,16 @@ class Service:
             self.wake.wait(1.0)
             self.wake.clear()
         return False
+
+    def _follow_champion(self) -> None:
+        from daemon.home import open_registry
+        from daemon.update.launcher import spawn_materializer
+
+        try:
+            with open_registry(self.home, recover=False, materializer=spawn_materializer) as registry:
+                registry.sync_champion()
+        except Exception as exc:  # tried again in FOLLOW_SECONDS
+            log.warning("standby could not refresh registry/champion: %s", exc)
 
     def _active(self) -> None:
         """As the active daemon: recover, watch the inbox, update; until stopping or the lease is lost."""
@@ -159,6 +175,7 @@ class Service:
             scheduler = self._schedule()
             observer = start_watching(self.home, self.wake, self.inbox)
             self.standby.warm()  # an update soon after start-up (files already waiting, a test) starts warm
+            self._now_ready()
             self._write_state()  # before the first pass, which may take long (a large file waiting)
             log.info("lifelong running", extra={"home": str(self.home.root), "inbox": str(self.home.inbox),
                                                 "pid": os.getpid(), "metrics": self.home.config.metrics.bind,
@@ -171,6 +188,13 @@ class Service:
                 if part is not None:
                     part.stop() if part is observer else part.shutdown(wait=False)
             self.tick = False
+
+    def _now_ready(self) -> None:
+        """/readyz and systemd's READY=1: once serving as a standby, or once active and watching."""
+        if not self.ready:
+            self.ready = True
+            self.notifier.ready()
+            self._last_ping = 0.0  # the watchdog's first ping follows READY=1 at once, as systemd counts from there
 
     def _serve(self):  # type: ignore[no-untyped-def]
         from daemon.service.http import HealthServer
