@@ -38,6 +38,8 @@ REQUIRED = {  # the names and labels docs/reference.md promises users and dashbo
     # a remote artifact store (registry.artifacts)
     "lifelong_artifact_store_retries_total": set(),
     "lifelong_artifact_store_failures_total": set(),
+    # an active/standby group (several daemons on one PostgreSQL registry)
+    "lifelong_daemon_active": set(),
 }
 
 
