@@ -134,6 +134,9 @@ class Service:
                 if follower is not None:
                     follower.join()
                 return True
+            if not self.ready and not self.home.config.failover.state:
+                log.warning("standby without failover.state: should it take over, it trains only on what its own "
+                            "row store holds; rows the active daemon took in stay in that daemon's home")
             self._now_ready()  # as a standby: serving, and trying for the lease
             if (follower is None or not follower.is_alive()) and self.clock() - followed >= FOLLOW_SECONDS:
                 # a local, verified champion ready for the day this daemon takes over (and for serving)
