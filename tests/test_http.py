@@ -166,3 +166,17 @@ def test_concurrent_scrapes_share_one_computation_and_never_block_the_probes(ser
     for thread in scrapers:
         thread.join(5)
     assert answers == [200] * 8 and len(calls) == 1
+
+
+def test_readyz_tells_a_standby_from_the_active_daemon(servers: list[HealthServer]) -> None:
+    state = {"ready": True, "standby": True}
+    server = HealthServer("127.0.0.1", 0, metrics=lambda: b"", healthy=lambda: True, ready=lambda: state["ready"],
+                          standby=lambda: state["standby"]).start()
+    servers.append(server)
+    assert get(server.port, "/readyz")[::2] == (200, b"standby\n")  # ready to take over: a rollout may go on
+    state["ready"] = False  # a standby that cannot reach the registry's database could not take over
+    assert get(server.port, "/readyz")[::2] == (503, b"standby, cannot reach the registry database\n")
+    state.update(ready=True, standby=False)
+    assert get(server.port, "/readyz")[::2] == (200, b"ready\n")
+    state["ready"] = False
+    assert get(server.port, "/readyz")[::2] == (503, b"starting\n")
