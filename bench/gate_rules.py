@@ -1,6 +1,6 @@
 """Gate rules measured on small mixed batches: which candidates each rule would promote.
 
-    python -m bench.gate_rules --out DIR [--seeds 0,1,2,3,4] [--jobs 2]
+    python -m bench.gate_rules --out DIR [--seeds 0,1,2,3,4] [--jobs 2] [--rejudge] [--no-write]
 
 For every seed a real daemon (the default strategy and gate) gets the `mixed` stream with all three
 poisoned files (bench/streams.py: flipped, shuffled, foreign), one update per file. Each recorded
@@ -13,6 +13,8 @@ update) is not replayed, and the final ACC is the default rule's own run. Rules:
 - `floor`: a floor at the batch's majority-class baseline; the pool as `before`
 - `floor+band:N`: the floor, and a pooled net drop beyond (1 + N) tolerances fails whatever the
   sign test says (the default is N = 1)
+- `evidence+band:1`: as `floor+band:1`, and the candidate's accuracy on its batch must be above the
+  floor beyond chance (one-sided binomial test, p < 0.05; gate.py FLOOR_EVIDENCE)
 
 Writes DIR/results.json, DIR/table.md and (unless --no-write) the BENCHMARKS.md section.
 """
@@ -31,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.quality import DEFAULT_STRATEGY, PROFILES, figures, prune, read_back, run_strategy
+from bench.quality import DEFAULT_STRATEGY, PROFILES, figures, prune, run_strategy
 from bench.report import machine, write_section
 from bench.streams import POISONS, build, write
 
@@ -44,9 +46,10 @@ def rules() -> dict[str, Any]:
     found = {"before": _module("before", subprocess.run(["git", "show", f"{BEFORE}:daemon/update/gate.py"], cwd=ROOT,
                                                          capture_output=True, text=True, check=True).stdout)}
     current = (ROOT / "daemon" / "update" / "gate.py").read_text()
-    for name, band in (("floor", math.inf), ("floor+band:0.5", 0.5), ("floor+band:1", 1.0), ("floor+band:0", 0.0)):
+    for name, band, evidence in (("floor", math.inf, None), ("floor+band:0.5", 0.5, None), ("floor+band:1", 1.0, None),
+                                 ("floor+band:0", 0.0, None), ("evidence+band:1", 1.0, 0.05)):
         module = _module(name, current)
-        module.NOISE_BAND = band
+        module.NOISE_BAND, module.FLOOR_EVIDENCE = band, evidence
         found[name] = module
     return found
 
@@ -129,7 +132,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--model", default="embedded:minilm")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--rejudge", action="store_true", help="judge DIR's recorded decisions again; train nothing")
     args = parser.parse_args()
+    if args.rejudge:
+        rejudge(args.out, write=not args.no_write)
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.jobs > 1:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
@@ -137,21 +144,34 @@ def main() -> None:
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(lambda seed: run_seed(seed, args.out / "runs", args.model), seeds))
-    results = {"seeds": seeds, "runs": runs, "rules": judge(runs), "wall_seconds": round(time.monotonic() - started, 1)}
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    results = {"seeds": seeds, "runs": runs, "rules": judge(runs), "wall_seconds": round(time.monotonic() - started, 1),
+               "command": "python -m bench.gate_rules " + " ".join(sys.argv[1:])}
+    publish(results, args.out, write=not args.no_write)
+
+
+def publish(results: dict[str, Any], out: Path, *, write: bool) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2))
     body = render(results)
-    (args.out / "table.md").write_text(body + "\n")
+    (out / "table.md").write_text(body + "\n")
     print(body)
-    if not args.no_write:
-        command = "python -m bench.gate_rules " + " ".join(sys.argv[1:])
+    if write:
         write_section("gate-rules", "\n".join([
             "## Gate rules on small mixed batches (`bench/gate_rules.py`)", "",
-            f"Command: `{command}`  ", "",
+            f"Command: `{results['command']}`  ", "",
             f"Machine: {machine()}. Model embedded:minilm, strategy {DEFAULT_STRATEGY}, every other setting at "
             f"its default; the mixed stream (BBC topics, VADER tweets, VADER product reviews: 180, 220 and "
-            f"250 rows) then three poisoned files of 150 rows each (flipped, shuffled, foreign); seeds {seeds}; "
-            f"{results['wall_seconds'] / 60:.1f} min. Each rule judges the same recorded candidates "
-            f"(clean batches after the first, and every poisoned one).", "", body]))
+            f"250 rows) then three poisoned files of 150 rows each (flipped, shuffled, foreign); seeds "
+            f"{results['seeds']}; {results['wall_seconds'] / 60:.1f} min. Each rule judges the same recorded "
+            f"candidates (clean batches after the first, and every poisoned one).", "", body]))
+
+
+def rejudge(out: Path, write: bool) -> None:
+    """The rules again over a finished run's recorded decisions (nothing is trained)."""
+    results = json.loads((out / "results.json").read_text())
+    results.setdefault("command", f"python -m bench.gate_rules --out {out} --seeds "
+                                  f"{','.join(map(str, results['seeds']))} --jobs 2")
+    results["rules"] = judge(results["runs"])
+    publish(results, out, write=write)
 
 
 if __name__ == "__main__":

@@ -199,3 +199,12 @@ def test_recheck_applies_the_rules_to_recorded_metrics_old_and_new() -> None:
     assert recheck(one, "3", DEFAULT).passed  # one label, no label count recorded: no floor, as before
     assert not recheck(one | {"batch_labels": 1, "model_labels": 2}, "3", DEFAULT).passed
     assert recheck(one | {"batch_labels": 1, "model_labels": 4}, "3", DEFAULT).passed
+
+
+def test_the_floor_can_ask_for_evidence_beyond_chance() -> None:
+    from daemon.update import gate
+
+    assert gate.above_chance(54, 66, 0.67) < 0.01  # well above a 0.67 floor
+    assert gate.above_chance(25, 45, 0.55) > 0.5  # at the floor: no evidence
+    assert gate.above_chance(3, 3, 1.0) == 1.0  # nothing is above a perfect floor
+    assert abs(gate.above_chance(2600, 5000, 0.5) - 0.0024) < 0.0005  # the normal approximation past 2000 rows

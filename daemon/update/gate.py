@@ -63,6 +63,20 @@ class GateResult:
 
 SIGNIFICANCE = 0.05
 NOISE_BAND = 1.0  # beyond the pool's tolerance, noise may excuse at most this many tolerances more
+# None: a candidate at or above its floor passes it. A level (0.05): in accuracy it must be above it
+# beyond chance, a one-sided binomial test of its right rows against the floor's rate (measured in
+# bench/gate_rules.py; off by default)
+FLOOR_EVIDENCE: float | None = None
+
+
+def above_chance(right: int, rows: int, rate: float) -> float:
+    """One-sided p-value of at least `right` of `rows` right, were each right with probability `rate`."""
+    if rate >= 1.0:
+        return 1.0  # nothing can be above a perfect floor
+    if rows > 2000:  # the normal approximation, with continuity correction
+        sd = math.sqrt(rows * rate * (1 - rate))
+        return 0.5 * math.erfc((right - 0.5 - rows * rate) / (sd * math.sqrt(2))) if sd else float(right <= rows * rate)
+    return min(1.0, sum(math.comb(rows, k) * rate ** k * (1 - rate) ** (rows - k) for k in range(right, rows + 1)))
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,12 @@ def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[s
         passed &= ok
         reasons.append(f"floor on batch {new}: {metric} {score:.3f} {'>=' if ok else '<'} {level:.3f}, {what} "
                        f"({rows[new]} held-out rows)" + ("" if ok else "; never promoted below it, whatever the gain"))
+        if ok and FLOOR_EVIDENCE is not None and metric == "accuracy":
+            p = above_chance(round(score * rows[new]), rows[new], level)  # type: ignore[operator]
+            ok = p < FLOOR_EVIDENCE
+            passed &= ok
+            reasons.append(f"above the floor on batch {new} beyond chance: binomial p={p:.2g} "
+                           f"{'<' if ok else '>='} {FLOOR_EVIDENCE}")
     small: list[str] = []
     for experience in sorted(candidate.per_experience, key=int):
         if experience == new:
