@@ -25,9 +25,9 @@ from daemon.ingest.inbox import Inbox
 from daemon.ingest.store import Store
 from daemon.service.metrics import Metrics
 from daemon.service.notify import Notifier
-from daemon.service.role import Role, settle_decided
+from daemon.service.role import POLL, Role, settle_decided
 from daemon.update.launcher import Standby
-from registry.errors import LifelongError, Stopping
+from registry.errors import ArtifactStoreUnavailable, LifelongError, MetadataUnavailable, Stopping
 from registry.fsutil import atomic_write
 from registry.lock import PidLock
 
@@ -114,7 +114,14 @@ class Service:
             open_registry(self.home, probe=True, recover=False).close()
             server = self._serve()
             while self._wait_for_lease():  # a standby until it holds the lease; again if it loses it
-                self._active()
+                try:
+                    self._active()
+                except (MetadataUnavailable, ArtifactStoreUnavailable) as exc:
+                    if self.role.lease is None:
+                        raise  # a daemon alone stops, as at start
+                    log.error("taking over failed (%s); the lease is given back and tried for again", exc)
+                    self.role.release()
+                    self.stopping.wait(POLL)
             self.notifier.stopping()
             log.info("lifelong stopped")
             return 0
@@ -184,9 +191,9 @@ class Service:
                                                 "pid": os.getpid(), "metrics": self.home.config.metrics.bind,
                                                 "role": self.role.name})
             self._loop()
+        finally:  # stopping, the lease lost, or the registry out of reach: no update of ours goes on
             self._finish_update()
             self.standby.close()
-        finally:
             for part in (observer, scheduler):
                 if part is not None:
                     part.stop() if part is observer else part.shutdown(wait=False)
