@@ -25,9 +25,9 @@ def make_spec(tmp_path: Path, model: Path, *, strategy: str = "replay", epochs: 
     data.mkdir(exist_ok=True)
     train_rows = write_rows(data / "train.arrow", toy(["sport", "food"], rows, seed=1))
     eval_rows = write_rows(data / "eval-1.arrow", toy(["sport", "food"], 10, seed=2))
-    # class_weights "none": the figures these tests were measured with
+    # class_weights "none" and exactly `epochs` epochs (min_steps 0): the settings these tests were measured with
     config = parse({"model": {"base": str(model), "max_length": 64}, "train": {"device": "cpu", "seed": 0},
-                    "strategy": {"name": strategy, "epochs": epochs, "batch_size": 8, "early_stopping_patience": 0,
+                    "strategy": {"name": strategy, "epochs": epochs, "min_steps": 0, "batch_size": 8, "early_stopping_patience": 0,
                                  "class_weights": "none", "replay": {"buffer_rows": 50}, "lora": {"r": 4}}})
     paths = DataPaths(train=str(data / "train.arrow"), train_rows=train_rows, eval={"1": str(data / "eval-1.arrow")},
                       eval_rows={"1": eval_rows}, set_aside=None, set_aside_rows=0, set_aside_batches=[])
