@@ -146,24 +146,7 @@ def _validate_fully(line: int, record: dict[str, object], validator: Validator) 
     elif label is not None and label not in labels.known and labels.full:
         errors.append(RowError(line, "label", "too_many_labels", f"{label[:50]!r} would be label {len(labels.known) + 1} > inbox.max_labels = {labels.max_labels}"))
 
-    too_deep = next((key for key, value in record.items() if key not in _KNOWN and _deeper_than(value, MAX_EXTRA_DEPTH)), None)
-    if too_deep is not None:
-        errors.append(RowError(line, str(too_deep)[:200], "too_deeply_nested", f"nested deeper than {MAX_EXTRA_DEPTH} levels"))
-
-    split = record.get("split")
-    if split in (None, ""):
-        split = None
-    elif split not in SPLITS:
-        errors.append(RowError(line, "split", "bad_split", split))
-
-    key = record.get("id")
-    if key in (None, ""):
-        key = None
-    elif isinstance(key, bool) or not isinstance(key, (str, int)):
-        errors.append(RowError(line, "id", "bad_id", key))
-    else:
-        key = str(key)
-
+    split, key = split_and_id(line, record, _KNOWN, errors)
     if errors:
         return errors
     labels.admit(label)  # type: ignore[arg-type]
@@ -172,6 +155,28 @@ def _validate_fully(line: int, record: dict[str, object], validator: Validator) 
         extra = json.dumps({k: v for k, v in record.items() if k not in _KNOWN}, ensure_ascii=False, default=str)
     is_eval = split == "eval" if split else splits.is_eval(text, eval_fraction)  # type: ignore[arg-type]
     return int(is_eval), label, text, key, extra  # type: ignore[return-value]
+
+
+def split_and_id(line: int, record: dict[str, object], known: frozenset[str],
+                 errors: list[RowError]) -> tuple[str | None, str | None]:
+    """The fields every task's row may carry: `split` and `id` (checked), and extra fields (capped in
+    depth); each problem is appended to `errors`."""
+    too_deep = next((k for k, v in record.items() if k not in known and _deeper_than(v, MAX_EXTRA_DEPTH)), None)
+    if too_deep is not None:
+        errors.append(RowError(line, str(too_deep)[:200], "too_deeply_nested", f"nested deeper than {MAX_EXTRA_DEPTH} levels"))
+    split = record.get("split")
+    if split in (None, ""):
+        split = None
+    elif split not in SPLITS:
+        errors.append(RowError(line, "split", "bad_split", split))
+    key = record.get("id")
+    if key in (None, ""):
+        key = None
+    elif isinstance(key, bool) or not isinstance(key, (str, int)):
+        errors.append(RowError(line, "id", "bad_id", key))
+    else:
+        key = str(key)
+    return split, key  # type: ignore[return-value]
 
 
 def _deeper_than(value: object, limit: int) -> bool:

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from daemon.ingest import splits
 from daemon.ingest.formats import Chunk, RowError
-from daemon.ingest.rows import MAX_EXTRA_DEPTH, SPLITS, LabelSet, _deeper_than
+from daemon.ingest.rows import LabelSet, split_and_id
 from strategies.tasks import bio
 
 COLUMNS = ("tokens", "tags")
@@ -97,21 +97,7 @@ class TaggedValidator:
             elif len(self.labels.known) + len(new) > self.labels.max_labels:
                 errors.append(RowError(line, "tags", "too_many_labels",
                                        f"{new[0][:50]!r} would be label {len(self.labels.known) + 1} > inbox.max_labels = {self.labels.max_labels}"))
-        too_deep = next((k for k, v in record.items() if k not in _KNOWN and _deeper_than(v, MAX_EXTRA_DEPTH)), None)
-        if too_deep is not None:
-            errors.append(RowError(line, str(too_deep)[:200], "too_deeply_nested", f"nested deeper than {MAX_EXTRA_DEPTH} levels"))
-        split = record.get("split")
-        if split in (None, ""):
-            split = None
-        elif split not in SPLITS:
-            errors.append(RowError(line, "split", "bad_split", split))
-        key = record.get("id")
-        if key in (None, ""):
-            key = None
-        elif isinstance(key, bool) or not isinstance(key, (str, int)):
-            errors.append(RowError(line, "id", "bad_id", key))
-        else:
-            key = str(key)
+        split, key = split_and_id(line, record, _KNOWN, errors)
         if errors:
             return errors
         for kind in kinds:
