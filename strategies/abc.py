@@ -25,7 +25,7 @@ from registry.errors import ConfigError
 from strategies.hooks import refuse_unknown
 from strategies.tasks.abc import Row, Task
 
-HOOKS = ("prepare", "examples", "loss", "after_update", "save_state")
+HOOKS = ("prepare", "examples", "loss", "after_backward", "after_step", "after_update", "save_state")
 REGISTRY: dict[str, type["Strategy"]] = {}
 
 
@@ -104,6 +104,12 @@ class Strategy:
         """The loss to minimise for a batch (penalties are added here); `logits` are the task's forward outputs."""
         return loss
 
+    def after_backward(self, ctx: Context) -> None:
+        """After each backward pass, before clipping and the optimizer step (project the gradients: GEM)."""
+
+    def after_step(self, ctx: Context) -> None:
+        """After each optimizer step, the gradients still set (path integrals: SI, RWalk)."""
+
     def after_update(self, ctx: Context) -> None:
         """After training (estimate importances, update buffers)."""
 
@@ -131,6 +137,14 @@ class Composite(Strategy):
         for part in self.parts:
             loss = part.loss(ctx, batch, logits, loss)
         return loss
+
+    def after_backward(self, ctx: Context) -> None:
+        for part in self.parts:
+            part.after_backward(ctx)
+
+    def after_step(self, ctx: Context) -> None:
+        for part in self.parts:
+            part.after_step(ctx)
 
     def after_update(self, ctx: Context) -> None:
         for part in self.parts:

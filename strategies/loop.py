@@ -1,4 +1,4 @@
-"""The one training loop. Reads top to bottom: prepare -> batches -> forward -> loss -> step -> validate.
+"""The one training loop. Reads top to bottom: prepare -> batches -> forward -> loss -> backward -> step -> validate.
 
 What a row becomes and how outputs become a loss is the task's (ctx.task, strategies/tasks/); the
 loop knows neither labels nor logits.
@@ -132,8 +132,10 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
             if non_finite:
                 raise NonFiniteLoss(f"loss is {loss.item()} at step {progress['step'] + 1}")
             loss.backward()
+            strategy.after_backward(ctx)
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
+            strategy.after_step(ctx)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             progress.update(batch=number + 1, step=progress["step"] + 1,
