@@ -158,14 +158,16 @@ class Composite(Strategy):
 def build(name: str, config: Mapping[str, Any]) -> Strategy:
     """`"lora+replay"` -> a Composite of the registered strategies, each with its config section
     (`config["replay"]`, ...; sections of parts not in `name` are ignored). Each part is imported
-    from its own module, `strategies/<part>.py`, which registers it."""
+    from its own module, `strategies/<part>.py`, which registers it (`avalanche:<plugin>`:
+    strategies/avalanche.py)."""
     import importlib
 
     parts = name.split("+")
     for part in parts:
-        if part not in REGISTRY and part.isidentifier():
+        module = "avalanche" if part.startswith("avalanche:") else part
+        if part not in REGISTRY and module.isidentifier():
             try:
-                importlib.import_module(f"strategies.{part}")
+                importlib.import_module(f"strategies.{module}")
             except ModuleNotFoundError:
                 pass
     unknown = [p for p in parts if p not in REGISTRY]
