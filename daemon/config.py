@@ -61,6 +61,14 @@ class ModelConfig(Section):
             raise ValueError(f"{task!r} is not a task; known: {', '.join(TASKS)}")
         return task
 
+    @field_validator("base")
+    @classmethod
+    def _extra_installed(cls, base: str) -> str:
+        from strategies.embedded import check_installed
+
+        check_installed(base)  # MissingExtra (exit 2) for embedded:smollm2 without lifelong[llm]
+        return base
+
 
 class InboxConfig(Section):
     path: str = Field(default="inbox", min_length=1)
