@@ -47,6 +47,7 @@ class Context:
     old_label_count: int = 0  # labels the model knew before this update (a prefix of `labels`): LwF distils those
     set_aside: list[Row] = field(default_factory=list)  # rows for the replay pool only
     lora: bool = False  # set by the lora strategy once it has wrapped `model` in adapters
+    batch_size: int = 16  # the loop's mini-batch size, set by the loop before `prepare`
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -79,6 +79,7 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
     if cfg.lr == "auto":
         raise ValueError("loop.lr = \"auto\" is resolved to a rate before training (strategies/child.py search_lr)")
     seed_everything(ctx.seed)
+    ctx.batch_size = cfg.batch_size
     ctx.model = ctx.model.to(ctx.device)  # before prepare: a teacher copy or an adapter lands on the device too
     strategy.prepare(ctx)
     model = ctx.model.to(ctx.device)
