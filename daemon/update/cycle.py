@@ -29,6 +29,7 @@ from daemon.update.gate import GateResult, Scores, decide, majority_share
 from daemon.update.launcher import ChildRun, Standby, TrainingInterrupted, train_spec, write_rows
 from daemon.update.tagging import per_type
 from registry.registry import Registry
+from strategies import embedded
 from strategies.spec import DataPaths, TrainSpec
 from strategies.tasks import TASKS, bio
 
@@ -213,6 +214,7 @@ class UpdateCycle:
                           set_aside_batches=set_aside)
         spec = train_spec(self.config, work, batch=batch, labels=self.labels(store), data=paths, parent=champion,
                           parent_model=champion_dir,
+                          base=None if champion else embedded.local_base(self.config.model.base, self.home.models),
                           parent_files=self.registry.artifacts.local_path(champion) if champion else None,
                           old_label_count=len(self.registry.get(champion).info.get("labels", [])) if champion else 0)
         spec.write(self.spec_path(batch))

@@ -53,16 +53,18 @@ def loop_settings(config: Config) -> LoopSettings:
 
 def train_spec(config: Config, work: Path, *, batch: int, labels: list[str], data: DataPaths,
                parent: str | None = None, parent_model: Path | None = None, parent_files: Path | None = None,
-               old_label_count: int = 0) -> TrainSpec:
+               old_label_count: int = 0, base: str | None = None) -> TrainSpec:
     """The spec of one update: start from `parent_model` (the champion's verified model directory,
-    also scored side by side) or model.base; `parent_files` is the champion's version folder (its
-    state/ and kept predictions); the child writes under `work`."""
+    also scored side by side) or `base` (model.base as the child loads it: an embedded LLM's
+    converted directory, strategies/embedded.py local_base; model.base itself when None);
+    `parent_files` is the champion's version folder (its state/ and kept predictions); the child
+    writes under `work`."""
     state = parent_files / "state" if parent_files is not None else None
     kept = parent_files / "predictions.json" if parent_files is not None else None
     return TrainSpec(
         task=config.model.task, batch=batch, labels=list(labels), seed=config.train.seed, device=config.train.device,
         num_processes=config.train.num_processes, max_length=config.model.max_length,
-        base=str(parent_model) if parent_model is not None else config.model.base,
+        base=str(parent_model) if parent_model is not None else (base or config.model.base),
         old_label_count=old_label_count, parent=parent,
         parent_state=str(state) if state is not None and state.is_dir() else None,
         champion=str(parent_model) if parent_model is not None else None,
