@@ -142,6 +142,10 @@ class ArtifactStore(abc.ABC):
     @abc.abstractmethod
     def versions_present(self) -> set[str]: ...
 
+    def has_files(self, version: str) -> bool:
+        """Whether any file of the version is there, whole or not (unrecorded: a write's leftover)."""
+        return version in self.versions_present()
+
     @abc.abstractmethod
     def discard(self, version: str) -> None:
         """Remove a version's files (only for versions the metadata never recorded: crash leftovers)."""

@@ -73,6 +73,9 @@ class LocalArtifacts(ArtifactStore):
     def versions_present(self) -> set[str]:
         return {entry.name for entry in os.scandir(self.versions) if _VERSION.match(entry.name)}
 
+    def has_files(self, version: str) -> bool:
+        return os.path.lexists(self.versions / version)
+
     def discard(self, version: str) -> None:
         path = self.versions / version
         if path.exists():

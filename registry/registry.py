@@ -133,6 +133,11 @@ class Registry:
         with self.lock.acquire(timeout=LOCK_TIMEOUT):
             with self.meta.transaction():
                 version = self.meta.next_version()
+                if self.artifacts.has_files(version):
+                    # the write lock is held and the number is unrecorded: these files are what a write
+                    # cut short left (its record never committed: the database restarted, say)
+                    log.warning("removing %s: its files were written but never recorded (interrupted)", version)
+                    self.artifacts.discard(version)
                 record_info = {"libraries": library_versions(), **(info or {})}
                 (staging / "version.json").write_text(json.dumps(
                     {"version": version, "parent": parent, "strategy": strategy, "kind": kind, **record_info},
@@ -279,8 +284,11 @@ class Registry:
                         metrics: dict[str, Any] | None = None) -> None:
         self.get(version)
         with self.meta.transaction():
-            self.meta.add_decision(Decision(version=version, decision=decision, at=self.clock(), gate=gate or {},
-                                            metrics=metrics or {}))
+            self.meta.add_decision(self._decision(version, decision, gate, metrics))
+
+    def _decision(self, version: str, decision: str, gate: dict[str, Any] | None,
+                  metrics: dict[str, Any] | None) -> Decision:
+        return Decision(version=version, decision=decision, at=self.clock(), gate=gate or {}, metrics=metrics or {})
 
     def decision(self, version: str) -> str | None:
         """promoted | rejected | failed | held | rolled_back (a rollback away from it overrides)."""
@@ -315,14 +323,18 @@ class Registry:
             entries = [e for e in entries if version in (e.from_, e.to)]
         return list(reversed(entries))
 
-    def promote(self, version: str, *, actor: str, reason: str = "", manual: bool = False) -> AuditEntry:
-        """Make `version` champion. Automatic promotion (not manual) refuses rolled-back versions."""
+    def promote(self, version: str, *, actor: str, reason: str = "", manual: bool = False,
+                decided: tuple[dict[str, Any], dict[str, Any]] | None = None) -> AuditEntry:
+        """Make `version` champion. Automatic promotion (not manual) refuses rolled-back versions.
+        `decided` = (gate, metrics) records the `promoted` decision in the switch's own transaction:
+        both are committed or neither (a database lost in between leaves no promotion unmade)."""
         def check(current: str | None) -> None:
             if current == version:
                 raise Conflict(f"{version} is already the champion")
             if not manual and version in self.rolled_back():
                 raise Conflict(f"{version} was rolled back; it is never promoted automatically")
-        return self._switch(version, "manual_promote" if manual else "promote", actor, reason, check)
+        decision = None if decided is None else self._decision(version, "promoted", *decided)
+        return self._switch(version, "manual_promote" if manual else "promote", actor, reason, check, decision)
 
     def rollback(self, *, to: str | None = None, actor: str, reason: str = "", pin: bool = False) -> AuditEntry:
         """Champion back to the previous champion (or `to`); the version left is marked rolled back."""
@@ -362,7 +374,7 @@ class Registry:
                                               reason=reason))
 
     def _switch(self, version: str | Callable[[], str], action: str, actor: str, reason: str,
-                check: Callable[[str | None], None]) -> AuditEntry:
+                check: Callable[[str | None], None], decision: Decision | None = None) -> AuditEntry:
         with self.lock.acquire(timeout=LOCK_TIMEOUT):
             current = self.champion()
             check(current)
@@ -373,6 +385,8 @@ class Registry:
             with self.meta.transaction():
                 if self.champion() != current:  # another host switched meanwhile (a shared registry)
                     raise Conflict(f"the champion changed to {self.champion()} during this switch; try again")
+                if decision is not None:
+                    self.meta.add_decision(decision)
                 self.meta.append_audit(entry)
             self._point_link(model_dir)
             self._evict_serving()

@@ -211,6 +211,9 @@ class S3Artifacts(ArtifactStore):
             token = {"ContinuationToken": page["NextContinuationToken"]}
         return found | self.cache.versions_present()
 
+    def has_files(self, version: str) -> bool:
+        return bool(self._keys(version)) or self.cache.has_files(version)
+
     def _delete_remote(self, version: str) -> None:
         # the manifest first: the version stops existing at once, whatever a crash leaves behind
         self._call(f"delete {version}", "delete_object", Key=self._key(version, MANIFEST))

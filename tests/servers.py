@@ -59,6 +59,7 @@ class Postgres:
     data: Path
     port: int
     as_postgres: list[str]
+    durable: bool = False  # fsync on: what a benchmark of commit latency needs; tests run without
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -83,15 +84,16 @@ class Postgres:
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
 
     def start(self) -> None:
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.data} -c fsync=off "
-                   "-c full_page_writes=off -c max_connections=200")
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.data} -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off"
         self._ctl("start", "-w", "-l", str(self.data / "server.log"), "-o", options)
 
     def stop(self, mode: str = "fast") -> None:
         self._ctl("stop", "-w", "-m", mode)
 
 
-def start_postgres() -> Postgres:
+def start_postgres(*, durable: bool = False) -> Postgres:
     bindir = postgres_bin()
     if bindir is None:
         raise FileNotFoundError("PostgreSQL's server programs (Debian: apt-get install postgresql-15) are not installed")
@@ -105,7 +107,7 @@ def start_postgres() -> Postgres:
     subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "--no-sync", "-U",
                     "postgres", "-E", "UTF8"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                    timeout=120)
-    server = Postgres(bindir=bindir, data=data, port=free_port(), as_postgres=as_postgres)
+    server = Postgres(bindir=bindir, data=data, port=free_port(), as_postgres=as_postgres, durable=durable)
     server.start()
     return server
 
