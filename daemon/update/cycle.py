@@ -328,9 +328,11 @@ class UpdateCycle:
             decision = "held"
         else:
             decision = "promoted"
-        self.registry.record_decision(version, decision, gate=gate.as_dict(), metrics=metrics)
-        if decision == "promoted":
-            self.registry.promote(version, actor="daemon", reason="; ".join(gate.reasons))
+        if decision == "promoted":  # the decision and the switch in one transaction: both or neither
+            self.registry.promote(version, actor="daemon", reason="; ".join(gate.reasons),
+                                  decided=(gate.as_dict(), metrics))
+        else:
+            self.registry.record_decision(version, decision, gate=gate.as_dict(), metrics=metrics)
         return decision
 
 
