@@ -23,7 +23,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "LIFELONG_"
-STRATEGY_PARTS = ("finetune", "replay", "ewc", "lora", "lwf")
+# Avalanche's plugins (lifelong[avalanche], strategies/avalanche.py), each with its section [strategy."avalanche:NAME"]
+AVALANCHE_PARTS = ("avalanche:ewc", "avalanche:si", "avalanche:mas", "avalanche:rwalk", "avalanche:gem",
+                   "avalanche:agem", "avalanche:lwf")
+STRATEGY_PARTS = ("finetune", "replay", "ewc", "lora", "lwf") + AVALANCHE_PARTS
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -146,6 +149,47 @@ class LwfConfig(Section):
     temperature: float = Field(default=2.0, gt=0.0)
 
 
+# Avalanche's options by their Avalanche names, with Avalanche's defaults where it has them; where it
+# has none: ewc_lambda 500 is our ewc's lambda 1000 (Avalanche adds lambda * penalty, ours lambda / 2 *
+# penalty), si_lambda, GEM's and A-GEM's sizes are those of Avalanche's examples (not measured here)
+class AvalancheEwcConfig(Section):
+    ewc_lambda: float = Field(default=500.0, ge=0.0)
+    mode: Literal["online", "separate"] = "online"
+    decay_factor: float = Field(default=0.9, ge=0.0, le=1.0)  # online mode only
+
+
+class AvalancheSiConfig(Section):
+    si_lambda: float = Field(default=0.0001, ge=0.0)
+    eps: float = Field(default=1e-7, gt=0.0)
+    excluded_parameters: list[str] = Field(default_factory=list)
+
+
+class AvalancheMasConfig(Section):
+    lambda_reg: float = Field(default=1.0, ge=0.0)
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class AvalancheRwalkConfig(Section):
+    ewc_lambda: float = Field(default=0.1, ge=0.0)
+    ewc_alpha: float = Field(default=0.9, ge=0.0, le=1.0)
+    delta_t: int = Field(default=10, ge=1)
+
+
+class AvalancheGemConfig(Section):
+    patterns_per_experience: int = Field(default=256, ge=1)
+    memory_strength: float = Field(default=0.5, ge=0.0)
+
+
+class AvalancheAgemConfig(Section):
+    patterns_per_experience: int = Field(default=256, ge=1)
+    sample_size: int = Field(default=64, ge=1)
+
+
+class AvalancheLwfConfig(Section):
+    alpha: float = Field(default=1.0, ge=0.0)
+    temperature: float = Field(default=2.0, gt=0.0)
+
+
 class StrategyConfig(Section):
     name: str = "replay"  # lora+replay learned less; see the template
     epochs: int = Field(default=2, ge=1)
@@ -161,6 +205,14 @@ class StrategyConfig(Section):
     ewc: EwcConfig = Field(default_factory=EwcConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     lwf: LwfConfig = Field(default_factory=LwfConfig)
+    avalanche_ewc: AvalancheEwcConfig = Field(default_factory=AvalancheEwcConfig, alias="avalanche:ewc")
+    avalanche_si: AvalancheSiConfig = Field(default_factory=AvalancheSiConfig, alias="avalanche:si")
+    avalanche_mas: AvalancheMasConfig = Field(default_factory=AvalancheMasConfig, alias="avalanche:mas")
+    avalanche_rwalk: AvalancheRwalkConfig = Field(default_factory=AvalancheRwalkConfig, alias="avalanche:rwalk")
+    avalanche_gem: AvalancheGemConfig = Field(default_factory=AvalancheGemConfig, alias="avalanche:gem")
+    avalanche_agem: AvalancheAgemConfig = Field(default_factory=AvalancheAgemConfig, alias="avalanche:agem")
+    avalanche_lwf: AvalancheLwfConfig = Field(default_factory=AvalancheLwfConfig, alias="avalanche:lwf")
+
 
     @field_validator("name")
     @classmethod
@@ -171,6 +223,13 @@ class StrategyConfig(Section):
             raise ValueError(f"unknown strategy {'+'.join(unknown)!r}; use {' | '.join(STRATEGY_PARTS)} joined by '+'")
         if len(set(parts)) != len(parts):
             raise ValueError("a strategy is named twice")
+        needs_extra = [part for part in parts if part in AVALANCHE_PARTS]
+        if needs_extra:
+            from registry.backends import _installed
+            from registry.errors import MissingExtra
+
+            if not _installed("avalanche"):  # exit 2, passed through as itself
+                raise MissingExtra("avalanche", f"strategy.name = \"{value}\" needs avalanche-lib")
         return "+".join(parts)
 
     @field_validator("lr")
@@ -187,7 +246,8 @@ class StrategyConfig(Section):
     def sections(self) -> dict[str, dict[str, Any]]:
         """Every strategy's section, each key present, as the child's strategies read them (their
         options carry no defaults of their own). `lora.lr` stays here: it picks the loop's rate."""
-        with_options = {part for part in STRATEGY_PARTS if part in type(self).model_fields}  # finetune has none
+        with_options = {name for name, info in type(self).model_fields.items()
+                        if (info.alias or name) in STRATEGY_PARTS}  # finetune has none
         return self.model_dump(by_alias=True, include=with_options, exclude={"lora": {"lr"}})
 
 
@@ -336,6 +396,10 @@ def parse(data: Mapping[str, Any], origin: Mapping[str, str] | None = None, sour
         if env_name:
             raise ConfigError(key, f"{message} [from env {env_name}]", source=None) from None
         raise ConfigError(key, message, source=source) from None
+    avalanche = [part for part in config.strategy.parts if part in AVALANCHE_PARTS]
+    if avalanche and config.model.task != "sequence_classification":
+        raise ConfigError("strategy.name", f"{avalanche[0]} (Avalanche's plugins) trains sequence_classification only,"
+                          f" not {config.model.task}", source=source)
     metrics = TASKS[config.model.task].metrics
     if config.gate.metric not in metrics:
         message = f"{config.gate.metric!r} is not a held-out metric of {config.model.task} (one of {', '.join(metrics)})"
