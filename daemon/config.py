@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from registry.errors import ConfigError
 from strategies.tasks import TASKS
@@ -268,7 +268,9 @@ class TrainConfig(Section):
 
 
 class GateConfig(Section):
-    metric: str = "accuracy"  # one of the task's held-out metrics (checked against model.task)
+    # one of the task's held-out metrics (checked against model.task); "" or unset in a whole config is
+    # the task's own (Config fills it in: accuracy, entity_f1, ...)
+    metric: str = "accuracy"
     min_gain_new: float = 0.0
     max_forgetting: float = Field(default=0.02, ge=0.0)
     min_eval_rows: int = Field(default=100, ge=0)  # 30 was too coarse; see the template
@@ -334,6 +336,23 @@ class Config(Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_metric(cls, data: Any) -> Any:
+        """`gate.metric` "" or unset is the task's default metric (TASKS: the first of its metrics), so a
+        home of any task works without naming it; a named one is checked against the task in `parse`."""
+        if not isinstance(data, Mapping):
+            return data
+        model, gate = data.get("model", {}), data.get("gate", {})
+        if isinstance(model, ModelConfig):
+            task = model.task
+        else:
+            task = model.get("task", ModelConfig().task) if isinstance(model, Mapping) else None
+        named = not isinstance(gate, Mapping) or gate.get("metric", "") != ""
+        if named or not isinstance(task, str) or task not in TASKS:
+            return data  # an unknown task or a malformed section is refused by the fields' own checks
+        return {**data, "gate": {**gate, "metric": TASKS[task].default_metric}}
 
     def dump(self) -> dict[str, Any]:
         """The config as plain data, keys spelled as in lifelong.toml."""

@@ -2,8 +2,10 @@
 
 The loss adds alpha * T^2 * KL(teacher || student) on the labels the champion knew, with both
 softmaxes at temperature T, over the task's predictive outputs: one per row for a classifier; for
-token classification the tokens the batch marks `O`, where a batch labelling only new entity types
-hides the old ones.
+token classification the tokens the batch marks `O`. Before training, what the new rows leave
+unlabelled is filled from the champion's predictions (the task's `pseudo_label`): a batch labelling
+only new entity types marks the old ones `O`, and a hard `O` there would outweigh any distillation
+(at alpha 1 the two pull a token half each way); a classifier's rows are left as they are.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class LwF(Strategy):
         if self.teacher is not None:
             for param in self.teacher.parameters():
                 param.requires_grad_(False)
+            ctx.new = ctx.task.pseudo_label(self.teacher, ctx.tokenizer, ctx.new, ctx.labels[: self.known], ctx.device,
+                                            ctx.max_length)
 
     def loss(self, ctx: Context, batch: dict[str, torch.Tensor], logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         if self.teacher is None:

@@ -1,6 +1,6 @@
 """Token classification (NER) on the tiny BERT: sub-word alignment, head growth by entity type,
 entity-level scoring, class-incremental learning (finetune un-learns the old types a batch marks O,
-lwf keeps them), and eval / predict / a whole update through the real CLI and child."""
+lwf at its defaults keeps them), and eval / predict / a whole update through the real CLI and child."""
 
 from __future__ import annotations
 
@@ -122,6 +122,19 @@ def test_entity_scores_by_hand() -> None:
     assert TASK.balance_key(rows[0]) == "LOC+ORG+PER" and TASK.balance_key(rows[2] | {"tags": ["O"]}) == "O"
 
 
+def test_gate_metric_left_empty_or_out_is_the_tasks_own() -> None:
+    from daemon.config import parse, template, tomllib
+
+    ner = {"model": {"task": "token_classification"}}
+    assert parse(ner).gate.metric == parse(ner | {"gate": {"metric": ""}}).gate.metric == "entity_f1"
+    assert parse({}).gate.metric == parse({"gate": {"metric": ""}}).gate.metric == "accuracy"
+    written = tomllib.loads(template())
+    assert written["gate"]["metric"] == "" and parse(written | ner).gate.metric == "entity_f1"  # `lifelong init`'s file
+    assert parse(ner | {"gate": {"metric": "entity_f1"}}).gate.metric == "entity_f1"
+    with pytest.raises(ValueError, match="gate.metric.*one of entity_f1"):
+        parse(ner | {"gate": {"metric": "accuracy"}})
+
+
 def test_finetune_unlearns_the_old_types_a_batch_marks_o_and_lwf_keeps_them(tiny_model: Path, tmp_path: Path) -> None:
     first, later = bio.tag_labels(OLD), bio.tag_labels(OLD + NEW)
     model, tokenizer = fit(str(tiny_model), first, sentences(80, OLD, OLD, seed=1))
@@ -130,9 +143,16 @@ def test_finetune_unlearns_the_old_types_a_batch_marks_o_and_lwf_keeps_them(tiny
     test = sentences(60, OLD + NEW, OLD + NEW, seed=99)
     assert all(per_type(model, tokenizer, test, first)[kind] > 0.9 for kind in OLD)
     batch = sentences(80, OLD + NEW, NEW, seed=2)  # old entities present, tagged O
+    # lwf's pseudo-labels: the champion's old tags on the words the batch leaves O (the same sentences, all tagged)
+    filled = TASK.pseudo_label(model, tokenizer, batch, first, torch.device("cpu"), 32)
+    truth = sentences(80, OLD + NEW, OLD + NEW, seed=2)
+    assert sum(f["tags"] == t["tags"] for f, t in zip(filled, truth)) >= 0.9 * len(batch)
+    mixed = [{"tokens": ["alice", "met", "bob"], "tags": ["B-PER", "O", "O"]},
+             {"tokens": ["to", "paris"], "tags": ["O", "O"]}]  # the batch labels PER itself: its O stays O there
+    assert [r["tags"] for r in TASK.pseudo_label(model, tokenizer, mixed, first, torch.device("cpu"), 32)] == [
+        ["B-PER", "O", "O"], ["O", "B-LOC"]]
     plain = per_type(*fit(str(tmp_path / "v1"), later, batch, known=len(first)), test, later)
-    kept = per_type(*fit(str(tmp_path / "v1"), later, batch, "lwf", known=len(first),
-                         lwf={"alpha": 10.0, "temperature": 1.0}), test, later)
+    kept = per_type(*fit(str(tmp_path / "v1"), later, batch, "lwf", known=len(first)), test, later)  # its defaults
     assert all(plain[kind] > 0.9 and kept[kind] > 0.9 for kind in NEW), (plain, kept)
     assert all(plain[kind] < 0.3 for kind in OLD), plain  # taught that they are O
     assert all(kept[kind] > 0.9 for kind in OLD), kept
@@ -160,8 +180,8 @@ def test_predict_gives_entities_with_offsets_and_scores(tiny_model: Path, tmp_pa
 
 
 def test_an_update_eval_and_predict_on_a_ner_home(home_root: Path, tiny_model: Path, tmp_path: Path) -> None:
-    write_config(home_root, model={"task": "token_classification", "base": str(tiny_model)},
-                 gate={"metric": "entity_f1"}, strategy={"epochs": 4, "lr": 3e-3})
+    write_config(home_root, model={"task": "token_classification", "base": str(tiny_model)},  # gate.metric: the task's
+                 strategy={"epochs": 4, "lr": 3e-3})
     rows = sentences(120, OLD, OLD, seed=5)
     (home_root / "inbox" / "first.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = cli("update", "--home", str(home_root), "--now", "--wait", "--json")

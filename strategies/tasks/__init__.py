@@ -25,6 +25,11 @@ class TaskInfo:
     metrics: dict[str, Direction]  # held-out metrics `gate.metric` may name, and which way is better
     labelled: bool  # rows carry labels, and a new label grows the model's head
 
+    @property
+    def default_metric(self) -> str:
+        """The metric the gate judges when `gate.metric` is left "": the first of `metrics`."""
+        return next(iter(self.metrics))
+
 
 TASKS: dict[str, TaskInfo] = {
     "sequence_classification": TaskInfo(name="sequence_classification", columns=("text", "label"),

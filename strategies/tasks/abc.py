@@ -7,7 +7,8 @@ strategies/data.py), to run the forward pass and the loss; strategies ask it for
 distil (LwF), the loss whose gradients estimate a Fisher (EWC), the modules an adapter wraps and
 the ones it trains whole (LoRA), the key rows are balanced on (replay); the evaluation asks it to
 predict, to score and to say whether one prediction is right. A subclass defines only hooks named in
-HOOKS, and every one of them: a misspelt or a missing hook is a TypeError when the class is defined.
+HOOKS, and every one of them but those of DEFAULTED: a misspelt or a missing hook is a TypeError when
+the class is defined.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ Row = dict[str, Any]
 Prediction = dict[str, Any]  # JSON-able: what `lifelong predict` shows for one row
 
 HOOKS = ("load", "encode", "forward", "loss", "hits", "outputs", "class_weights", "predict", "score", "correct",
-         "balance_key", "adapter_targets", "adapter_saved_modules")
+         "balance_key", "adapter_targets", "adapter_saved_modules", "pseudo_label")
+DEFAULTED = ("pseudo_label",)  # hooks whose base version is right for a task that has nothing to add
 REGISTRY: dict[str, type["Task"]] = {}
 
 
@@ -40,7 +42,7 @@ class Task:
             return
         if cls.name not in TASKS:
             raise TypeError(f"{cls.__name__}.name {cls.name!r} is not described in strategies/tasks TASKS")
-        missing = [hook for hook in HOOKS if getattr(cls, hook) is getattr(Task, hook)]
+        missing = [hook for hook in HOOKS if hook not in DEFAULTED and getattr(cls, hook) is getattr(Task, hook)]
         if missing:
             raise TypeError(f"{cls.__name__} does not define {', '.join(missing)}")
         REGISTRY[cls.name] = cls
@@ -90,6 +92,12 @@ class Task:
         """The predictive distributions to distil, as (positions, classes) logits over the `known`
         labels the teacher had."""
         raise NotImplementedError
+
+    def pseudo_label(self, teacher: torch.nn.Module, tokenizer: Any, rows: Sequence[Row], known: list[str],
+                     device: torch.device, max_length: int) -> list[Row]:
+        """The rows with what they leave unlabelled filled in from the teacher's predictions over the
+        `known` labels it had (`lwf`). By default nothing: every row's label is given."""
+        return list(rows)
 
     def class_weights(self, encoded: Encoded, count: int, device: torch.device) -> torch.Tensor | None:
         """Loss weights inversely proportional to each label's frequency (`class_weights = "balanced"`)."""

@@ -5,9 +5,11 @@ Rows are `{"tokens": [str], "tags": [str]}`; the model's labels are tags (strate
 A word's first sub-token carries its tag and is what the model predicts for it; the rest are ignored.
 Tokens past `max_length` sub-tokens are predicted `O`.
 
-Distillation (`outputs`, read by `lwf`) is on the tokens the batch marks `O`: a batch that labels
-only new entity types marks every old entity `O`, and these are the tokens where plain fine-tuning
-un-learns the old types; the champion's predictions there keep them.
+A batch that labels only new entity types marks every old entity `O`, and these are the tokens
+where plain fine-tuning un-learns the old types. `lwf` keeps them in two ways: `pseudo_label` gives a
+word the batch marks `O` the champion's tag when that names an old type the batch labels nowhere
+(so the loss no longer teaches `O` there, as ExtendNER and CFNER avoid), and distillation
+(`outputs`) is on the tokens still marked `O`.
 
 Held-out figures (strategies/tasks/bio.py `figures`): entity-level micro precision, recall and F1
 (exact span and type, conlleval's reading of BIO; `entity_f1` is None when neither truth nor
@@ -87,6 +89,19 @@ class TokenClassification(Task):
     def outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], known: int) -> torch.Tensor:
         return logits[batch["labels"] == 0][:, :known]  # tag 0 is O (bio.tag_labels)
 
+    def pseudo_label(self, teacher: torch.nn.Module, tokenizer: Any, rows: Sequence[Row], known: list[str],
+                     device: torch.device, max_length: int) -> list[Row]:
+        """A word tagged O takes the teacher's tag when it names an old entity type that no row of these
+        labels: where the batch labels a type itself, its O is taken at its word."""
+        labelled = {kind for row in rows for kind, _, _ in bio.spans(row["tags"])}
+        found = self.predict(teacher, tokenizer, rows, known, device, max_length)
+        filled = []
+        for row, prediction in zip(rows, found):
+            tags = [guess if tag == bio.OUTSIDE and bio.type_of(guess) not in labelled else tag
+                    for tag, guess in zip(row["tags"], prediction["tags"])]
+            filled.append({**row, "tags": bio.repair(tags)[0]})
+        return filled
+
     def class_weights(self, encoded: Encoded, count: int, device: torch.device) -> torch.Tensor | None:
         seen = Counter(t for target in encoded.targets for t in target if t != IGNORE)  # type: ignore[union-attr]
         total = sum(seen.values())
@@ -107,7 +122,8 @@ class TokenClassification(Task):
         found: list[Prediction] = [{}] * len(rows)
         for indices in sequential_batches(encoded.lengths, batch_size):
             batch = {k: v.to(device) for k, v in encoded.collate(indices).items()}
-            best = self.forward(model, batch).float().softmax(-1).cpu().max(-1)
+            # over `labels` only: a teacher predicts with the labels it knew, not its grown head's new rows
+            best = self.forward(model, batch)[..., : len(labels)].float().softmax(-1).cpu().max(-1)
             for row, i in enumerate(indices):
                 tags, scores = [], []
                 for position in firsts[i]:
