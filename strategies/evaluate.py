@@ -1,8 +1,10 @@
 """The evaluation of an update: candidate and champion scored on every held-out set, side by side.
 
-For each set: each model's figures (the task's `score`) and the rows that changed between them
-(lost: the champion got them right and the candidate wrong; gained: the reverse), which the gate's
-sign test reads. The candidate's predictions are kept with the version (out/predictions.json, each
+For each set: each model's figures (the task's `score`: its metrics and the figures TASKS names) and
+the rows that changed between them (lost: the champion got them right and the candidate wrong;
+gained: the reverse; for a lower-is-better metric that is also a per-row figure of the predictions,
+such as `answer_loss`, the rows whose own value rose or fell, under that metric's name), which the
+gate's sign test reads. The candidate's predictions are kept with the version (out/predictions.json, each
 set's keyed by a digest of the task, its rows and max_length): when this candidate is champion, the
 next update reuses them for every set they cover instead of scoring it again. The champion is scored
 as it serves, with its own head (its labels are a prefix of the candidate's), so kept and fresh
@@ -20,9 +22,11 @@ from typing import Any, Callable
 import torch
 
 from strategies.spec import TrainSpec
+from strategies.tasks import TASKS
 from strategies.tasks.abc import Prediction, Row, Task
 
 ReadRows = Callable[[str], list[Row]]
+TIE = 1e-6  # per-row values closer than this have not changed (numerical noise between two forwards)
 
 
 def side_by_side(spec: TrainSpec, task: Task, candidate: torch.nn.Module, tokenizer: Any, device: torch.device,
@@ -51,13 +55,19 @@ def side_by_side(spec: TrainSpec, task: Task, candidate: torch.nn.Module, tokeni
                 found["champion"] = task.predict(champion, tokenizer, rows, own, device, spec.max_length)
         for who, predicted in found.items():
             figures = task.score(rows, predicted, labels)
-            results["scores"].setdefault(who, {})[name] = {k: v for k, v in figures.items()
-                                                           if k in task.metrics or k == "rows"}
+            kept_figures = (*task.metrics, *TASKS[task.name].figures, "rows")
+            results["scores"].setdefault(who, {})[name] = {k: v for k, v in figures.items() if k in kept_figures}
         if "champion" in found:
             pairs = [(task.correct(row, a), task.correct(row, b))
                      for row, a, b in zip(rows, found["champion"], found["candidate"])]
             results["paired"][name] = {"lost": sum(a and not b for a, b in pairs),
                                        "gained": sum(b and not a for a, b in pairs)}
+            for metric, direction in task.metrics.items():
+                if direction == "lower":  # a per-row figure (answer_loss): rows whose own value rose, fell
+                    moved = [(a.get(metric), b.get(metric)) for a, b in zip(found["champion"], found["candidate"])]
+                    moved = [(a, b) for a, b in moved if a is not None and b is not None]
+                    results["paired"][name][metric] = {"lost": sum(b > a + TIE for a, b in moved),
+                                                       "gained": sum(b < a - TIE for a, b in moved)}
     (out / "predictions.json").write_text(json.dumps(predictions))
     results["eval_seconds"] = round(time.perf_counter() - started, 3)
     return results

@@ -142,7 +142,7 @@ class TrainSpec:
         _check(self, "")
         if self.task not in TASKS:
             raise SpecError("task", f"{self.task!r} is not one of {', '.join(TASKS)}")
-        if not self.labels:
+        if not self.labels and TASKS[self.task].labelled:
             raise SpecError("labels", "empty")
         if not 0 <= self.old_label_count <= len(self.labels):
             raise SpecError("old_label_count", f"{self.old_label_count} is not between 0 and {len(self.labels)}")

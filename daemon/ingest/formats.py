@@ -32,6 +32,9 @@ _SUFFIXES = {
     ".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".conll": "conll", ".conll.gz": "conll",
 }
 TAGGED = ("tokens", "tags")  # token classification rows: JSONL or CoNLL files only (daemon/ingest/conll.py)
+# causal_lm rows: JSONL only, `{"prompt", "completion"}` or `{"messages"}` (daemon/ingest/chat.py), so no
+# one field is required of a file: each row's check says what it lacks
+CHAT = ("prompt", "completion")
 
 
 _SHORT = reprlib.Repr()  # Python 3.10 and 3.11 take no keyword arguments here
@@ -124,10 +127,13 @@ def read(source: Path | BinaryIO, limits: Limits | int, on_progress: Callable[[i
             yield from read(raw, limits, on_progress, name=name, fast=fast, required=required)
         return
     kind, gzipped = found
-    tagged = required == TAGGED
-    if (kind == "conll" and not tagged) or (tagged and kind not in ("jsonl", "conll")):
-        wanted = "JSONL or CoNLL files of tokens and tags" if tagged else "rows of text and label"
+    tagged, chat = required == TAGGED, required == CHAT
+    if (kind == "conll" and not tagged) or (tagged and kind not in ("jsonl", "conll")) or (chat and kind != "jsonl"):
+        wanted = ("JSONL or CoNLL files of tokens and tags" if tagged else "JSONL files of prompts and completions or"
+                  " chat messages" if chat else "rows of text and label")
         raise FileRejected("unsupported_format", f"a {kind} file, but model.task takes {wanted}")
+    if chat:
+        required = ()
     raw = source
     if kind == "parquet":
         from daemon.ingest.parquet import read_parquet  # only Parquet files pay for pyarrow.parquet

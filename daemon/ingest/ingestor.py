@@ -32,8 +32,9 @@ import pyarrow.compute as pc
 
 from daemon.config import InboxConfig
 from daemon.ingest import formats, names
-from daemon.ingest import tagged
+from daemon.ingest import chat, tagged
 from daemon.ingest.rows import LabelSet, Validator
+from daemon.ingest.chat import ChatValidator
 from daemon.ingest.tagged import TaggedValidator
 from daemon.ingest.rejected import RejectedRows, publish_no_replace
 from daemon.ingest.segments import SegmentWriter
@@ -90,6 +91,7 @@ class Ingestor:
                  task: str = "sequence_classification") -> None:
         self.store = store
         self.tagged = task == "token_classification"  # rows of tokens and BIO tags (daemon/ingest/tagged.py)
+        self.chat = task == "causal_lm"  # prompts and completions, or chats (daemon/ingest/chat.py)
         self.inbox = inbox
         self.archive = archive
         self.quarantine = quarantine
@@ -226,14 +228,15 @@ class Ingestor:
         config = self.config
         skip = config.on_bad_rows == "skip"
         labels = LabelSet.of(self.store.labels(), config.labels, max_labels=config.max_labels)
-        checks = TaggedValidator if self.tagged else Validator
+        checks = TaggedValidator if self.tagged else ChatValidator if self.chat else Validator
         validate = checks(labels, config.eval_fraction, max_text_chars=config.max_text_chars,
                           max_label_chars=config.max_label_chars)
         rejected = RejectedRows(self.quarantine / f".tmp-{file_id}.rejected.jsonl") if skip else None
-        writer = self.store.segment_writer(file_id, tagged.SCHEMA) if self.tagged else self.store.segment_writer(file_id)
+        schema = tagged.SCHEMA if self.tagged else chat.SCHEMA if self.chat else None
+        writer = self.store.segment_writer(file_id, schema) if schema is not None else self.store.segment_writer(file_id)
         scan = _Scan(labels=labels, writer=writer, rejected=rejected, validate=validate)
         limits = formats.Limits(config.max_file_bytes, config.max_row_bytes)
-        required = formats.TAGGED if self.tagged else formats.REQUIRED
+        required = formats.TAGGED if self.tagged else formats.CHAT if self.chat else formats.REQUIRED
         try:
             for chunk in formats.read(PositionalReader(handle), limits, on_progress, name=name, fast=fast,
                                       required=required):
@@ -438,7 +441,7 @@ class _Scan:
     labels: LabelSet
     writer: SegmentWriter
     rejected: "RejectedRows | None"
-    validate: "Validator | TaggedValidator"
+    validate: "Validator | TaggedValidator | ChatValidator"
     counts: list[int] = field(default_factory=lambda: [0, 0])  # train, eval
     bad: int = 0
     total: int = 0

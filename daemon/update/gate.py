@@ -34,6 +34,21 @@ sets): a set losing rows beyond chance fails.
 The changed-row counts ("paired": lost and gained rows per set) come from the training child, which
 scores candidate and champion on the same rows. Without them (older records, or macro_f1) they are
 the fewest changed rows the two scores allow: |drop| x rows, all lost or all gained.
+
+Direction. Each metric is higher- or lower-is-better (strategies/tasks TASKS). For a lower-is-better
+one (`answer_loss` of causal_lm, in nats) "drop" reads "rise": forgetting is the candidate's loss on
+an earlier batch rising past max_forgetting, the gain on the new batch is the champion's loss less
+the candidate's. Pooled small sets weigh each set's rise by its rows, the tolerance is
+max_forgetting itself (a loss has no one-row resolution), and the sign test counts the rows whose
+own loss rose (lost) or fell (gained), from the child's paired per-row losses (`paired[set][metric]`;
+without them every row of a set counts as moved the set's way).
+
+A task scored against the model it starts from (`first_against_base`: causal_lm's first model is
+judged against the base model, scored side by side like a champion) passes only when it improves on
+the new batch, whatever min_eval_rows says; earlier batches are not checked (the base never learned
+them). The generation check (`stops`: prompts generated and how many ended with the end token, per
+model) rejects a candidate that stops on a share of them more than STOP_DROP below the champion's:
+a model that no longer ends its answers.
 """
 
 from __future__ import annotations
@@ -42,6 +57,7 @@ import math
 from dataclasses import dataclass, field
 
 from daemon.config import GateConfig
+from strategies.tasks import TASKS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +83,16 @@ NOISE_BAND = 1.0  # beyond the pool's tolerance, noise may excuse at most this m
 # beyond chance, a one-sided binomial test of its right rows against the floor's rate (measured in
 # bench/gate_rules.py; off by default)
 FLOOR_EVIDENCE: float | None = None
+STOP_DROP = 0.2  # the most the share of generations ending with the end token may fall
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(info.metrics.get(metric) == "lower" for info in TASKS.values())
+
+
+def worse(metric: str, before: float, after: float) -> float:
+    """How much worse `after` is than `before` (negative: better), in the metric's units."""
+    return after - before if lower_is_better(metric) else before - after
 
 
 def above_chance(right: int, rows: int, rate: float) -> float:
@@ -102,13 +128,26 @@ def sign_test(lost: int, gained: int) -> float:
 
 def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[str, int], config: GateConfig,
            baseline: float | None = None, canary_rows: int = 0, paired: dict[str, dict] | None = None,
-           batch_labels: int = 0, model_labels: int = 0) -> GateResult:
+           batch_labels: int = 0, model_labels: int = 0, first_against_base: bool = False,
+           stops: dict[str, dict] | None = None) -> GateResult:
     """`baseline`: the majority label's share of the new batch's held-out rows; `batch_labels`: how many
-    labels those rows carry, `model_labels`: how many the candidate predicts among (0: not known)."""
+    labels those rows carry, `model_labels`: how many the candidate predicts among (0: not known);
+    `first_against_base`: `champion` holds the base model's scores and the candidate is the first
+    model; `stops`: {"candidate"|"champion": {"generated", "stopped"}}, the generation check."""
     metric = config.metric
     reasons: list[str] = []
     passed = True
     score = candidate.per_experience.get(new)
+    if first_against_base and champion is not None:
+        before = champion.per_experience.get(new)
+        if score is None or before is None or not rows.get(new):
+            return GateResult(False, [f"first model: batch {new} has no held-out rows to score it on"])
+        change = worse(metric, before, score)
+        ok = change < 0
+        reasons.append(f"first model: {metric} on batch {new} {before:.3f} (base model) -> {score:.3f}, "
+                       + ("better" if ok else "not better: the model learned nothing from the batch"))
+        ok &= _stops(stops, reasons)
+        return GateResult(ok, reasons)
     if champion is None:
         if score is None or not rows.get(new):
             return GateResult(False, [f"first model: batch {new} has no held-out rows to score it on"])
@@ -121,7 +160,7 @@ def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[s
     if score is None or before is None or rows.get(new, 0) < config.min_eval_rows:
         reasons.append(f"batch {new}: {rows.get(new, 0)} held-out rows < min_eval_rows {config.min_eval_rows}; gain not gated")
     else:
-        gain = score - before
+        gain = -worse(metric, before, score)
         ok = gain >= config.min_gain_new
         passed &= ok
         reasons.append(f"gain on batch {new}: {gain:+.3f} {'>=' if ok else '<'} {config.min_gain_new} "
@@ -150,30 +189,50 @@ def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[s
             reasons.append(f"batch {experience}: {rows.get(experience, 0)} held-out rows < min_eval_rows "
                            f"{config.min_eval_rows}; not gated alone")
             continue
-        drop = then - now
+        drop = worse(metric, then, now)
         ok = drop <= config.max_forgetting
         passed &= ok
-        reasons.append(f"forgetting on batch {experience}: {drop:.3f} {'<=' if ok else '>'} {config.max_forgetting}")
+        reasons.append(f"forgetting on batch {experience}: {drop:.3f} {'<=' if ok else '>'} {config.max_forgetting}"
+                       + (f" ({metric} {then:.3f} -> {now:.3f})" if lower_is_better(metric) else ""))
     if small:
         passed &= _pooled(small, candidate, champion, rows, config, paired or {}, reasons)
     if candidate.canary is not None and champion.canary is not None:
-        drop = champion.canary - candidate.canary
+        drop = worse(metric, champion.canary, candidate.canary)
         ok = drop <= config.max_canary_drop
         passed &= ok
         reasons.append(f"canary drop: {drop:.3f} {'<=' if ok else '>'} {config.max_canary_drop} ({canary_rows} rows)")
+    passed &= _stops(stops, reasons)
     return GateResult(passed, reasons)
+
+
+def _stops(stops: dict[str, dict] | None, reasons: list[str]) -> bool:
+    """The generation check: the candidate still ends its answers as often as the champion, within STOP_DROP."""
+    mine, theirs = (stops or {}).get("candidate") or {}, (stops or {}).get("champion") or {}
+    if not mine.get("generated") or not theirs.get("generated"):
+        return True
+    now, then = mine["stopped"] / mine["generated"], theirs["stopped"] / theirs["generated"]
+    ok = now >= then - STOP_DROP
+    reasons.append(f"generation check: {mine['stopped']} of {mine['generated']} answers end with the end token "
+                   f"({now:.2f}; champion {then:.2f}) " + ("" if ok else f"< {then:.2f} - {STOP_DROP}: the model no "
+                                                          "longer stops its answers"))
+    return ok
 
 
 def _pooled(small: list[str], candidate: Scores, champion: Scores, rows: dict[str, int], config: GateConfig,
             paired: dict[str, dict], reasons: list[str]) -> bool:
-    changed = {}
+    metric = config.metric
+    lower = lower_is_better(metric)
+    changed, drops = {}, {}
     for e in small:
-        counts = paired.get(e) if config.metric == "accuracy" else None
+        drops[e] = worse(metric, champion.per_experience[e], candidate.per_experience[e])  # type: ignore[arg-type]
+        counts = (paired.get(e) or {}).get(metric) if lower else paired.get(e) if metric == "accuracy" else None
         changed[e] = (Changed(int(counts["lost"]), int(counts["gained"])) if counts
-                      else Changed.fewest(champion.per_experience[e] - candidate.per_experience[e], rows[e]))  # type: ignore[operator]
+                      else Changed(rows[e], 0) if lower and drops[e] > 0 else Changed(0, rows[e]) if lower
+                      else Changed.fewest(drops[e], rows[e]))
     ok = True
     for e in small:  # forgetting confined to one small set, hidden in the pool by gains elsewhere
-        c, drop = changed[e], (changed[e].lost - changed[e].gained) / rows[e]
+        c = changed[e]
+        drop = drops[e] if lower else (c.lost - c.gained) / rows[e]
         p, alpha = sign_test(c.lost, c.gained), SIGNIFICANCE / len(small)
         if drop > config.max_forgetting and p < alpha:
             ok = False
@@ -181,8 +240,12 @@ def _pooled(small: list[str], candidate: Scores, champion: Scores, rows: dict[st
                            f"{c.gained} gained of {rows[e]}; sign test p={p:.2g} < {alpha:.2g})")
     pooled = sum(rows[e] for e in small)
     lost, gained = sum(changed[e].lost for e in small), sum(changed[e].gained for e in small)
-    drop = round((lost - gained) / pooled, 12)
-    tolerance = max(config.max_forgetting, round(1 / pooled, 12))  # a pool cannot resolve less than one row
+    if lower:  # a rise in nats, each set weighed by its rows
+        drop = round(sum(drops[e] * rows[e] for e in small) / pooled, 12)
+        tolerance = config.max_forgetting
+    else:
+        drop = round((lost - gained) / pooled, 12)
+        tolerance = max(config.max_forgetting, round(1 / pooled, 12))  # a pool cannot resolve less than one row
     ceiling = round(tolerance * (1 + NOISE_BAND), 12)
     p = sign_test(lost, gained)
     within = drop <= tolerance
@@ -240,4 +303,5 @@ def recheck(metrics: dict, new: str, config: GateConfig) -> GateResult:
     rows = {k: int(v) for k, v in (metrics.get("rows") or {}).items()}
     return decide(new=new, candidate=candidate, champion=scores("champion"), rows=rows, config=config,
                   baseline=metrics.get("baseline"), canary_rows=rows.get("canary", 0), paired=metrics.get("paired"),
-                  batch_labels=int(metrics.get("batch_labels") or 0), model_labels=int(metrics.get("model_labels") or 0))
+                  batch_labels=int(metrics.get("batch_labels") or 0), model_labels=int(metrics.get("model_labels") or 0),
+                  first_against_base=bool(metrics.get("first_against_base")), stops=metrics.get("stops"))

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from daemon.config import Config
 from registry.errors import LifelongError
+from strategies.tasks import TASKS
 from strategies.spec import EXIT_INTERRUPTED, DataPaths, Failure, LoopSettings, StrategySpec, TrainSpec
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def train_spec(config: Config, work: Path, *, batch: int, labels: list[str], dat
     also scored side by side) or `base` (model.base as the child loads it: an embedded LLM's
     converted directory, strategies/embedded.py local_base; model.base itself when None);
     `parent_files` is the champion's version folder (its state/ and kept predictions); the child
-    writes under `work`."""
+    writes under `work`. A task without labels (causal_lm) scores the base side by side with its
+    first model: the gate judges that one against the base model."""
     state = parent_files / "state" if parent_files is not None else None
     kept = parent_files / "predictions.json" if parent_files is not None else None
     return TrainSpec(
@@ -67,7 +69,8 @@ def train_spec(config: Config, work: Path, *, batch: int, labels: list[str], dat
         base=str(parent_model) if parent_model is not None else (base or config.model.base),
         old_label_count=old_label_count, parent=parent,
         parent_state=str(state) if state is not None and state.is_dir() else None,
-        champion=str(parent_model) if parent_model is not None else None,
+        champion=(str(parent_model) if parent_model is not None
+                  else None if TASKS[config.model.task].labelled else (base or config.model.base)),
         champion_predictions=str(kept) if kept is not None and kept.is_file() else None,
         strategy=StrategySpec(name=config.strategy.name, options=config.strategy.sections()),
         loop=loop_settings(config), data=data,
@@ -245,6 +248,8 @@ def launcher(processes: int) -> list[str]:
 
 # columns of a list per row (token classification's tokens and tags); every other column is a string
 LIST_COLUMNS = frozenset(("tokens", "tags"))
+# causal_lm's prompt: a list of {"role", "content"} messages (daemon/ingest/chat.py)
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
 
 def write_rows(path: Path, rows: Iterable[tuple], columns: tuple[str, ...] = ("text", "label")) -> int:
@@ -254,8 +259,10 @@ def write_rows(path: Path, rows: Iterable[tuple], columns: tuple[str, ...] = ("t
     for row in rows:
         for column, value in zip(values, row):
             column.append(value)
-    table = pa.table({name: pa.array(column, pa.list_(pa.string()) if name in LIST_COLUMNS else pa.string())
-                      for name, column in zip(columns, values)})
+    def kind(name: str) -> pa.DataType:
+        return pa.list_(pa.string()) if name in LIST_COLUMNS else MESSAGES if name == "prompt" else pa.string()
+
+    table = pa.table({name: pa.array(column, kind(name)) for name, column in zip(columns, values)})
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
     return len(values[0])

@@ -25,6 +25,8 @@ class TaskInfo:
     metrics: dict[str, Direction]  # held-out metrics `gate.metric` may name, and which way is better
     labelled: bool  # rows carry labels, and a new label grows the model's head
 
+    figures: tuple[str, ...] = ()  # more held-out figures kept beside the metrics in the score tables
+
     @property
     def default_metric(self) -> str:
         """The metric the gate judges when `gate.metric` is left "": the first of `metrics`."""
@@ -37,6 +39,11 @@ TASKS: dict[str, TaskInfo] = {
     # labels are BIO tags (strategies/tasks/bio.py); the daemon's catalog holds the entity types
     "token_classification": TaskInfo(name="token_classification", columns=("tokens", "tags"),
                                      metrics={"entity_f1": "higher"}, labelled=True),
+    # a row is the conversation before the answer (`prompt`: [{"role", "content"}], a plain
+    # {"prompt", "completion"} row is one user message) and the answer (`completion`); no labels
+    "causal_lm": TaskInfo(name="causal_lm", columns=("prompt", "completion"),
+                          metrics={"answer_loss": "lower", "exact_match": "higher"}, labelled=False,
+                          figures=("perplexity", "exact_match_rows", "generated", "stopped", "looping")),
 }
 
 
