@@ -155,7 +155,8 @@ def test_smollm2_through_the_daemon(home_root: Path, tmp_path: Path) -> None:
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
-    assert result["decision"] == "promoted", result
+    refused = {p.name: p.read_text()[:500] for p in (home_root / "quarantine").glob("*.error.json")}
+    assert result["decision"] == "promoted", (result, refused)
     assert embedded.verify(home_root / "models" / "smollm2")  # converted under the home, once
     champion = home_root / "registry" / "champion"
     assert not (champion / "adapter_config.json").exists()  # merged: no peft needed to serve it
