@@ -9,6 +9,7 @@ conversion runs in the training child or as `python -m strategies.embedded smoll
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -94,6 +95,13 @@ def prepare(base: str, models_dir: Path) -> Path:
     if verify(target):
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
+    with open(models_dir / f".{target.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one conversion at a time; the one that waited reuses its result
+        return target if verify(target) else _convert_into(base, target)
+
+
+def _convert_into(base: str, target: Path) -> Path:
+    models_dir = target.parent
     for stale in models_dir.glob(f".{target.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = models_dir / f".{target.name}.tmp-{os.getpid()}"

@@ -109,7 +109,8 @@ def test_the_gguf_converts_once_to_a_model_that_answers_and_stops(tmp_path: Path
     (models / ".smollm2.tmp-99999").mkdir()  # what a crash mid-conversion leaves
     (models / ".smollm2.tmp-99999" / "model.safetensors").write_bytes(b"half")
     target = embedded.prepare(BASE, models)
-    assert sorted(p.name for p in models.iterdir()) == ["smollm2"]  # the leftover is gone, nothing half-written
+    # the leftover is gone, nothing half-written (the lock file serialises conversions)
+    assert sorted(p.name for p in models.iterdir()) == [".smollm2.lock", "smollm2"]
     assert embedded.verify(target)
     assert (target / "tokenizer.json").read_bytes() == (FIXTURE / "tokenizer.json").read_bytes()
     config = json.loads((target / "config.json").read_text())
