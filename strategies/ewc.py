@@ -1,7 +1,7 @@
 """`ewc`: online Elastic Weight Consolidation.
 
-After each update the diagonal Fisher information is estimated on that update's data (which is
-"old" from the next update on), added to the decayed earlier estimate, and stored with the version.
+After each update the diagonal empirical Fisher information is estimated on that update's data
+(which is "old" from the next update on), one row's squared gradient at a time, added to the decayed earlier estimate, and stored with the version.
 The anchor theta* is the weights the next update starts from (the champion's own, or with `lora` the
 fresh adapter on the champion's merged weights), taken when it prepares, so the version does not
 store a second copy of its weights. The loss then adds (lambda / 2) * sum F * (theta - theta*)^2.
@@ -91,8 +91,15 @@ def penalty(model: torch.nn.Module, fisher: dict[str, torch.Tensor], anchor: dic
     return total
 
 
-def estimate_fisher(ctx: Context, samples: int, batch_size: int = 8) -> dict[str, torch.Tensor]:
-    """Diagonal empirical Fisher on up to `samples` of this update's rows (squared mini-batch gradients of the task's loss)."""
+def estimate_fisher(ctx: Context, samples: int) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher on up to `samples` of this update's rows: the mean over rows of each
+    row's squared gradient of the task's loss (one row per backward pass).
+
+    Per row, not per mini-batch: the square of a batch's summed gradient adds every cross term
+    g_i * g_j of its rows, so its scale follows the batch size and how much the rows agree (up to B
+    times the per-row figure; Avalanche's EWCPlugin, which squares a batch's mean gradient, gets up
+    to B times less). The per-row mean is the textbook estimate and Avalanche's at batch size 1
+    (tests/test_avalanche.py), so `lambda` means the same whatever the batch size."""
     model = ctx.model
     rows = ctx.new if len(ctx.new) <= samples else ctx.rng.sample(ctx.new, samples)
     fisher = {n: torch.zeros_like(p) for n, p in _trainable(model)}
@@ -101,7 +108,7 @@ def estimate_fisher(ctx: Context, samples: int, batch_size: int = 8) -> dict[str
     encoded = ctx.task.encode(rows, ctx.tokenizer, ctx.labels, ctx.max_length)
     was_training = model.training
     model.eval()
-    for indices in sequential_batches(encoded.lengths, batch_size):
+    for indices in sequential_batches(encoded.lengths, 1):
         batch = {k: v.to(ctx.device) for k, v in encoded.collate(indices).items()}
         model.zero_grad(set_to_none=True)
         ctx.task.loss(ctx.task.forward(model, batch), batch, reduction="sum").backward()
