@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from strategies.abc import Context, Strategy
+from strategies.tasks import TASKS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,7 +35,10 @@ class LwF(Strategy):
         self.alpha = float(self.options.alpha)
         self.temperature = float(self.options.temperature)
         self.known = ctx.old_label_count
-        self.teacher = copy.deepcopy(ctx.model).eval() if self.known else None
+        # a task without labels (causal_lm) distils the model it starts from (champion or base) over
+        # its whole vocabulary, on the positions its `outputs` names (the prompts, replayed ones too)
+        distil = self.known or not TASKS[ctx.task.name].labelled
+        self.teacher = copy.deepcopy(ctx.model).eval() if distil else None
         if self.teacher is not None:
             for param in self.teacher.parameters():
                 param.requires_grad_(False)
