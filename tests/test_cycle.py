@@ -45,6 +45,7 @@ def test_cycles_promote_then_reject_flipped_labels_then_hold_when_pinned(home_ro
     first = cycle(home_root)
     assert (first["decision"], first["version"]) == ("promoted", "v0001"), first
     assert first["reasons"][0].startswith("first model: accuracy on batch 1")
+    assert set(first["metrics"]["candidate"]["per_label"]["1"]) == {"sport", "food"}  # from the kept predictions
     drop(home_root, "b2.jsonl", toy(["music", "tech"], 120, seed=2))
     second = cycle(home_root)
     assert second["decision"] == "promoted", second

@@ -209,7 +209,7 @@ def versions(home_dir: Path | None, as_json: bool) -> None:
 
     with open_registry(open_home(home_dir), writable=False) as registry:
         rows = [summary(registry, record) for record in registry.versions()]
-    emit(rows) if as_json else click.echo(render_versions(rows))
+    emit(rows) if as_json else click.echo(render_versions(rows, colour=_colour()))
 
 
 @main.command()
@@ -223,7 +223,31 @@ def show(version: str, home_dir: Path | None, as_json: bool) -> None:
 
     with open_registry(open_home(home_dir), writable=False) as registry:
         doc = detail(registry, version)
-    emit(doc) if as_json else click.echo(render_detail(doc))
+    emit(doc) if as_json else click.echo(render_detail(doc, colour=_colour()))
+
+
+def _colour() -> bool:
+    """Colour on a terminal, unless NO_COLOR is set (https://no-color.org)."""
+    import os
+
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+@main.command()
+@home_option
+@click.option("--out", "out", default=None, type=click.Path(path_type=Path),
+              help="Folder to write report.html into (default: HOME/report).")
+@errors_to_exit_codes
+def report(home_dir: Path | None, out: Path | None) -> None:
+    """A self-contained HTML report: scores, accuracy matrix, forgetting, training, champion history."""
+    from daemon.cli import report as report_mod
+
+    home = open_home(home_dir)
+    target = (out or report_mod.default_out(home.root)).absolute()
+    report_mod.check_out(target)
+    with open_registry(home, writable=False) as registry:
+        doc = report_mod.collect(registry, home.root, home.config.gate.max_forgetting)
+    click.echo(f"report: {report_mod.write(doc, target)}")
 
 
 @main.command()

@@ -35,6 +35,8 @@ def collect(home: Home) -> dict[str, Any]:
         champion = registry.champion()
         pinned = registry.pinned()
         audit = [entry.as_dict() for entry in registry.audit()[:20]]
+        versions = _versions(registry)
+    updating = bool(pid and daemon_state.get("updating"))
     return {
         "home": str(home.root),
         "champion": champion,
@@ -47,6 +49,8 @@ def collect(home: Home) -> dict[str, Any]:
                          "finished_at": last[0]["finished_at"], "reasons": last[0]["reasons"]} if last else None),
         "next_update": daemon_state.get("next_update") if pid else None,
         "failed_for_good": given_up,  # batches given up after schedule.max_attempts failures, newest first
+        "versions": versions,
+        "update_in_progress": _in_progress(home) if updating else None,
         "daemon": {"pid": pid, "updating": daemon_state.get("updating", False),
                    "metrics_port": daemon_state.get("metrics_port"),
                    "standby": daemon_state.get("standby", False),  # a warm training child
@@ -57,6 +61,40 @@ def collect(home: Home) -> dict[str, Any]:
         "strategy": home.config.strategy.name,
         "base_model": home.config.model.base,
     }
+
+
+def _versions(registry: Any) -> dict[str, int]:
+    """How many versions there are, by decision, and how many retention pruned (their weights gone)."""
+    counts = {"total": 0, "promoted": 0, "rejected": 0, "held": 0, "failed": 0, "rolled_back": 0, "pruned": 0}
+    pruned = registry.pruned()
+    for record in registry.versions():
+        counts["total"] += 1
+        decision = registry.decision(record.version)
+        if decision in counts:
+            counts[decision] += 1
+        counts["pruned"] += record.version in pruned
+    return counts
+
+
+def _in_progress(home: Home) -> dict[str, Any] | None:
+    """The running update from the daemon's state/progress.json: batch, stage, step of steps,
+    samples/s and seconds since it started; None when the file is unreadable."""
+    import json
+    import time
+
+    try:
+        progress = json.loads((home.state / "progress.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    events = progress.get("events") or {}
+    started = events.get("update_started") or {}
+    kind = progress.get("event")
+    stage = ("evaluating" if kind == "evaluating" else "judging" if kind == "done" else
+             "training" if kind in ("step", "epoch", "validation", "resumed", "lr_search", "lr_chosen") else "starting")
+    step = progress if progress.get("event") == "step" else {}
+    return {"batch": started.get("batch"), "stage": stage, "step": step.get("step"), "steps": step.get("steps"),
+            "epoch": step.get("epoch"), "samples_per_second": step.get("samples_per_second"),
+            "elapsed_seconds": round(time.time() - started["at"], 1) if "at" in started else None}
 
 
 def _entries(home: Home, pid: int | None) -> dict[str, list[dict[str, Any]]]:
@@ -91,7 +129,9 @@ def render(doc: dict[str, Any]) -> str:
     if doc["daemon"] and doc["daemon"].get("standby"):
         daemon += ", a training child on standby"
     last = doc["last_update"]
-    last_text = f"{last['version']} {last['decision']} at {last['finished_at']}" if last else "none yet"
+    last_text = f"{last['version'] or '(no version)'} {last['decision']} at {last['finished_at']}" if last else "none yet"
+    if last and last["decision"] in ("rejected", "failed") and last.get("reasons"):
+        last_text += f": {_short(last['reasons'][0], 90)}"
     lines = [
         f"home         {doc['home']}",
         f"daemon       {daemon}",
@@ -102,6 +142,8 @@ def render(doc: dict[str, Any]) -> str:
         f"labels       {', '.join(doc['labels']) or 'none yet'}",
         f"files        {doc['inbox']['files']['accepted']} accepted, {doc['inbox']['files']['duplicate']} duplicate,"
         f" {doc['inbox']['files']['quarantined']} quarantined ({doc['inbox']['rejected_rows']} rows skipped)",
+        f"versions     {_versions_text(doc['versions'])}",
+        *([f"updating     {_progress_text(doc['update_in_progress'])}"] if doc["daemon"] and doc["daemon"]["updating"] else []),
         f"last update  {last_text}",
         f"next update  {doc['next_update'] or 'not scheduled'}",
     ]
@@ -115,8 +157,36 @@ def render(doc: dict[str, Any]) -> str:
         lines.append(f"waiting      {len(waiting)} not taken yet, e.g. {first['file']}: {first['why']}")
     if doc["failed_for_good"]:
         newest, earlier = doc["failed_for_good"][0], len(doc["failed_for_good"]) - 1
-        reason = " ".join(newest["last_error"].split())
-        reason = reason if len(reason) <= 64 else reason[:63] + "…"
+        reason = _short(newest["last_error"], 64)
         lines.append(f"failed       batch {newest['batch']} gave up after {newest['attempts']} attempts: {reason}"
                      + (f" (and {earlier} earlier)" if earlier else ""))
     return "\n".join(lines)
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _versions_text(counts: dict[str, int]) -> str:
+    if not counts["total"]:
+        return "none yet"
+    parts = [f"{counts[k]} {k.replace('_', ' ')}" for k in ("promoted", "rejected", "held", "failed", "rolled_back")
+             if counts[k]]
+    pruned = f"; weights of {counts['pruned']} pruned by retention" if counts["pruned"] else ""
+    return f"{counts['total']} ({', '.join(parts)}){pruned}"
+
+
+def _progress_text(progress: dict[str, Any] | None) -> str:
+    if progress is None:
+        return "an update is running"
+    batch = f"batch {progress['batch']}" if progress["batch"] is not None else "an update"
+    text = f"{batch}: {progress['stage']}"
+    if progress["step"] is not None:
+        text += f", step {progress['step']} of {progress['steps']}"
+    if progress["samples_per_second"]:
+        text += f", {progress['samples_per_second']:.1f} samples/s"
+    if progress["elapsed_seconds"] is not None:
+        minutes, seconds = divmod(int(progress["elapsed_seconds"]), 60)
+        text += f", {minutes}:{seconds:02d} elapsed"
+    return text

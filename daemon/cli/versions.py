@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import click
+
+from daemon.update.tables import f1_by_set
 from registry.abc import VersionRecord
 from registry.registry import Registry
 
@@ -40,6 +43,7 @@ def detail(registry: Registry, version: str) -> dict[str, Any]:
         "libraries": info.get("libraries", {}),
         "metrics": {"candidate": metrics.get("candidate"), "champion": metrics.get("champion")},
         "accuracy_matrix": metrics.get("accuracy_matrix"),
+        "gate_metric": metrics.get("metric"),
         "gate": decision.gate if decision and decision.gate else {"passed": None, "reasons": []},
         "bytes": registry.size(version),
         "audit": [entry.as_dict() for entry in registry.audit(version)],
@@ -55,20 +59,55 @@ def _lineage(registry: Registry, version: str) -> list[str]:
     return chain
 
 
-def render_versions(rows: list[dict[str, Any]]) -> str:
+def render_versions(rows: list[dict[str, Any]], colour: bool = False) -> str:
     if not rows:
         return "no versions yet"
     lines = [f"{'':1} {'version':8} {'parent':8} {'created':24} {'strategy':14} {'decision':12} {'new':>6} {'old':>6}"
              "  weights"]
     for row in rows:
-        mark = "*" if row["champion"] else " "
+        mark = "*" if row["champion"] else "x" if row["decision"] == "rolled_back" else " "
         new, old = (_fmt(row["metrics"]["new"]), _fmt(row["metrics"]["old"]))
-        lines.append(f"{mark} {row['version']:8} {row['parent'] or '-':8} {row['created_at']:24} {row['strategy']:14} "
-                     f"{row['decision'] or '-':12} {new:>6} {old:>6}  {row['weights']}")
+        note = ("  <- champion" if row["champion"] else
+                "  <- rolled back: never promoted automatically again" if row["decision"] == "rolled_back" else "")
+        line = (f"{mark} {row['version']:8} {row['parent'] or '-':8} {row['created_at']:24} {row['strategy']:14} "
+                f"{row['decision'] or '-':12} {new:>6} {old:>6}  {row['weights']:7}{note}")
+        style = {"fg": "green", "bold": True} if row["champion"] else {"fg": "red"} if row["decision"] == "rolled_back" else {}
+        lines.append(click.style(line, **style) if colour and style else line)
+    rolled = [row["version"] for row in rows if row["decision"] == "rolled_back"]
+    champion = next((row["version"] for row in rows if row["champion"]), None)
+    lines.append(f"* champion: {champion or 'none'}" + (f"; x rolled back: {', '.join(rolled)}" if rolled else ""))
     return "\n".join(lines)
 
 
-def render_detail(doc: dict[str, Any]) -> str:
+def render_matrix(doc: dict[str, Any], colour: bool = False) -> list[str]:
+    """The accuracy matrix as a table: one row per version (the score of each batch's held-out set when
+    that version was judged), then the champion it was judged against; this version's cells show their
+    change against that champion, green or red on a terminal."""
+    matrix = doc.get("accuracy_matrix")
+    if not isinstance(matrix, dict) or not matrix.get("versions"):  # none, or an older record's shape
+        return []
+    batches = [str(b) for b in matrix["batches"]]
+    champion = ((doc["metrics"].get("champion") or {}).get("per_experience")) or {}
+    width = max(8, *(len(v) for v in matrix["versions"]))
+    lines = [f"{'':{width}} " + " ".join(f"{'batch ' + b:>15}" for b in batches)]
+    for version, values in zip(matrix["versions"], matrix["values"]):
+        mine = version in ("candidate", doc["version"])
+        cells = []
+        for batch, value in zip(batches, values):
+            before = champion.get(batch)
+            delta = value - before if mine and value is not None and before is not None else None
+            text = _fmt(value) + (f" ({delta:+.3f})" if delta is not None else "")
+            cell = f"{text:>15}"
+            if colour and delta is not None and abs(delta) >= 0.0005:
+                cell = click.style(cell, fg="green" if delta > 0 else "red")
+            cells.append(cell)
+        lines.append(f"{doc['version'] if version == 'candidate' else version:{width}} " + " ".join(cells))
+    if champion:
+        lines.append(f"{'champion':{width}} " + " ".join(f"{_fmt(champion.get(b)):>15}" for b in batches))
+    return lines
+
+
+def render_detail(doc: dict[str, Any], colour: bool = False) -> str:
     gate = doc["gate"]
     size = "weights pruned" if doc["weights"] == "pruned" else f"{doc['bytes'] / 1e6:.1f} MB"
     lines = [
@@ -89,6 +128,15 @@ def render_detail(doc: dict[str, Any]) -> str:
         scores = doc["metrics"].get(name)
         if scores:
             lines.append(f"{name:9} new {_fmt(scores.get('new'))}  old {_fmt(scores.get('old'))}")
+    per_type = (doc["metrics"].get("candidate") or {}).get("per_type")
+    if per_type:  # token_classification
+        lines.append("per type  entity F1 of this version on each held-out set (in brackets: true entities)")
+        lines += ["          " + line for line in f1_by_set(per_type, "type")]
+    matrix = render_matrix(doc, colour)
+    if matrix:
+        metric = (doc.get("gate_metric") or "score")
+        lines.append(f"accuracy matrix ({metric} on each batch's held-out rows; in brackets: against the champion)")
+        lines += ["          " + line for line in matrix]
     if doc["audit"]:
         lines.append("audit")
         lines += [f"          {e['at']} {e['actor']:6} {e['action']:14} {e['from'] or '-'} -> {e['to'] or '-'}"

@@ -363,7 +363,7 @@ class Service:
             if event.get("event") == "evaluating":
                 stage["eval"] = time.monotonic()
             if event.get("event") != "step":
-                seen[event.get("event", "?")] = event
+                seen[event.get("event", "?")] = {**event, "at": time.time()}  # `lifelong status`: elapsed
             atomic_write(progress, json.dumps({**event, "at": time.time(), "events": seen}))
 
         log.info("update cycle starting", extra={"reason": reason})

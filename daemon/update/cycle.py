@@ -27,6 +27,7 @@ from daemon.ingest.store import Store
 from daemon.ingest.tagged import TaggedValidator
 from daemon.update.gate import GateResult, Scores, decide, majority_share
 from daemon.update.launcher import ChildRun, Standby, TrainingInterrupted, train_spec, write_rows
+from daemon.update.breakdown import per_label
 from daemon.update.tagging import per_type
 from registry.registry import Registry
 from strategies import embedded
@@ -291,6 +292,8 @@ class UpdateCycle:
                    "metric": metric, "rows": rows, "paired": paired}
         if self.tagged and metrics["candidate"]:  # shown by `lifelong show --json`
             metrics["candidate"]["per_type"] = per_type(spec)
+        elif metrics["candidate"]:
+            metrics["candidate"]["per_label"] = per_label(spec)
         metrics["forgetting_max"] = _forgetting_max(candidate, champion, new)  # type: ignore[arg-type]
         metrics["accuracy_matrix"] = self._matrix(metrics["candidate"]["per_experience"])
         return gate, metrics
