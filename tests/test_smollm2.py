@@ -102,6 +102,7 @@ def _generate(model_dir: Path, question: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 @needs_extra
 def test_the_gguf_converts_once_to_a_model_that_answers_and_stops(tmp_path: Path) -> None:
     models = tmp_path / "models"
@@ -130,6 +131,7 @@ def test_the_gguf_converts_once_to_a_model_that_answers_and_stops(tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @needs_extra
 def test_smollm2_through_the_daemon(home_root: Path, tmp_path: Path) -> None:
     """An inbox chat file -> one update on the real SmolLM2 -> registry/champion loads with
@@ -152,7 +154,7 @@ def test_smollm2_through_the_daemon(home_root: Path, tmp_path: Path) -> None:
     (inbox / ".chat.jsonl").rename(inbox / "chat.jsonl")
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "daemon.cli", "update", "--now", "--wait", "--json",
-                           "--home", str(home_root)], cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                           "--home", str(home_root)], cwd=ROOT, capture_output=True, text=True, timeout=3000,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
