@@ -11,10 +11,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml requirements/cpu.txt requirements/remote-test.txt requirements/avalanche.txt
+$(VENV)/.installed: pyproject.toml requirements/cpu.txt requirements/remote-test.txt requirements/avalanche.txt \
+		requirements/executors.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements/cpu.txt
 	$(PY) -m pip install -q -r requirements/remote-test.txt
+	# lifelong[ray] and lifelong[kubernetes] (the train.executor tests)
+	$(PY) -m pip install -q -r requirements/executors.txt
 	$(PY) -m pip install -q -e '.[test,remote,report]'
 	# lifelong[avalanche] (the avalanche:* strategies and the oracle tests of ours): ~20 s, ~190 MB
 	$(PY) -m pip install -q -r requirements/avalanche.txt

@@ -251,7 +251,33 @@ class StrategyConfig(Section):
         return self.model_dump(by_alias=True, include=with_options, exclude={"lora": {"lr"}})
 
 
+class RayConfig(Section):
+    # an existing cluster: "ray://host:10001" (Ray Client) or "host:6379" (the head's GCS); nothing is started
+    address: str = ""
+    num_workers: int = Field(default=2, ge=1)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)  # e.g. {CPU = 4, GPU = 1}
+
+
+class KubernetesConfig(Section):
+    namespace: str = "lifelong"
+    image: str = ""  # the lifelong image with the extras the workers need (lifelong[remote])
+    nodes: int = Field(default=2, ge=1)  # pods of the Indexed Job, one torchrun node each
+    gpus_per_node: int = Field(default=0, ge=0)  # nvidia.com/gpu requested per pod, one rank per GPU (0: one CPU rank)
+    service_account: str = "lifelong-train"  # the training pods' (they need no API rights)
+    cpu: str = "2"  # each pod's CPU and memory requests (also its limits)
+    memory: str = "8Gi"
+
+
+EXECUTOR_EXTRAS = {"ray": ("ray", "ray[train]"), "kubernetes": ("kubernetes", "kubernetes")}
+
+
 class TrainConfig(Section):
+    # where each update trains: "local" (a child process, or torchrun on this machine), "ray" (an existing
+    # Ray cluster, [train.ray]) or "kubernetes" (an Indexed Job of torchrun pods, [train.kubernetes])
+    executor: Literal["local", "ray", "kubernetes"] = "local"
+    ray: RayConfig = Field(default_factory=RayConfig)
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     num_processes: int = Field(default=1, ge=1)
@@ -426,7 +452,34 @@ def parse(data: Mapping[str, Any], origin: Mapping[str, str] | None = None, sour
         if env_name:
             raise ConfigError("gate.metric", f"{message} [from env {env_name}]", source=None)
         raise ConfigError("gate.metric", message, source=source)
+    _check_executor(config, origin or {}, source)
     return config
+
+
+def _check_executor(config: Config, origin: Mapping[str, str], source: str | None) -> None:
+    """A remote executor needs its extra, its address or image, and the artifact store on S3 (its
+    workers read the spec, rows and champion there and write the candidate there)."""
+    train = config.train
+    if train.executor == "local":
+        return
+    from registry.backends import _installed
+    from registry.errors import MissingExtra
+
+    module, package = EXECUTOR_EXTRAS[train.executor]
+    if not _installed(module):
+        raise MissingExtra(train.executor, f"train.executor = \"{train.executor}\" needs {package}")
+    required = {"ray": ("train.ray.address", train.ray.address),
+                "kubernetes": ("train.kubernetes.image", train.kubernetes.image)}[train.executor]
+    problems = [(required[0], f"required when train.executor = \"{train.executor}\"")] if not required[1] else []
+    if not config.registry.artifacts.startswith("s3://"):
+        problems.append(("registry.artifacts", f"train.executor = \"{train.executor}\" needs the artifact store on S3"
+                         " (\"s3://bucket/prefix\"): its workers read the spec, rows and champion there and write"
+                         " the candidate there"))
+    for key, message in problems:
+        env_name = origin.get(key) or origin.get("train.executor")
+        if env_name:
+            raise ConfigError(key, f"{message} [from env {env_name}]", source=None)
+        raise ConfigError(key, message, source=source)
 
 
 def _dotted_key(loc: tuple[Any, ...]) -> str:

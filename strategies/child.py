@@ -30,12 +30,14 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from strategies.spec import EXIT_FAILED, EXIT_INTERRUPTED, Failure, SpecError, TrainSpec, failed_event
 from strategies.tasks import TASKS
 
 QUIET = int(os.environ.get("RANK", "0")) != 0  # ranks other than 0 report failures only
+# more receivers of rank 0's events: a remote run (strategies/remote.py) sends them to the run's store
+SINKS: list[Callable[[dict[str, Any]], None]] = []
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -43,6 +45,8 @@ def emit(event: dict[str, Any]) -> None:
         return
     sys.stdout.write(json.dumps(event) + "\n")
     sys.stdout.flush()
+    for sink in SINKS:
+        sink(event)
 
 
 def read_rows(path: str) -> list[dict[str, Any]]:
@@ -53,18 +57,20 @@ def read_rows(path: str) -> list[dict[str, Any]]:
         return pa.ipc.open_file(source).read_all().to_pylist()
 
 
-def run(spec: TrainSpec, stop: threading.Event) -> dict[str, Any] | None:
-    """The results document (rank 0), or None on the other ranks of a data-parallel run."""
+def run(spec: TrainSpec, stop: threading.Event, *,
+        on_checkpoint: Callable[[Path], None] | None = None) -> dict[str, Any] | None:
+    """The results document (rank 0), or None on the other ranks of a data-parallel run.
+    `on_checkpoint` is called on rank 0 with the folder after every checkpoint written."""
     from strategies import distributed
 
     group = distributed.join()
     try:
-        return _run(spec, stop, group)
+        return _run(spec, stop, group, on_checkpoint)
     finally:
         distributed.leave(group)
 
 
-def _run(spec: TrainSpec, stop: threading.Event, group) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
+def _run(spec: TrainSpec, stop: threading.Event, group, on_checkpoint=None) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
     import torch
 
     from strategies import tasks
@@ -100,7 +106,7 @@ def _run(spec: TrainSpec, stop: threading.Event, group) -> dict[str, Any] | None
     ctx = fresh_context(rows)
     tokenizer = ctx.tokenizer
     strategy = build(spec.strategy.name, spec.strategy.options)
-    checkpoints = Checkpoints(Path(spec.checkpoint), stop.is_set) if spec.checkpoint else None
+    checkpoints = Checkpoints(Path(spec.checkpoint), stop.is_set, on_checkpoint) if spec.checkpoint else None
     stats = train(ctx, strategy, loop, on_progress=emit, checkpoints=checkpoints, group=group)
     stats["lr"] = loop.lr
     if not group.main:
@@ -203,27 +209,33 @@ def main(argv: list[str]) -> int:
     except (SpecError, OSError) as exc:
         emit({"event": "failed", "kind": Failure.INVALID_SPEC.value, "error": f"{type(exc).__name__}: {exc}"})
         return EXIT_FAILED
+    code, results = attempt(spec, stop)
+    if results is not None:
+        Path(spec.results).write_text(json.dumps(results, indent=2))
+        emit({"event": "done", "results": spec.results})
+    return code
+
+
+def attempt(spec: TrainSpec, stop: threading.Event,
+            on_checkpoint: Callable[[Path], None] | None = None) -> tuple[int, dict[str, Any] | None]:
+    """Run the spec: (exit code, results on rank 0); a stop or failure is reported as its event."""
     try:
         from strategies.loop import Interrupted, NonFiniteLoss
 
         try:
-            results = run(spec, stop)
+            return 0, run(spec, stop, on_checkpoint=on_checkpoint)
         except Interrupted as exc:
             emit({"event": "interrupted", "message": str(exc)})
-            return EXIT_INTERRUPTED
+            return EXIT_INTERRUPTED, None
         except NonFiniteLoss as exc:
             emit({"event": "failed", "kind": Failure.NON_FINITE_LOSS.value, "error": str(exc)})
-            return EXIT_FAILED
+            return EXIT_FAILED, None
         except SpecError as exc:
             emit(failed_event(exc, Failure.INVALID_SPEC))
-            return EXIT_FAILED
+            return EXIT_FAILED, None
     except Exception as exc:  # noqa: BLE001 - every failure is reported, never a promotion
         emit(failed_event(exc))
-        return EXIT_FAILED
-    if results is not None:
-        Path(spec.results).write_text(json.dumps(results, indent=2))
-        emit({"event": "done", "results": spec.results})
-    return 0
+        return EXIT_FAILED, None
 
 
 if __name__ == "__main__":

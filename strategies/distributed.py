@@ -113,15 +113,22 @@ def join() -> Group:
         return Group()
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    global _OWNED
+    if not dist.is_initialized():  # Ray Train sets the group up before calling the worker's function
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        _OWNED = True
     return Group(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
+_OWNED = False  # this process set up the group (join), so leave() tears it down
+
+
 def leave(group: Group) -> None:
-    if group.active:
+    global _OWNED
+    if group.active and _OWNED:
         import torch.distributed as dist
 
         if dist.is_initialized():
             dist.destroy_process_group()
+        _OWNED = False
 

@@ -198,9 +198,11 @@ class Checkpoints:
     `<folder>.old`, renames the new one into place, then drops the old. Killed between the two
     renames, `load` finds the previous checkpoint under `.old`."""
 
-    def __init__(self, folder: Path, stop: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, folder: Path, stop: Callable[[], bool] = lambda: False,
+                 on_save: Callable[[Path], None] | None = None) -> None:
         self.folder = folder
         self.stop_requested = stop
+        self.on_save = on_save  # after each whole save (a remote run copies it to its store)
 
     @property
     def _old(self) -> Path:
@@ -232,6 +234,8 @@ class Checkpoints:
         os.replace(tmp, self.folder)
         fsync_dir(self.folder.parent)
         remove(old)
+        if self.on_save is not None:
+            self.on_save(self.folder)
 
     def load(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> tuple[dict, dict | None] | None:  # type: ignore[no-untyped-def]
         from safetensors.torch import load_file

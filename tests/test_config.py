@@ -26,7 +26,7 @@ def test_template_is_the_defaults_and_names_every_key() -> None:
         "schedule": {"interval", "cron", "min_new_rows", "max_wait", "max_attempts"},
         "strategy": {"name", "epochs", "min_steps", "fit_target", "batch_size", "lr", "early_stopping_patience",
                      "weight_decay", "l1", "class_weights", "replay", "ewc", "lora", "lwf"},
-        "train": {"device", "precision", "num_processes", "seed", "standby_seconds"},
+        "train": {"device", "precision", "num_processes", "seed", "standby_seconds", "executor", "ray", "kubernetes"},
         "gate": {"metric", "min_gain_new", "max_forgetting", "min_eval_rows", "canary", "max_canary_drop"},
         "registry": {"keep_versions", "min_free_bytes", "metadata", "artifacts"},
         "metrics": {"bind"},

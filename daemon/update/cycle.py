@@ -26,6 +26,7 @@ from daemon.ingest.rows import LabelSet, Validator
 from daemon.ingest.store import Store
 from daemon.ingest.tagged import TaggedValidator
 from daemon.update.gate import GateResult, Scores, decide, majority_share
+from daemon.update import executors
 from daemon.update.launcher import ChildRun, Standby, TrainingInterrupted, train_spec, write_rows
 from daemon.update.breakdown import per_label
 from daemon.update.tagging import per_type
@@ -55,8 +56,10 @@ class Outcome:
 
 class UpdateCycle:
     def __init__(self, home: Home, registry: Registry, *, on_event: Event | None = None,
-                 on_child: Callable[[ChildRun | None], None] | None = None, standby: Standby | None = None) -> None:
+                 on_child: Callable[[ChildRun | None], None] | None = None, standby: Standby | None = None,
+                 executor: executors.Executor | None = None) -> None:
         self.home = home
+        self.executor = executor or executors.create(home.config)  # train.executor: where training runs
         self.standby = standby
         self.child_warm = False  # the last run was handed to the standby child
         self.config = home.config
@@ -250,7 +253,7 @@ class UpdateCycle:
         return rows
 
     def train(self, spec: TrainSpec) -> dict[str, Any]:
-        run = ChildRun(self.spec_path(spec.batch), self.on_event).start(self.standby)
+        run = self.executor.start(self.spec_path(spec.batch), self.on_event, self.standby)
         self.child_warm = run.warm
         self.on_child(run)
         try:
