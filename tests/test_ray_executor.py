@@ -1,0 +1,132 @@
+"""`train.executor = "ray"`: updates trained on a real two-node Ray cluster (ray.cluster_utils.Cluster,
+a head and one more node of one CPU each, in a temp dir of its own) with the run's files in a real
+SeaweedFS. Nothing is mocked. The cluster cases are slow (`make test-slow`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.home import open_registry
+from daemon.update.cycle import UpdateCycle
+from daemon.update.executors.ray import RayRun
+from daemon.update.launcher import TrainingFailed
+from strategies.runstore import RunStore, run_url
+from tests.conftest import open_home, write_config
+from tests.servers import free_port, seaweedfs_server  # noqa: F401 (fixture)
+from tests.test_cycle import drop
+from tests.test_learning import toy
+
+ray = pytest.importorskip("ray", reason="the lifelong[ray] extra (ray[train]) is not installed")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(seaweedfs_server):  # noqa: F811 - the workers inherit its AWS_* from this process
+    from ray.cluster_utils import Cluster
+
+    temp = Path(tempfile.mkdtemp(prefix="lifelong-ray-"))
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(temp)  # every node's session folders, and the driver's address file
+    memory = 80 * 1024 * 1024
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 1, "object_store_memory": memory, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1, object_store_memory=memory)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
+        os.environ.pop("RAY_TMPDIR") if saved is None else os.environ.__setitem__("RAY_TMPDIR", saved)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def configure(root: Path, model: Path, address: str, artifacts: str, *, epochs: int = 4) -> None:
+    write_config(root, model={"base": str(model), "max_length": 32}, inbox={"settle_seconds": 0, "eval_fraction": 0.25},
+                 strategy={"name": "replay", "class_weights": "none", "epochs": epochs, "min_steps": 0, "lr": 2e-3,
+                           "batch_size": 16, "early_stopping_patience": 0},
+                 train={"device": "cpu", "standby_seconds": 0, "executor": "ray",
+                        "ray": {"address": address, "num_workers": 2, "resources_per_worker": {"CPU": 1}}},
+                 gate={"min_eval_rows": 10}, registry={"artifacts": artifacts})
+
+
+def test_an_unreachable_cluster_fails_the_update_clearly_and_starts_nothing(home_root: Path, tiny_model: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    configure(home_root, tiny_model, address, "s3://nowhere/runs")
+    home = open_home(home_root)
+    spec = home.state / "spec.json"
+    spec.write_text("{}")  # never read: the cluster is checked before anything is staged
+    run = RayRun.__new__(RayRun)
+    run.ray = home.config.train.ray
+    run.process = None
+    with pytest.raises(TrainingFailed, match=f"cannot reach the Ray cluster at train.ray.address '{address}'"):
+        RayRun.start(run)
+    assert run.process is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_one_update_trains_across_both_nodes_and_the_gate_decides(
+        home_root: Path, tiny_model: Path, ray_cluster, seaweedfs_server) -> None:  # noqa: F811
+    artifacts = seaweedfs_server.url()
+    configure(home_root, tiny_model, ray_cluster.address, artifacts)
+    drop(home_root, "a.jsonl", toy(["sport", "food"], 80, seed=1))
+    home = open_home(home_root)
+    events: list[dict] = []
+    with open_registry(home) as registry:
+        outcome = UpdateCycle(home, registry, on_event=events.append).run()
+        assert outcome.decision in ("promoted", "rejected"), outcome.reasons
+        train = outcome.summary["train"]
+        # two workers of one CPU each on a cluster of two one-CPU nodes: one on each
+        assert train["processes"] == 2 and train["replicas_in_sync"] is True
+        version = registry.get(outcome.version)
+        assert registry.artifacts.exists(version.version) and (outcome.decision == "promoted") == (
+            registry.champion() == version.version)
+    kinds = [e["event"] for e in events]
+    assert "start" in kinds and "step" in kinds and "evaluating" in kinds and kinds[-1] == "decision"
+    assert RunStore(run_url(artifacts, outcome.batch)).keys() == []  # the run's folder is gone
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_worker_killed_mid_run_resumes_from_its_checkpoint_or_fails_and_nothing_broken_is_promoted(
+        home_root: Path, tiny_model: Path, ray_cluster, seaweedfs_server) -> None:  # noqa: F811
+    artifacts = seaweedfs_server.url()
+    configure(home_root, tiny_model, ray_cluster.address, artifacts, epochs=8)
+    drop(home_root, "a.jsonl", toy(["sport", "food"], 80, seed=1))
+    home = open_home(home_root)
+    epochs = threading.Event()
+    seen: list[dict] = []
+
+    def on_event(event: dict) -> None:
+        seen.append(event)
+        if event.get("event") == "epoch" and event["epoch"] >= 2:
+            epochs.set()
+
+    with open_registry(home) as registry:
+        result: dict = {}
+        worker = threading.Thread(target=lambda: result.update(
+            outcome=UpdateCycle(home, registry, on_event=on_event).run()))
+        worker.start()
+        assert epochs.wait(300), f"no second epoch: {seen[-3:]}"
+        store = RunStore(run_url(artifacts, 1))
+        assert store.get_json("checkpoint.json") is not None  # every epoch's checkpoint is in the store
+        victim = store.get_json("workers/1.json")["pid"]
+        os.kill(victim, signal.SIGKILL)
+        worker.join(600)
+        outcome = result["outcome"]
+        kinds = [e["event"] for e in seen]
+        if outcome.decision == "failed":
+            assert outcome.version is None and registry.champion() is None and registry.versions() == []
+        else:  # Ray restarted the workers: they resumed from the store's checkpoint, not from scratch
+            assert "resumed" in kinds, kinds
+            resumed = next(e for e in seen if e["event"] == "resumed")
+            assert resumed["step"] > 0
+            assert outcome.summary["train"]["replicas_in_sync"] is True
+            assert outcome.summary["train"]["epochs_run"] == 8
