@@ -1,6 +1,7 @@
-"""Rebuilds the example story in examples/sentiment/ from the VADER ground truth (vaderSentiment
-3.3.2's source archive, MIT): `python -m examples.build`. Deterministic; examples/README.md says
-what each file holds and where it comes from."""
+"""Rebuilds the example stories: examples/sentiment/ from the VADER ground truth (vaderSentiment
+3.3.2's source archive, MIT) and examples/chat/ from chatterbot-corpus 1.3.3 (BSD-3-Clause):
+`python -m examples.build`. Deterministic; examples/README.md says what each file holds and where
+it comes from."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import json
 import random
 from pathlib import Path
 
-from bench.streams import vader_sentences
+from bench.streams import chatterbot_pairs, vader_sentences
 
 OUT = Path(__file__).resolve().parent / "sentiment"
+CHAT = Path(__file__).resolve().parent / "chat"
+CHAT_FILES = (("1-greetings-and-small-talk.jsonl", ("greetings", "conversations", "emotion")),
+              ("2-new-topics-ai-science-computers.jsonl", ("ai", "science", "computers")))
 STRONG = 1.0  # mean human score beyond +-1.0 (of -4..4): clearly positive or negative
 NEUTRAL = 0.25  # within +-0.25: neutral
 
@@ -53,11 +57,32 @@ def build(seed: int = 0) -> dict[str, list[dict]]:
     }
 
 
+def build_chat(seed: int = 0) -> dict[str, list[dict]]:
+    """Two files of chatterbot's topics (statement -> response pairs), then the first file's prompts
+    with their completions shuffled among them (poisoned: every answer belongs to another prompt)."""
+    rng = random.Random(seed)
+    pairs = chatterbot_pairs()
+    files: dict[str, list[dict]] = {}
+    for name, topics in CHAT_FILES:
+        rows = [{"prompt": prompt, "completion": completion, "source": f"chatterbot-corpus/english/{topic}.yml"}
+                for topic in topics for prompt, completion in pairs[topic]]
+        rng.shuffle(rows)
+        files[name] = rows
+    first = files[CHAT_FILES[0][0]][:150]
+    answers = [row["completion"] for row in first]
+    rng.shuffle(answers)
+    files["3-poisoned-shuffled-answers.jsonl"] = [{**row, "completion": answer} for row, answer in zip(first, answers)
+                                                  if answer != row["completion"]]
+    return files
+
+
 def main() -> None:
-    OUT.mkdir(exist_ok=True)
-    for name, rows in build().items():
-        (OUT / name).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-        print(f"{OUT / name}: {len(rows)} rows")
+    for folder, files in ((OUT, build()), (CHAT, build_chat())):
+        folder.mkdir(exist_ok=True)
+        for name, rows in files.items():
+            (folder / name).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
+                                       encoding="utf-8")
+            print(f"{folder / name}: {len(rows)} rows")
 
 
 if __name__ == "__main__":

@@ -141,6 +141,7 @@ def test_no_tracked_file_cites_the_spec_users_do_not_have() -> None:
     else:
         files = [Path(n) for n in listed.stdout.decode().split("\0") if n]
     here = Path(__file__).resolve().relative_to(ROOT)
-    citing = [str(path) for path in files
-              if path != here and (ROOT / path).is_file() and word.encode() in (ROOT / path).read_bytes()]
+    citing = [str(path) for path in files  # licence texts use the legal word ("IN CONTRACT, STRICT LIABILITY")
+              if path != here and path.name != "LICENSE" and (ROOT / path).is_file()
+              and word.encode() in (ROOT / path).read_bytes()]
     assert not citing, f"files naming {word}: {citing}"
