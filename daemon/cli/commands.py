@@ -330,10 +330,12 @@ def eval_(home_dir: Path | None, as_json: bool, data: Path, version: str | None)
               type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
               help="Texts to label, one per line, or the \"text\" of each line of a .jsonl/.ndjson file; - is stdin.")
 @click.option("--version", "version", default=None, metavar="V", help="The version to ask (default: the champion).")
+@click.option("--max-new-tokens", "max_new_tokens", default=None, type=click.IntRange(1, 4096),
+              help="causal_lm: the most tokens an answer may have (default 64).")
 @errors_to_exit_codes
 def predict(texts: tuple[str, ...], home_dir: Path | None, as_json: bool, path: Path | None,
-            version: str | None) -> None:
-    """Labels and scores of a version for TEXT... or the texts of --file."""
+            version: str | None, max_new_tokens: int | None) -> None:
+    """Labels and scores of a version for TEXT... or the texts of --file (causal_lm: greedy answers)."""
     from daemon.update import inference
     from registry.errors import UsageError
 
@@ -343,7 +345,9 @@ def predict(texts: tuple[str, ...], home_dir: Path | None, as_json: bool, path: 
     chosen = list(texts) if texts else inference.read_texts(home, path)  # type: ignore[arg-type]
     with open_registry(home, writable=False) as registry:
         target = inference.open_version(registry, version)
-    found = inference.predict(home, target, chosen)
+    if max_new_tokens is not None and home.config.model.task != "causal_lm":
+        raise UsageError(f"--max-new-tokens is for model.task = \"causal_lm\", not {home.config.model.task}")
+    found = inference.predict(home, target, chosen, max_new_tokens)
     emit(found) if as_json else click.echo(inference.task_of(home).render_predict(found))
 
 

@@ -24,8 +24,9 @@ from daemon.ingest import formats
 from daemon.ingest.ingestor import utcnow
 from daemon.ingest.rows import LabelSet, Validator
 from daemon.ingest.store import Store
+from daemon.ingest.chat import ChatValidator
 from daemon.ingest.tagged import TaggedValidator
-from daemon.update.gate import GateResult, Scores, decide, majority_share
+from daemon.update.gate import GateResult, Scores, decide, majority_share, worse
 from daemon.update import executors
 from daemon.update.launcher import ChildRun, Standby, TrainingInterrupted, train_spec, write_rows
 from daemon.update.breakdown import per_label
@@ -243,6 +244,11 @@ class UpdateCycle:
             return [(row[1], row[2]) for chunk in formats.read(path, self.config.inbox.max_file_bytes, required=formats.TAGGED)
                     for line, record in zip(chunk.lines, chunk.records)
                     if isinstance(record, dict) and isinstance(row := tagged(line, record), tuple)]
+        if not TASKS[self.config.model.task].labelled:  # causal_lm: prompts and completions, or chats
+            chats = ChatValidator(LabelSet(), 0.0)
+            return [(row[1], row[2]) for chunk in formats.read(path, self.config.inbox.max_file_bytes, required=formats.CHAT)
+                    for line, record in zip(chunk.lines, chunk.records)
+                    if isinstance(record, dict) and isinstance(row := chats(line, record), tuple)]
         validate = Validator(LabelSet.of(self.labels(store)), 0.0)
         rows = []
         for chunk in formats.read(path, self.config.inbox.max_file_bytes):
@@ -277,7 +283,14 @@ class UpdateCycle:
             return Scores(per_experience=per, canary=canary)
 
         candidate, champion = table("candidate"), table("champion")
-        if self.tagged:  # no majority class to beat: the floor is the gate's "better than nothing" (F1 > 0)
+        first_against_base = stops = None
+        if not TASKS[self.config.model.task].labelled:  # causal_lm: no labels, no majority class
+            baseline, batch_labels, model_labels = None, 0, 0
+            first_against_base = spec.parent is None and champion is not None  # the child scored the base model
+            stops = {who: {key: sum(int(figures.get(key) or 0) for name, figures in found.items() if name != "canary")
+                           for key in ("generated", "stopped")}
+                     for who, found in results["scores"].items()}
+        elif self.tagged:  # no majority class to beat: the floor is the gate's "better than nothing" (F1 > 0)
             baseline = None
             batch_labels = len({kind for _, tags in store.iter_rows(batch, "eval", self.columns)
                                 for kind, _, _ in bio.spans(tags)})
@@ -289,15 +302,18 @@ class UpdateCycle:
         paired = results.get("paired") or {}
         gate = decide(new=new, candidate=candidate, champion=champion, rows=rows, config=self.config.gate,  # type: ignore[arg-type]
                       baseline=baseline, canary_rows=rows.get("canary", 0), paired=paired,
-                      batch_labels=batch_labels, model_labels=model_labels)
+                      batch_labels=batch_labels, model_labels=model_labels,
+                      first_against_base=bool(first_against_base), stops=stops)
         metrics = {"candidate": _summary(candidate, new, rows), "champion": _summary(champion, new, rows) if champion else None,
                    "baseline": baseline, "batch_labels": batch_labels, "model_labels": model_labels,
                    "metric": metric, "rows": rows, "paired": paired}
+        if stops is not None:  # recorded for `lifelong promote` to re-check the gate on
+            metrics.update(first_against_base=first_against_base, stops=stops)
         if self.tagged and metrics["candidate"]:  # shown by `lifelong show --json`
             metrics["candidate"]["per_type"] = per_type(spec)
         elif metrics["candidate"]:
             metrics["candidate"]["per_label"] = per_label(spec)
-        metrics["forgetting_max"] = _forgetting_max(candidate, champion, new)  # type: ignore[arg-type]
+        metrics["forgetting_max"] = _forgetting_max(candidate, champion, new, metric)  # type: ignore[arg-type]
         metrics["accuracy_matrix"] = self._matrix(metrics["candidate"]["per_experience"])
         return gate, metrics
 
@@ -352,9 +368,10 @@ def _summary(scores: Scores | None, new: str, rows: dict[str, int]) -> dict[str,
             "per_experience": scores.per_experience, "canary": scores.canary}
 
 
-def _forgetting_max(candidate: Scores, champion: Scores | None, new: str) -> float | None:
+def _forgetting_max(candidate: Scores, champion: Scores | None, new: str, metric: str) -> float | None:
+    """The largest worsening on an earlier batch, in the metric's units (a rise, for a loss)."""
     if champion is None:
         return None
-    drops = [champion.per_experience[k] - candidate.per_experience[k] for k in candidate.per_experience
+    drops = [worse(metric, champion.per_experience[k], candidate.per_experience[k]) for k in candidate.per_experience
              if k != new and candidate.per_experience[k] is not None and champion.per_experience.get(k) is not None]
     return max(drops) if drops else None

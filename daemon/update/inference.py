@@ -24,6 +24,7 @@ from daemon.ingest import formats
 from daemon.ingest.names import display
 from daemon.ingest.rows import LabelSet, Validator
 from daemon.update.launcher import spawn, write_rows
+from daemon.update.answers import CausalLM
 from daemon.update.tagging import TokenClassification
 from registry.errors import FileRejected, LifelongError, UsageError, VersionNotFound
 from strategies.inference import FAILURE_KINDS, InferenceSpec
@@ -152,10 +153,11 @@ class SequenceClassification:
 
 
 # the parent's side of each task of strategies/tasks TASKS (tests/test_tasks.py checks they agree)
-TASKS = {SequenceClassification.name: SequenceClassification, TokenClassification.name: TokenClassification}
+TASKS = {SequenceClassification.name: SequenceClassification, TokenClassification.name: TokenClassification,
+         CausalLM.name: CausalLM}
 
 
-def task_of(home: Home) -> type[SequenceClassification] | type[TokenClassification]:
+def task_of(home: Home) -> type[SequenceClassification] | type[TokenClassification] | type[CausalLM]:
     return TASKS[home.config.model.task]
 
 
@@ -178,8 +180,9 @@ def evaluate(home: Home, target: Target, data: Path) -> dict[str, Any]:
             "invalid_rows": labeled.invalid, "errors": labeled.errors}
 
 
-def predict(home: Home, target: Target, texts: list[str]) -> list[dict[str, Any]]:
-    """`predict --json`'s document: one {"text", "label", "score"} per text, in order."""
+def predict(home: Home, target: Target, texts: list[str], max_new_tokens: int | None = None) -> list[dict[str, Any]]:
+    """`predict --json`'s document: one {"text", "label", "score"} per text, in order (causal_lm: one
+    {"prompt", "completion"}, at most `max_new_tokens` new tokens, the task's default when None)."""
     for number, text in enumerate(texts, 1):
         if not text.strip():
             raise UsageError(f"text {number} is empty")
@@ -187,7 +190,8 @@ def predict(home: Home, target: Target, texts: list[str]) -> list[dict[str, Any]
             raise UsageError(f"text {number} is longer than inbox.max_text_chars = {home.config.inbox.max_text_chars}")
     task = task_of(home)
     with _Display(target.version, "labelling") as shown:
-        found = _run_child(home, task, target, "predict", task.predict_rows(texts), shown)
+        rows = task.predict_rows(texts) if max_new_tokens is None else CausalLM.predict_rows(texts, max_new_tokens)
+        found = _run_child(home, task, target, "predict", rows, shown)
     return task.present(texts, found)
 
 
@@ -226,7 +230,8 @@ def read_texts(home: Home, path: Path) -> list[str]:
     return texts
 
 
-def _run_child(home: Home, task: type[SequenceClassification] | type[TokenClassification], target: Target, mode: str,
+def _run_child(home: Home, task: type[SequenceClassification] | type[TokenClassification] | type[CausalLM],
+               target: Target, mode: str,
                rows: list[tuple], shown: "_Display") -> Any:
     with tempfile.TemporaryDirectory(prefix=f"lifelong-{mode}-") as tmp:
         folder = Path(tmp)
