@@ -14,7 +14,7 @@ DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "lifelo
 def test_dashboard_panels_query_exported_metrics() -> None:
     board = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
-    names = {n.removesuffix("_bucket") for e in exprs for n in re.findall(r"lifelong_[a-z_]+", e)}
+    names = {n.removesuffix("_bucket") for e in exprs for n in re.findall(r"lifelong_[a-z0-9_]+", e)}
     assert names <= set(REQUIRED), names - set(REQUIRED)
     for needed in ("lifelong_champion_info", "lifelong_eval_score", "lifelong_forgetting_max", "lifelong_updates_total",
                    "lifelong_update_duration_seconds", "lifelong_pending_rows", "lifelong_ingested_rows_total",

@@ -84,6 +84,8 @@ scrape_configs:
         empty: dict[str, str] = {}
         deadline = time.monotonic() + 60
         for title, expr in dashboard_queries():
+            if "lifelong_entity_f1" in expr:
+                continue  # a token classification home's (this one classifies texts); tests/test_ner.py scrapes it
             while True:
                 body = api(web, "query", query=expr)
                 assert body["status"] == "success", (title, expr, body)

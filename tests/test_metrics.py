@@ -23,6 +23,7 @@ REQUIRED = {  # the names and labels docs/reference.md promises users and dashbo
     "lifelong_update_duration_seconds": {"stage"},
     "lifelong_train_samples_per_second": set(),
     "lifelong_eval_score": {"model", "set"},
+    "lifelong_entity_f1": {"set", "type"},  # token_classification homes (tests/test_ner.py)
     "lifelong_forgetting_max": set(),
     "lifelong_rollbacks_total": set(),
     "lifelong_last_update_timestamp_seconds": set(),

@@ -115,7 +115,18 @@ def test_entity_scores_by_hand() -> None:
     # seqeval's classification_report on these gives micro P 2/3, R 2/5, F1 1/2; LOC P 1/2 R 1/2; NEW never found
     assert figures["rows"] == 3 and figures["precision"] == pytest.approx(2 / 3)
     assert figures["recall"] == pytest.approx(2 / 5) and figures["entity_f1"] == pytest.approx(0.5)
-    assert figures["per_type"]["LOC"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert figures["per_type"]["LOC"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2, "predicted": 2,
+                                          "correct": 1}
+    # per-type figures of several sets add up to those of their rows together (`old` of lifelong_entity_f1)
+    truth, predicted = [r["tags"] for r in rows], [p["tags"] for p in found]
+    sets = {"1": bio.figures(truth[:1], predicted[:1])["per_type"], "2": bio.figures(truth[1:2], predicted[1:2])["per_type"],
+            "3": bio.figures(truth[2:], predicted[2:])["per_type"]}
+    assert bio.pool(list(sets.values())) == figures["per_type"]
+    from daemon.update.tagging import by_gate_set
+
+    gate_sets = by_gate_set(sets | {"canary": sets["1"]}, "3")
+    assert gate_sets == {"new": sets["3"], "old": bio.pool([sets["1"], sets["2"]]), "canary": sets["1"]}
+    assert gate_sets["old"]["LOC"]["f1"] == 0.5 and by_gate_set({"1": sets["1"]}, "1") == {"new": sets["1"]}
     assert figures["per_type"]["NEW"]["f1"] == 0.0 and figures["unknown_types"] == {"NEW": 1}
     assert [TASK.correct(r, p) for r, p in zip(rows, found)] == [False, True, False]
     assert TASK.score([{"tokens": ["a"], "tags": ["O"]}], [{"tags": ["O"]}], ["O"])["entity_f1"] is None
@@ -189,20 +200,45 @@ def test_an_update_eval_and_predict_on_a_ner_home(home_root: Path, tiny_model: P
     decided = json.loads(result.stdout)
     shown = json.loads(cli("show", "v0001", "--home", str(home_root), "--json").stdout)
     assert shown["metrics"]["candidate"]["new"] is not None, shown  # entity F1 on the batch's held-out sentences
-    assert shown["decision"] in ("promoted", "rejected") and shown["data"]["train_rows"] > 0
+    assert shown["decision"] == "promoted" and shown["data"]["train_rows"] > 0, shown["gate"]  # F1 above the floor of 0
     assert any("entity_f1" in reason for reason in shown["gate"]["reasons"]), shown["gate"]
-    assert set(shown["metrics"]["candidate"]["per_type"]["1"]) <= {"PER", "LOC"}  # per entity type, per batch
+    per_type = shown["metrics"]["candidate"]["per_type"]["1"]  # per entity type, per batch
+    assert set(per_type) <= {"PER", "LOC"} and per_type, shown["metrics"]["candidate"]
+    text = cli("show", "v0001", "--home", str(home_root)).stdout
+    table = text[text.index("per type"):].splitlines()
+    assert "batch 1" in table[1] and any(line.split()[0] == kind and f"({row['support']})" in line
+                                         for kind, row in per_type.items() for line in table[2:]), text
+    from daemon.home import open_home
+    from daemon.service.metrics import Metrics
+
+    scraped = Metrics(open_home(home_root)).exposition().decode()
+    for kind, row in per_type.items():
+        assert f'lifelong_entity_f1{{set="new",type="{kind}"}} {float(row["f1"])}' in scraped, scraped
     test = tmp_path / "test.conll"
     test.write_text("alice B-PER\nflew O\nto O\nparis B-LOC\n\nbob B-PER\nsaw O\nrome B-LOC\n")
     result = cli("eval", "--home", str(home_root), "--data", str(test), "--version", "v0001", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["rows"] == 2 and set(doc["per_type"]) <= {"PER", "LOC"} and "entity_f1" in doc, doc
+    assert all(set(row) >= {"precision", "recall", "f1", "support"} for row in doc["per_type"].values()), doc
+    text = cli("eval", "--home", str(home_root), "--data", str(test), "--version", "v0001").stdout
+    assert "entity F1" in text and "precision  recall" in text, text
+    # registry/champion is a Hugging Face token classification model directory a pipeline runs on
+    from transformers import AutoModelForTokenClassification, pipeline
+
+    champion = home_root / "registry" / "champion"
+    loaded = AutoModelForTokenClassification.from_pretrained(champion)
+    assert list(loaded.config.id2label.values()) == bio.tag_labels(bio.entity_types(loaded.config.id2label.values()))
+    tagger = pipeline("token-classification", model=str(champion), aggregation_strategy="first")
+    found = tagger("alice flew to paris")
+    assert all(e["entity_group"] in ("PER", "LOC") and "alice flew to paris"[e["start"]:e["end"]] == e["word"]
+               for e in found) and found, found
     result = cli("predict", "--home", str(home_root), "--version", "v0001", "--json", "alice flew to paris")
     assert result.exit_code == 0, result.output
     [item] = json.loads(result.stdout)
-    assert item["text"] == "alice flew to paris"
-    assert all(set(e) >= {"type", "start", "end", "text", "score"} for e in item["entities"])
+    assert item["text"] == "alice flew to paris" and item["entities"], item
+    assert all(set(e) >= {"type", "start", "end", "text", "score"} and item["text"][e["start"]:e["end"]] == e["text"]
+               and 0 < e["score"] <= 1 for e in item["entities"]), item
     assert decided
 
 

@@ -51,3 +51,9 @@ def display(name: str | bytes) -> str:
         else:
             out.append(char)
     return "".join(out)
+
+
+def clipped(text: str | bytes, width: int) -> str:
+    """`display(text)` cut to `width` characters, the last one an ellipsis when cut (a table's cell)."""
+    shown = display(text)
+    return shown if len(shown) <= width else shown[: width - 1] + "…"

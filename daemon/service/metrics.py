@@ -114,6 +114,7 @@ class StateCollector(Collector):
                 if value is not None:
                     scores.add_metric([model, name], float(value))
         yield scores
+        yield _entity_f1(last[0] if last else None)
         yield GaugeMetricFamily("lifelong_forgetting_max", "largest drop on an earlier batch in the last update",
                                 value=float(metrics.get("forgetting_max") or 0.0))
         yield CounterMetricFamily("lifelong_rollbacks", "rollbacks of the champion", value=rollbacks)
@@ -144,6 +145,21 @@ class StateCollector(Collector):
                                 value=len(self.inbox.stuck) if self.inbox else 0)
         yield GaugeMetricFamily("lifelong_inbox_waiting_files", "inbox files not taken yet: other hard links, or a writer has them open",
                                 value=len(self.inbox.waiting) if self.inbox else 0)
+
+
+def _entity_f1(last: dict | None) -> GaugeMetricFamily:
+    """NER: the last update's candidate's entity F1 per entity type on the gate's sets (none for other tasks)."""
+    from daemon.update.tagging import by_gate_set
+
+    family = GaugeMetricFamily("lifelong_entity_f1", "entity F1 per entity type of the last update's candidate "
+                               "(token_classification)", labels=["set", "type"])
+    summary = (last or {}).get("summary") or {}
+    per_set = ((summary.get("metrics") or {}).get("candidate") or {}).get("per_type")
+    if last and isinstance(per_set, dict):
+        for name, table in by_gate_set(per_set, str(last["batch"])).items():
+            for kind, row in table.items():
+                family.add_metric([name, kind], float(row["f1"]))
+    return family
 
 
 def _replay_rows(state: Path | None) -> int:

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from daemon.home import Home
 from daemon.ingest import formats
-from daemon.ingest.names import display
+from daemon.ingest.names import clipped, display
 from daemon.ingest.rows import LabelSet, Validator
+from daemon.update import tables
 from daemon.update.launcher import spawn, write_rows
 from daemon.update.answers import CausalLM
 from daemon.update.tagging import TokenClassification
@@ -129,26 +130,18 @@ class SequenceClassification:
     def render_eval(doc: dict[str, Any]) -> str:
         lines = [f"{doc['version']} on {doc['data']}: {doc['rows']} rows",
                  f"accuracy  {doc['accuracy']:.4f}", f"macro F1  {doc['macro_f1']:.4f}", ""]
-        width = max([5] + [len(_cell(label, 30)) for label in doc["per_label"]])
-        lines.append(f"{'label':<{width}}  precision  recall      f1  support")
-        for label, row in doc["per_label"].items():
-            lines.append(f"{_cell(label, 30):<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
-                         f"{row['f1']:6.4f}  {row['support']:7d}")
+        lines += tables.figures(doc["per_label"], "label")
         if doc["unknown_labels"]:
-            named = ", ".join(f"{_cell(label, 30)} ({n})" for label, n in doc["unknown_labels"].items())
+            named = ", ".join(f"{clipped(label, tables.NAME_WIDTH)} ({n})" for label, n in doc["unknown_labels"].items())
             lines.append(f"labels {doc['version']} does not know (their rows count as wrong): {named}")
-        if doc["invalid_rows"]:
-            first = doc["errors"][0]
-            lines.append(f"{doc['invalid_rows']} invalid rows not scored; first: line {first['line']}, "
-                         f"{first['field']}: {first['reason']} (--json lists up to {MAX_ERRORS})")
-        return "\n".join(lines)
+        return "\n".join(lines + tables.invalid_rows(doc, MAX_ERRORS))
 
     @staticmethod
     def render_predict(items: list[dict[str, Any]]) -> str:
-        width = max([5] + [len(_cell(item["label"], 30)) for item in items])
+        width = max([5] + [len(clipped(item["label"], tables.NAME_WIDTH)) for item in items])
         lines = [f"{'label':<{width}}  score   text"]
-        lines += [f"{_cell(item['label'], 30):<{width}}  {item['score']:.4f}  {_cell(item['text'], TEXT_WIDTH)}"
-                  for item in items]
+        lines += [f"{clipped(item['label'], tables.NAME_WIDTH):<{width}}  {item['score']:.4f}  "
+                  f"{clipped(item['text'], TEXT_WIDTH)}" for item in items]
         return "\n".join(lines)
 
 
@@ -159,11 +152,6 @@ TASKS = {SequenceClassification.name: SequenceClassification, TokenClassificatio
 
 def task_of(home: Home) -> type[SequenceClassification] | type[TokenClassification] | type[CausalLM]:
     return TASKS[home.config.model.task]
-
-
-def _cell(text: str, width: int) -> str:
-    shown = display(text)
-    return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 
 def evaluate(home: Home, target: Target, data: Path) -> dict[str, Any]:

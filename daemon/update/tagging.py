@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from daemon.ingest import formats
-from daemon.ingest.names import display
+from daemon.ingest.names import clipped, display
 from daemon.ingest.rows import LabelSet
 from daemon.ingest.tagged import COLUMNS, TaggedValidator
+from daemon.update import tables
 from daemon.update.launcher import write_rows
 from registry.errors import FileRejected, UsageError
 from strategies.tasks import bio
@@ -25,11 +26,6 @@ if TYPE_CHECKING:
     from strategies.spec import TrainSpec
 
 _WORD = re.compile(r"\S+")
-
-
-def _cell(text: str, width: int) -> str:
-    shown = display(text)
-    return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 
 class TokenClassification:
@@ -92,27 +88,19 @@ class TokenClassification:
         f1 = doc["entity_f1"]
         lines = [f"{doc['version']} on {doc['data']}: {doc['rows']} sentences",
                  f"entity F1  {f1:.4f}" if f1 is not None else "entity F1  - (no entity in the rows or the predictions)", ""]
-        width = max([4] + [len(_cell(kind, 30)) for kind in doc["per_type"]])
-        lines.append(f"{'type':<{width}}  precision  recall      f1  support")
-        for kind, row in doc["per_type"].items():
-            lines.append(f"{_cell(kind, 30):<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
-                         f"{row['f1']:6.4f}  {row['support']:7d}")
+        lines += tables.figures(doc["per_type"], "type")
         if doc.get("unknown_types"):
-            named = ", ".join(f"{_cell(kind, 30)} ({n})" for kind, n in doc["unknown_types"].items())
+            named = ", ".join(f"{clipped(kind, tables.NAME_WIDTH)} ({n})" for kind, n in doc["unknown_types"].items())
             lines.append(f"entity types {doc['version']} does not know (counted as missed): {named}")
-        if doc["invalid_rows"]:
-            first = doc["errors"][0]
-            lines.append(f"{doc['invalid_rows']} invalid rows not scored; first: line {first['line']}, "
-                         f"{first['field']}: {first['reason']} (--json lists up to {MAX_ERRORS})")
-        return "\n".join(lines)
+        return "\n".join(lines + tables.invalid_rows(doc, MAX_ERRORS))
 
     @staticmethod
     def render_predict(items: list[dict[str, Any]]) -> str:
         lines = []
         for item in items:
-            lines.append(_cell(item["text"], 80))
-            lines += [f"  {_cell(e['type'], 30)}  {e['score']:.4f}  {e['start']}-{e['end']}  {_cell(e['text'], 60)}"
-                      for e in item["entities"]] or ["  (no entities)"]
+            lines.append(clipped(item["text"], 80))
+            lines += [f"  {clipped(e['type'], tables.NAME_WIDTH)}  {e['score']:.4f}  {e['start']}-{e['end']}  "
+                      f"{clipped(e['text'], 60)}" for e in item["entities"]] or ["  (no entities)"]
         return "\n".join(lines)
 
 
@@ -133,3 +121,15 @@ def per_type(spec: "TrainSpec") -> dict[str, dict[str, Any]]:
         return found
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
         return {}
+
+
+def by_gate_set(per_set: dict[str, dict[str, dict[str, Any]]], new: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per-type figures on the sets the gate judges (`lifelong_entity_f1`): "new" (this batch's held-out
+    sentences), "old" (every earlier batch's pooled), "canary"; a set with nothing recorded is left out."""
+    found = {"new": per_set[new]} if per_set.get(new) else {}
+    earlier = [table for name, table in per_set.items() if name not in (new, "canary")]
+    if earlier and any(earlier):
+        found["old"] = bio.pool(earlier)
+    if per_set.get("canary"):
+        found["canary"] = per_set["canary"]
+    return found

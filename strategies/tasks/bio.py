@@ -4,7 +4,8 @@ A token classification model's labels are its tags: `O` first, then `B-TYPE`, `I
 entity type in the order the types arrived, so a new type appends its two rows to the head and
 every earlier tag keeps its index. Entities are read as conlleval and seqeval's default mode read
 them: a `B-X`, or an `I-X` that does not continue an `X`, starts one; `I-X` continues it.
-`figures` scores them (exact span and type), here so that the daemon can break a score down by type too.
+`figures` scores them (exact span and type; tests/test_seqeval.py checks it against seqeval), here
+so that the daemon can break a score down by type too, and `pool` adds up such figures of several sets.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def repair(tags: Sequence[str]) -> tuple[list[str], int]:
 
 
 def figures(truth: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, Any]:
-    """rows, entity-level micro precision/recall/F1 (`entity_f1`) and per-type figures (support: true entities)."""
+    """rows, entity-level micro precision/recall/F1 (`entity_f1`) and per-type figures (support: true
+    entities; predicted: entities predicted; correct: those right in span and type)."""
     counts: dict[str, list[int]] = {}  # type -> [true positives, predicted, true]
     for true_tags, found_tags in zip(truth, predicted):
         wanted, got = set(spans(true_tags)), set(spans(found_tags))
@@ -103,8 +105,21 @@ def figures(truth: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) 
             "per_type": per_type}
 
 
+def pool(tables: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per-type figures of several sets' rows together, from each set's per-type figures (a row
+    without the counts, recorded before they were kept, is left out)."""
+    counts: dict[str, list[int]] = {}
+    for table in tables:
+        for kind, row in table.items():
+            if all(isinstance(row.get(key), int) for key in ("correct", "predicted", "support")):
+                total = counts.setdefault(kind, [0, 0, 0])
+                for i, key in enumerate(("correct", "predicted", "support")):
+                    total[i] += row[key]
+    return {kind: _prf(*counts[kind]) for kind in sorted(counts)}
+
+
 def _prf(hits: int, predicted: int, true: int) -> dict[str, Any]:
     precision = hits / predicted if predicted else 0.0
     recall = hits / true if true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "support": true}
+    return {"precision": precision, "recall": recall, "f1": f1, "support": true, "predicted": predicted, "correct": hits}
