@@ -145,7 +145,7 @@ def test_smollm2_through_the_daemon(home_root: Path, tmp_path: Path) -> None:
                                        "teal", "umber", "violet", "crimson", "ivory", "mauve"])]
     write_config(home_root, model={"base": BASE, "task": "causal_lm", "max_length": 96},
                  inbox={"settle_seconds": 0, "eval_fraction": 0.25},
-                 strategy={"name": "lora", "epochs": 3, "batch_size": 4, "early_stopping_patience": 0},
+                 strategy={"name": "lora", "epochs": 3, "min_steps": 0, "batch_size": 4, "early_stopping_patience": 0},
                  gate={"min_eval_rows": 1})
     inbox = home_root / "inbox"
     rows = [{"prompt": q, "completion": a} for q, a in facts]
