@@ -100,7 +100,7 @@ class Demo:
         asking.start()
         last_print = 0.0
         while asking.is_alive():
-            asking.join(timeout=2)
+            asking.join(timeout=5)
             progress = self.doc("status").get("update_in_progress")  # type: ignore[union-attr]
             if not progress or not asking.is_alive():
                 continue
