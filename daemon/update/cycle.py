@@ -309,6 +309,9 @@ class UpdateCycle:
                    "metric": metric, "rows": rows, "paired": paired}
         if stops is not None:  # recorded for `lifelong promote` to re-check the gate on
             metrics.update(first_against_base=first_against_base, stops=stops)
+            for who in ("candidate", "champion"):  # every held-out figure per set (exact_match beside the loss)
+                if metrics[who]:
+                    metrics[who]["figures"] = results["scores"].get(who, {})
         if self.tagged and metrics["candidate"]:  # shown by `lifelong show --json`
             metrics["candidate"]["per_type"] = per_type(spec)
         elif metrics["candidate"]:
