@@ -122,6 +122,7 @@ def test_a_worker_killed_mid_run_resumes_from_its_checkpoint_or_fails_and_nothin
         worker.join(600)
         outcome = result["outcome"]
         kinds = [e["event"] for e in seen]
+        print(f"after the kill: {outcome.decision}, events {kinds.count('start')} starts, {kinds.count('resumed')} resumed")
         if outcome.decision == "failed":
             assert outcome.version is None and registry.champion() is None and registry.versions() == []
         else:  # Ray restarted the workers: they resumed from the store's checkpoint, not from scratch
