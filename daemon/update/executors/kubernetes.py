@@ -139,16 +139,38 @@ class KubernetesRun(RemoteRun):
 
     def launch(self) -> None:
         service, job = objects(self.k8s, self.store.url, self.spec.batch)
-        self.cleanup()  # what a daemon killed mid-run left: its run resumes from the store's checkpoint
+        if self.cleanup():  # what a daemon killed mid-run left: its run resumes from the store's checkpoint
+            self._wait_gone()
         self.core.create_namespaced_service(self.k8s.namespace, service)
         self.created.append("service")
         self.batch.create_namespaced_job(self.k8s.namespace, job)
         self.created.append("job")
         log.info("kubernetes job created", extra={"job": self.name, "namespace": self.k8s.namespace})
 
+    def _wait_gone(self, seconds: float = 120.0) -> None:
+        """Until the deleted Job (its pods first, foreground) is gone, so that its name is free again."""
+        from kubernetes.client.exceptions import ApiException
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                self.batch.read_namespaced_job_status(self.name, self.k8s.namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                raise
+            time.sleep(POLL_SECONDS)
+
     def finish(self) -> tuple[str, str] | None:
+        from kubernetes.client.exceptions import ApiException
+
         while True:
-            status = self.batch.read_namespaced_job_status(self.name, self.k8s.namespace).status
+            try:
+                status = self.batch.read_namespaced_job_status(self.name, self.k8s.namespace).status
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                return Failure.KILLED.value, f"job {self.name} was deleted before it ended"  # cancelled, or by hand
             for condition in status.conditions or []:
                 if condition.status != "True":
                     continue
@@ -180,17 +202,21 @@ class KubernetesRun(RemoteRun):
     def cancel(self) -> None:
         self.cleanup()
 
-    def cleanup(self) -> None:
-        """Delete the Job (its pods with it, foreground) and the Service; absent ones are fine."""
+    def cleanup(self) -> bool:
+        """Delete the Job (its pods with it, foreground) and the Service; absent ones are fine.
+        True when there was something to delete."""
         from kubernetes.client import V1DeleteOptions
         from kubernetes.client.exceptions import ApiException
 
+        found = False
         for delete in (lambda: self.batch.delete_namespaced_job(self.name, self.k8s.namespace,
                                                                 body=V1DeleteOptions(propagation_policy="Foreground")),
                        lambda: self.core.delete_namespaced_service(self.name, self.k8s.namespace)):
             try:
                 delete()
+                found = True
             except ApiException as exc:
                 if exc.status != 404:
                     log.error("could not delete %s's objects: %s", self.name, exc)
         self.created.clear()
+        return found
