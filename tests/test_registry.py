@@ -232,6 +232,26 @@ def test_open_cleans_leftovers_and_repairs_the_link(make_registry, tiny_model: P
     assert reopened.create_version(stage_full(reopened, tiny_model, "c"), parent=None, strategy="x").version == "v0003"
 
 
+def test_a_write_whose_record_was_never_committed_does_not_block_the_next(make_registry, tiny_model: Path) -> None:
+    registry = make_registry()
+    registry.create_version(stage_full(registry, tiny_model, "a"), parent=None, strategy="finetune")
+    add_version = registry.meta.add_version
+
+    def lost(record) -> None:  # type: ignore[no-untyped-def]
+        raise ConnectionError("the database went away before the record was committed")
+    registry.meta.add_version = lost  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        registry.create_version(stage_full(registry, tiny_model, "b"), parent=None, strategy="finetune")
+    registry.meta.add_version = add_version  # type: ignore[method-assign]
+    assert [r.version for r in registry.versions()] == ["v0001"] and registry.artifacts.has_files("v0002")
+    # the same registry, not reopened (a daemon's next update): the leftover goes and v0002 is the new one
+    record = registry.create_version(stage_full(registry, tiny_model, "c"), parent=None, strategy="finetune")
+    assert record.version == "v0002"
+    path = registry.verify("v0002", full=True)
+    assert (path / "state" / "marker.txt").read_text() == "c"
+    assert registry.artifacts.versions_present() == {"v0001", "v0002"}
+
+
 def test_a_correct_link_is_left_alone_when_the_registry_is_opened_by_a_relative_path(
         tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     with Registry(tmp_path / "registry") as registry:

@@ -94,7 +94,13 @@ def test_a_stored_object_is_never_overwritten(urls, tmp_path: Path, tiny_model: 
         store = registry.artifacts
         client = raw_client(seaweedfs_server.endpoint)
         key = store._key("v0001", "model/config.json")
-        client.put_object(Bucket=store.bucket, Key=key, Body=b"{}")  # squatting v0001's file
+        checked = store.has_files
+
+        def squatted_after_the_check(version: str) -> bool:  # a leftover found first would be removed
+            found = checked(version)
+            client.put_object(Bucket=store.bucket, Key=key, Body=b"{}")  # another writer's v0001 file appears
+            return found
+        store.has_files = squatted_after_the_check  # type: ignore[method-assign]
         with pytest.raises(IntegrityError, match="refusing to overwrite"):
             registry.create_version(stage_full(registry, tiny_model), parent=None, strategy="replay")
         assert client.get_object(Bucket=store.bucket, Key=key)["Body"].read() == b"{}"
