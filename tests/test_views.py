@@ -92,6 +92,8 @@ def test_status_names_versions_and_the_rejection(story: Path) -> None:
                           "reasons": ["forgetting on batch 1: 0.583 > 0.02"]}
     assert ("last update  v0003 rejected at 2026-01-01T00:00:00Z: forgetting on batch 1: 0.583 > 0.02"
             in render_status(doc))
+    doc["versions"]["pruned"] = 2
+    assert "versions     3 (1 promoted, 1 rejected, 1 rolled back); weights of 2 pruned by retention" in render_status(doc)
 
 
 def test_status_shows_an_update_in_progress(home_root: Path, tiny_model: Path) -> None:
