@@ -1,0 +1,72 @@
+"""The gate in a lower-is-better metric (causal_lm's answer_loss, in nats): forgetting is a rise, the
+gain a fall, small sets pooled by rows with the sign test on paired per-row losses, the first model
+judged against the base model, and the generation check."""
+
+from __future__ import annotations
+
+from daemon.config import GateConfig
+from daemon.update.gate import Scores, decide, recheck, worse
+
+LOSS = GateConfig(metric="answer_loss")
+
+
+def test_a_loss_is_worse_when_it_rises() -> None:
+    assert worse("answer_loss", 1.0, 1.5) == 0.5 and worse("accuracy", 0.75, 0.5) == 0.25
+    assert worse("answer_loss", 1.0, 0.5) < 0 < worse("accuracy", 0.9, 0.5)
+
+
+def test_a_rise_on_a_large_earlier_set_is_forgetting_and_a_fall_on_the_new_one_is_a_gain() -> None:
+    rows = {"1": 200, "2": 200}
+    champion = Scores(per_experience={"1": 0.50, "2": 2.00})
+    kept = decide(new="2", candidate=Scores(per_experience={"1": 0.51, "2": 0.80}), champion=champion, rows=rows,
+                  config=LOSS)
+    assert kept.passed, kept.reasons
+    assert any("gain on batch 2: +1.200" in r for r in kept.reasons), kept.reasons
+    forgot = decide(new="2", candidate=Scores(per_experience={"1": 0.60, "2": 0.80}), champion=champion, rows=rows,
+                    config=LOSS)
+    assert not forgot.passed and any("forgetting on batch 1: 0.100 > 0.02 (answer_loss 0.500 -> 0.600)" in r
+                                     for r in forgot.reasons), forgot.reasons
+    unlearned = decide(new="2", candidate=Scores(per_experience={"1": 0.50, "2": 2.10}), champion=champion, rows=rows,
+                       config=LOSS)
+    assert not unlearned.passed  # the new batch's loss rose: a negative gain
+
+
+def test_small_earlier_sets_are_pooled_by_rows_and_sign_tested_on_paired_row_losses() -> None:
+    rows = {"1": 20, "2": 30, "3": 200}
+    champion = Scores(per_experience={"1": 0.40, "2": 0.40, "3": 2.0})
+    candidate = Scores(per_experience={"1": 0.43, "2": 0.43, "3": 1.0})  # a rise of 0.03: in the noise band
+    churn = {"1": {"answer_loss": {"lost": 11, "gained": 9}}, "2": {"answer_loss": {"lost": 16, "gained": 14}}}
+    noise = decide(new="3", candidate=candidate, champion=champion, rows=rows, config=LOSS, paired=churn)
+    assert noise.passed and any("within noise" in r for r in noise.reasons), noise.reasons
+    lopsided = {"1": {"answer_loss": {"lost": 19, "gained": 1}}, "2": {"answer_loss": {"lost": 28, "gained": 2}}}
+    real = decide(new="3", candidate=candidate, champion=champion, rows=rows, config=LOSS, paired=lopsided)
+    assert not real.passed and any("sign test p=" in r for r in real.reasons), real.reasons
+    far = decide(new="3", candidate=Scores(per_experience={"1": 0.50, "2": 0.50, "3": 1.0}), champion=champion,
+                 rows=rows, config=LOSS, paired=churn)
+    assert not far.passed and any("beyond what noise may excuse" in r for r in far.reasons), far.reasons
+
+
+def test_the_first_model_must_lower_the_new_batchs_loss_below_the_base_models_however_few_rows() -> None:
+    base = Scores(per_experience={"1": 3.0})
+    better = decide(new="1", candidate=Scores(per_experience={"1": 1.2}), champion=base, rows={"1": 5}, config=LOSS,
+                    first_against_base=True)
+    assert better.passed and better.reasons[0].startswith("first model: answer_loss on batch 1 3.000 (base model)")
+    same = decide(new="1", candidate=Scores(per_experience={"1": 3.0}), champion=base, rows={"1": 5}, config=LOSS,
+                  first_against_base=True)
+    assert not same.passed and "learned nothing" in same.reasons[0]
+
+
+def test_a_model_that_stops_its_answers_less_often_is_rejected() -> None:
+    champion = Scores(per_experience={"1": 1.0, "2": 2.0})
+    candidate = Scores(per_experience={"1": 1.0, "2": 0.5})
+    rows = {"1": 200, "2": 200}
+    stops = {"candidate": {"generated": 20, "stopped": 4}, "champion": {"generated": 20, "stopped": 19}}
+    lost = decide(new="2", candidate=candidate, champion=champion, rows=rows, config=LOSS, stops=stops)
+    assert not lost.passed and any("no longer stops" in r for r in lost.reasons), lost.reasons
+    stops["candidate"]["stopped"] = 17
+    assert decide(new="2", candidate=candidate, champion=champion, rows=rows, config=LOSS, stops=stops).passed
+    recorded = {"candidate": {"per_experience": {"1": 1.2}}, "champion": {"per_experience": {"1": 3.0}},
+                "rows": {"1": 5}, "first_against_base": True,
+                "stops": {"candidate": {"generated": 5, "stopped": 0}, "champion": {"generated": 5, "stopped": 5}}}
+    again = recheck(recorded, "1", LOSS)  # `lifelong promote` re-checks the recorded decision the same way
+    assert not again.passed and any("no longer stops" in r for r in again.reasons), again.reasons
