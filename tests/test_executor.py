@@ -5,7 +5,6 @@ from the local child. The engines themselves: tests/test_ray_executor.py, tests/
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading

@@ -6,7 +6,6 @@ only when KUBECONFIG is set (`-m kubeconfig`; what it needs is in its docstring)
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -14,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pytest
 import yaml
 
 from daemon.config import parse
-from daemon.update.executors.kubernetes import PORT, expand, objects, pod_command, run_name
+from daemon.update.executors.kubernetes import expand, objects, pod_command, run_name
 from daemon.update.executors.remote import stage
 from strategies.runstore import RunStore, run_url
 from strategies.spec import TrainSpec

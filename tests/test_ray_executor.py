@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from daemon.config import parse
 from daemon.home import open_registry
 from daemon.update.cycle import UpdateCycle
-from daemon.update.executors.ray import RayRun
+from daemon.update.executors.ray import RayExecutor
 from daemon.update.launcher import TrainingFailed
 from strategies.runstore import RunStore, run_url
 from tests.conftest import open_home, write_config
 from tests.servers import free_port, seaweedfs_server  # noqa: F401 (fixture)
+from tests.test_child import make_spec
 from tests.test_cycle import drop
 from tests.test_learning import toy
 
@@ -56,18 +58,16 @@ def configure(root: Path, model: Path, address: str, artifacts: str, *, epochs: 
                  gate={"min_eval_rows": 10}, registry={"artifacts": artifacts})
 
 
-def test_an_unreachable_cluster_fails_the_update_clearly_and_starts_nothing(home_root: Path, tiny_model: Path) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    configure(home_root, tiny_model, address, "s3://nowhere/runs")
-    home = open_home(home_root)
-    spec = home.state / "spec.json"
-    spec.write_text("{}")  # never read: the cluster is checked before anything is staged
-    run = RayRun.__new__(RayRun)
-    run.ray = home.config.train.ray
-    run.process = None
+def test_an_unreachable_cluster_fails_the_update_clearly_and_starts_nothing(tmp_path: Path, tiny_model: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    config = parse({"train": {"executor": "ray", "ray": {"address": address}},
+                    "registry": {"artifacts": "s3://no-such-bucket/prefix"}})
+    spec = make_spec(tmp_path, tiny_model)
+    started = time.monotonic()
+    # checked before anything is staged (staging to this bucket would fail otherwise) or spawned
     with pytest.raises(TrainingFailed, match=f"cannot reach the Ray cluster at train.ray.address '{address}'"):
-        RayRun.start(run)
-    assert run.process is None
+        RayExecutor(config).start(spec)
+    assert time.monotonic() - started < 10
 
 
 @pytest.mark.slow
