@@ -53,6 +53,7 @@ def side_by_side(spec: TrainSpec, task: Task, candidate: torch.nn.Module, tokeni
                 if champion is None:
                     champion = task.load(spec.champion, own)[0].to(device)
                 found["champion"] = task.predict(champion, tokenizer, rows, own, device, spec.max_length)
+        found = {who: task.judged(rows, predicted) for who, predicted in found.items()}
         for who, predicted in found.items():
             figures = task.score(rows, predicted, labels)
             kept_figures = (*task.metrics, *TASKS[task.name].figures, "rows")

@@ -133,6 +133,23 @@ def test_entity_scores_by_hand() -> None:
     assert TASK.balance_key(rows[0]) == "LOC+ORG+PER" and TASK.balance_key(rows[2] | {"tags": ["O"]}) == "O"
 
 
+def test_a_held_out_set_judges_only_the_types_its_batch_labels() -> None:
+    # a batch that labels PER marks the LOC it holds O; a model that still finds that LOC is right,
+    # and must not read as a false positive on this set (nor its row as wrong in the sign test)
+    rows = [{"tokens": list("abcd"), "tags": ["B-PER", "O", "O", "O"]}, {"tokens": list("ab"), "tags": ["O", "O"]}]
+    found = [{"tags": ["B-PER", "O", "B-LOC", "I-LOC"], "entities": [{"type": "PER"}, {"type": "LOC"}]},
+             {"tags": ["B-LOC", "O"], "entities": [{"type": "LOC"}]}]
+    labels = bio.tag_labels(["PER", "LOC"])
+    assert TASK.score(rows, found, labels)["entity_f1"] == pytest.approx(2 / 4)  # unjudged: two false LOCs
+    judged = TASK.judged(rows, found)
+    assert judged == [{"tags": ["B-PER", "O", "O", "O"], "entities": [{"type": "PER"}]}, {"tags": ["O", "O"], "entities": []}]
+    assert TASK.score(rows, judged, labels)["entity_f1"] == 1.0
+    assert [TASK.correct(r, p) for r, p in zip(rows, judged)] == [True, True]
+    # a wrong type the batch does label still counts against the model
+    wrong = [{"tags": ["B-LOC", "O", "O", "O"]}, {"tags": ["O", "O"]}]
+    assert TASK.judged(rows + [{"tokens": ["x"], "tags": ["B-LOC"]}], wrong + [{"tags": ["O"]}])[0]["tags"][0] == "B-LOC"
+
+
 def test_gate_metric_left_empty_or_out_is_the_tasks_own() -> None:
     from daemon.config import parse, template, tomllib
 

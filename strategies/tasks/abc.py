@@ -25,8 +25,8 @@ Row = dict[str, Any]
 Prediction = dict[str, Any]  # JSON-able: what `lifelong predict` shows for one row
 
 HOOKS = ("load", "encode", "forward", "loss", "hits", "outputs", "class_weights", "predict", "score", "correct",
-         "balance_key", "adapter_targets", "adapter_saved_modules", "pseudo_label")
-DEFAULTED = ("pseudo_label",)  # hooks whose base version is right for a task that has nothing to add
+         "balance_key", "adapter_targets", "adapter_saved_modules", "pseudo_label", "judged")
+DEFAULTED = ("pseudo_label", "judged")  # hooks whose base version is right for a task that has nothing to add
 REGISTRY: dict[str, type["Task"]] = {}
 
 
@@ -120,3 +120,8 @@ class Task:
     def correct(self, row: Row, prediction: Prediction) -> bool:
         """Whether one prediction is right: the gate's sign test counts rows that changed."""
         raise NotImplementedError
+
+    def judged(self, rows: Sequence[Row], predictions: Sequence[Prediction]) -> list[Prediction]:
+        """The predictions as a held-out set can judge them, before `score` and `correct`: a set
+        scores only what its rows label. By default all of it: every row carries its whole answer."""
+        return list(predictions)

@@ -142,6 +142,15 @@ class TokenClassification(Task):
     def correct(self, row: Row, prediction: Prediction) -> bool:
         return set(bio.spans(row["tags"])) == set(bio.spans(prediction["tags"]))
 
+    def judged(self, rows: Sequence[Row], predictions: Sequence[Prediction]) -> list[Prediction]:
+        """Entities only of the types the set's rows label. A batch that labels some types marks every
+        other entity `O`, so a model that (rightly) still finds those would be charged a false
+        positive on each: learning the next group's types would read as forgetting this one."""
+        types = {kind for row in rows for kind, _, _ in bio.spans(row["tags"])}
+        return [{**found, "tags": [tag if tag[2:] in types else bio.OUTSIDE for tag in found["tags"]],
+                 "entities": [e for e in found.get("entities", []) if e["type"] in types]}
+                for found in predictions]
+
 
 def _tokenize(rows: Sequence[Row], tokenizer: Any, max_length: int) -> tuple[list[list[int]], list[list[int | None]]]:
     """Token ids of each row and, per word, the position of its first sub-token (None: truncated away,
