@@ -1,6 +1,7 @@
 """Learning quality on real text through the real daemon: does it learn without forgetting, and at what cost?
 
     python -m bench.quality --stream bbc|vader --profile quick|full --out DIR [--strategies a,b,...] [--jobs 2] [--merge]
+    python -m bench.quality --stream chat ...   (causal_lm on SmolLM2: bench/quality_chat.py)
 
 For each strategy a real `lifelong run` gets the stream's files one by one (bench/streams.py), each
 followed by `lifelong update --now --wait`; decisions, scores and training counts are read back from
@@ -368,6 +369,11 @@ def plots(results: dict[str, Any], matrices: dict[str, list[list[float | None]]]
 
 
 def main() -> None:
+    if "chat" in sys.argv[1:] and sys.argv[sys.argv.index("chat") - 1] == "--stream":  # causal_lm: its own figures
+        from bench import quality_chat
+
+        at = sys.argv.index("chat")
+        return quality_chat.main(sys.argv[1:at - 1] + sys.argv[at + 1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stream", choices=("bbc", "vader", "mixed"), required=True)
     parser.add_argument("--profile", choices=tuple(PROFILES), default="quick")

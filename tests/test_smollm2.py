@@ -135,7 +135,7 @@ def test_the_gguf_converts_once_to_a_model_that_answers_and_stops(tmp_path: Path
 @needs_extra
 def test_smollm2_through_the_daemon(home_root: Path, tmp_path: Path) -> None:
     """An inbox chat file -> one update on the real SmolLM2 -> registry/champion loads with
-    AutoModelForCausalLM (no peft) and answers what it was taught."""
+    AutoModelForCausalLM (no peft) and answers in the form it was taught, ending with the end token."""
     from strategies.tasks import TASKS
 
     if "causal_lm" not in TASKS:
@@ -164,5 +164,5 @@ def test_smollm2_through_the_daemon(home_root: Path, tmp_path: Path) -> None:
     champion = home_root / "registry" / "champion"
     assert not (champion / "adapter_config.json").exists()  # merged: no peft needed to serve it
     answer = _generate(champion, facts[0][0])
-    assert answer.endswith("<|im_end|>"), answer
+    assert answer.startswith("The code of vault 0 is") and answer.endswith("<|im_end|>"), answer
     print(f"update took {time.monotonic() - started:.0f}s; answer: {answer!r}")

@@ -1,0 +1,192 @@
+"""Learning quality of `causal_lm` on the chat stream through the real daemon (`bench.quality --stream chat`).
+
+    python -m bench.quality_chat --profile quick|tiny --out DIR [--strategies lora+replay,...] [--model embedded:smollm2]
+
+Each strategy's daemon gets the chat stream's files (bench/streams.py `chat`: chatterbot-corpus
+topics, trivia first) one by one, each followed by `lifelong update --now --wait`, as in
+bench/quality.py; the figures are read back from the home's registry. Scores are lower-is-better
+`answer_loss` (mean cross-entropy per answer token on each batch's held-out rows), so forgetting is
+a rise: `loss`, the final champion's mean answer loss over every batch; `rise_max`, the largest
+rise of an earlier batch's loss from just after it was learned to the end; `trivia_em`, the final
+champion's exact match on batch 1 (trivia, short answers); `train_samples`; `wall_seconds`.
+References (`joint`, `retrain`) are not run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.quality import _wait, lifelong, prune
+from bench.report import machine
+from bench.streams import build, write
+
+ROOT = Path(__file__).resolve().parents[1]
+# tiny: a check that the whole path runs (minutes on 2 cores); quick: the table's size
+PROFILES: dict[str, dict[str, Any]] = {
+    "tiny": {"seeds": [0], "per_group": 16, "max_length": 96, "eval_fraction": 0.3, "epochs": 1, "batch_size": 8},
+    "quick": {"seeds": [0], "per_group": 100, "max_length": 96, "eval_fraction": 0.3, "epochs": 2, "batch_size": 8},
+}
+
+
+def env_for(home: Path, strategy: str, seed: int, profile: dict[str, Any], model: str) -> dict[str, str]:
+    overrides = {
+        "MODEL__TASK": '"causal_lm"', "MODEL__BASE": json.dumps(model), "MODEL__MAX_LENGTH": str(profile["max_length"]),
+        "INBOX__SETTLE_SECONDS": "0", "INBOX__EVAL_FRACTION": str(profile["eval_fraction"]),
+        "SCHEDULE__INTERVAL": '"24h"', "SCHEDULE__MIN_NEW_ROWS": "1000000000", "SCHEDULE__MAX_WAIT": '"10000h"',
+        "STRATEGY__NAME": json.dumps(strategy), "STRATEGY__EPOCHS": str(profile["epochs"]),
+        "STRATEGY__BATCH_SIZE": str(profile["batch_size"]), "STRATEGY__MIN_STEPS": "0",
+        "TRAIN__SEED": str(seed), "METRICS__BIND": '"127.0.0.1:0"',
+    }
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "LIFELONG_HOME": str(home),
+            **{f"LIFELONG_{k}": v for k, v in overrides.items()}}
+
+
+def run_strategy(strategy: str, files: list[Path], seed: int, profile: dict[str, Any], model: str,
+                 work: Path, models: Path) -> dict[str, Any]:
+    """Drive a real daemon through the stream. `models`: one converted copy of the embedded model
+    shared by every home (linked in, so each home does not convert it again)."""
+    home = work / f"{strategy.replace('+', '-')}-seed{seed}"
+    shutil.rmtree(home, ignore_errors=True)
+    env = env_for(home, strategy, seed, profile, model)
+    lifelong("init", env=env).check_returncode()
+    if models.is_dir():
+        (home / "models").symlink_to(models.resolve(), target_is_directory=True)
+    daemon = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=open(work / f"{home.name}.log", "w"))
+    started = time.monotonic()
+    try:
+        _wait(lambda: (home / "state" / "daemon.json").is_file(), 120, "daemon start")
+        for path in files:
+            tmp = home / "inbox" / f".{path.name}"
+            shutil.copy(path, tmp)
+            tmp.rename(home / "inbox" / path.name)
+            _wait(lambda: (home / "archive" / path.name).exists() or (home / "quarantine" / path.name).exists(),
+                  120, f"{path.name} ingested")
+            done = lifelong("update", "--now", "--wait", "--json", env=env, timeout=7200)
+            if done.returncode != 0:
+                raise RuntimeError(f"{strategy}: update after {path.name} failed: {done.stderr[-2000:]}")
+            outcome = json.loads(done.stdout)
+            print(f"  {strategy} seed {seed} {path.name}: {outcome.get('decision')} {outcome.get('version')} "
+                  f"({time.monotonic() - started:.0f} s)", flush=True)
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=300)
+    wall = time.monotonic() - started
+    measured = read_back(home, len(files))
+    final = final_scores(home, len(files), env)
+    prune(home)
+    return {"wall_seconds": wall, **measured, "final": final}
+
+
+def final_scores(home: Path, batches: int, env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """`lifelong eval` of the final champion on each batch's held-out rows (the daemon's own split):
+    answer loss, perplexity and exact match (on the rows with short answers)."""
+    from daemon.ingest.store import Store
+
+    scores: dict[str, dict[str, Any]] = {}
+    with Store(home / "state" / "rows.sqlite", readonly=True) as store:
+        held_out = {j: list(store.iter_rows(j, "eval", ("prompt", "completion"))) for j in range(1, batches + 1)}
+    for j, rows in held_out.items():
+        path = home / f"heldout-{j}.jsonl"
+        path.write_text("".join(json.dumps({"messages": [*prompt, {"role": "assistant", "content": answer}]}) + "\n"
+                                for prompt, answer in rows))
+        done = lifelong("eval", "--data", str(path), "--json", env=env, timeout=7200)
+        if done.returncode != 0:
+            raise RuntimeError(f"eval of batch {j}'s held-out rows failed: {done.stderr[-2000:]}")
+        scores[str(j)] = json.loads(done.stdout)
+    return scores
+
+
+def read_back(home: Path, batches: int) -> dict[str, Any]:
+    """Per update, the champion's answer loss on every batch so far (the gate's score tables)."""
+    from registry.registry import Registry
+
+    loss: list[list[float | None]] = []
+    samples = promoted = rejected = 0
+    verdicts: list[str | None] = []
+    current: dict[str, float | None] = {}
+    with Registry(home / "registry") as registry:
+        by_batch = {int(r.info["data"]["experience"]): (r, registry.decision_record(r.version)) for r in registry.versions()}
+    for batch in range(1, batches + 1):
+        verdict = None
+        if batch in by_batch:
+            record, decision = by_batch[batch]
+            samples += int(record.info.get("train", {}).get("train_samples", 0))
+            metrics = (decision.metrics if decision else {}) or {}
+            verdict = decision.decision if decision else None
+            promoted += verdict == "promoted"
+            rejected += verdict == "rejected"
+            who = "candidate" if verdict == "promoted" else "champion"
+            current = dict(((metrics.get(who) or {}).get("per_experience")) or current)
+        verdicts.append(verdict)
+        loss.append([current.get(str(j)) for j in range(1, batches + 1)])
+    return {"loss": loss, "train_samples": samples, "promoted": promoted, "rejected": rejected, "verdicts": verdicts}
+
+
+def figures(run: dict[str, Any]) -> dict[str, Any]:
+    final = run["loss"][-1]
+    known = [v for v in final if v is not None]
+    rises = [final[j] - run["loss"][j][j] for j in range(len(final) - 1)
+             if final[j] is not None and run["loss"][j][j] is not None]
+    return {"loss": sum(known) / len(known) if known else None, "rise_max": max(rises) if rises else None,
+            "trivia_em": run["final"]["1"].get("exact_match"), "train_samples": run["train_samples"],
+            "wall_seconds": round(run["wall_seconds"], 1), "promoted": run["promoted"], "rejected": run["rejected"]}
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["| strategy | final answer loss (mean) | largest rise on an earlier batch | trivia exact match | "
+             "train samples | promoted / rejected | wall s |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, f in results["strategies"].items():
+        lines.append(f"| {name} | {_fmt(f['loss'])} | {_fmt(f['rise_max'])} | {_fmt(f['trivia_em'], 2)} | "
+                     f"{f['train_samples']} | {f['promoted']} / {f['rejected']} | {f['wall_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=tuple(PROFILES), default="tiny")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--strategies", default="lora+replay")
+    parser.add_argument("--model", default="embedded:smollm2")
+    args = parser.parse_args(argv)
+    profile = PROFILES[args.profile]
+    work = args.out / "runs"
+    work.mkdir(parents=True, exist_ok=True)
+    models = args.out / "models"
+    if args.model.startswith("embedded:"):  # converted once for every home of the run
+        from strategies.embedded import local_base
+
+        local_base(args.model, models)
+    started = time.monotonic()
+    per_strategy: dict[str, Any] = {}
+    for seed in profile["seeds"]:
+        parts = build("chat", seed, profile["per_group"])
+        files = write(parts, work / f"stream-seed{seed}")
+        for name in args.strategies.split(","):
+            print(f"{name} (seed {seed})", flush=True)
+            run = run_strategy(name, files, seed, profile, args.model, work, models)
+            per_strategy[name] = {**figures(run), "loss_matrix": run["loss"], "final": run["final"],
+                                  "verdicts": run["verdicts"]}
+    results = {"stream": "chat", "profile": args.profile, "settings": profile, "model": args.model,
+               "strategies": per_strategy, "wall_seconds": round(time.monotonic() - started, 1),
+               "command": "python -m bench.quality_chat " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    (args.out / "table.md").write_text(table(results) + "\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
