@@ -32,7 +32,7 @@ run: venv
 	exec $(VENV)/bin/lifelong run --home $(HOME_DIR)
 
 # the example story (examples/sentiment) through a real daemon on a fresh ./demo-home, narrated,
-# ending with a rollback and `lifelong report`; about 10 minutes on 2 CPU cores
+# ending with a rollback and `lifelong report`; four MiniLM updates of 100+ optimizer steps each
 demo: venv
 	$(PY) -m examples.demo --home demo-home
 
