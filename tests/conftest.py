@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+import strategies  # noqa: F401  (first: torchvision next to the CPU torch imports, strategies/avalanche_env.py)
 from daemon import home as home_mod
 from daemon.cli import main
 
