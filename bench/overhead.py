@@ -180,10 +180,11 @@ def main_ray(rows: int, section: str) -> None:
         cluster.add_node(num_cpus=1, object_store_memory=memory)
         cluster.wait_for_nodes()
         with tempfile.TemporaryDirectory(prefix="lifelong-bench-") as folder:
-            daemon = Daemon(Path(folder) / "ray", {
-                "LIFELONG_TRAIN__EXECUTOR": "ray", "LIFELONG_TRAIN__RAY__ADDRESS": cluster.address,
-                "LIFELONG_TRAIN__RAY__NUM_WORKERS": "2", "LIFELONG_REGISTRY__ARTIFACTS": store.url(),
-                "LIFELONG_TRAIN__STANDBY_SECONDS": "0"})
+            overrides = {"LIFELONG_TRAIN__EXECUTOR": "ray", "LIFELONG_TRAIN__RAY__ADDRESS": cluster.address,
+                         "LIFELONG_TRAIN__RAY__NUM_WORKERS": "2", "LIFELONG_REGISTRY__ARTIFACTS": store.url(),
+                         "LIFELONG_TRAIN__STANDBY_SECONDS": "0"}
+            os.environ.update(overrides)  # `lifelong status` too opens the home on its S3 registry
+            daemon = Daemon(Path(folder) / "ray", overrides)
             try:
                 time.sleep(2)
                 result = figures(*daemon.update(rows))
@@ -198,7 +199,7 @@ def main_ray(rows: int, section: str) -> None:
     lines = [
         "## Daemon overhead on Ray (`bench/overhead.py --executor ray`)",
         "",
-        f"Command: `python -m bench.overhead --executor ray --rows {rows}`  ",
+        f"Command: `python -m bench.overhead --executor ray --rows {rows}` ({time.strftime('%Y-%m-%d', time.gmtime())})  ",
         f"Machine: {machine()}. A fresh home with the defaults (embedded MiniLM, `{StrategyConfig().name}`, 2 epochs),",
         "`train.executor = \"ray\"` with `num_workers = 2` on a local `ray.cluster_utils.Cluster` of two one-CPU",
         "nodes, `registry.artifacts` in a SeaweedFS on loopback; one file of "
