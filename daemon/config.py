@@ -213,7 +213,6 @@ class StrategyConfig(Section):
     avalanche_agem: AvalancheAgemConfig = Field(default_factory=AvalancheAgemConfig, alias="avalanche:agem")
     avalanche_lwf: AvalancheLwfConfig = Field(default_factory=AvalancheLwfConfig, alias="avalanche:lwf")
 
-
     @field_validator("name")
     @classmethod
     def _known_parts(cls, value: str) -> str:
