@@ -13,21 +13,15 @@ import pyarrow as pa
 
 from daemon.ingest import formats
 from daemon.ingest.chat import ChatValidator
-from daemon.ingest.names import display
+from daemon.ingest.names import clipped
 from daemon.ingest.rows import LabelSet
+from daemon.update.evalfile import MAX_ERRORS, Labeled, read_valid
 from daemon.update.launcher import MESSAGES
-from registry.errors import FileRejected, UsageError
 
 if TYPE_CHECKING:
     from daemon.home import Home
-    from daemon.update.inference import Labeled
 
 DEFAULT_MAX_NEW_TOKENS = 64  # strategies/tasks/causal_lm.py has the same default for rows without one
-
-
-def _cell(text: str, width: int) -> str:
-    shown = display(text).replace("\n", " ")
-    return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 
 class CausalLM:
@@ -38,25 +32,10 @@ class CausalLM:
     @staticmethod
     def read_labeled(home: "Home", path: Path, labels: list[str], on_progress: Callable[[int], None] | None) -> "Labeled":
         """Every valid row of the file (prompt messages, completion)."""
-        from daemon.update.inference import MAX_ERRORS, Labeled
-
         inbox = home.config.inbox
         validate = ChatValidator(LabelSet(), 0.0, max_text_chars=inbox.max_text_chars)
-        rows: list[tuple[Any, ...]] = []
-        invalid, errors = 0, []
-        try:
-            for chunk in formats.read(path, formats.Limits(inbox.max_file_bytes, inbox.max_row_bytes), on_progress,
-                                      required=formats.CHAT):
-                for line, record in zip(chunk.lines, chunk.records):
-                    found = validate(line, record) if isinstance(record, dict) else [record]  # a RowError
-                    if isinstance(found, list):
-                        invalid += 1
-                        errors += [error.as_dict() for error in found][: MAX_ERRORS - len(errors)]
-                    else:
-                        rows.append((found[1], found[2], None))
-        except FileRejected as exc:
-            raise UsageError(f"{display(str(path))}: {exc}") from None
-        return Labeled(rows=rows, invalid=invalid, errors=errors)  # type: ignore[arg-type]
+        return read_valid(home, path, validate, lambda found: (found[1], found[2], None), on_progress,
+                          required=formats.CHAT)
 
     @staticmethod
     def write(path: Path, rows: list[tuple[Any, ...]]) -> None:
@@ -79,8 +58,6 @@ class CausalLM:
 
     @staticmethod
     def render_eval(doc: dict[str, Any]) -> str:
-        from daemon.update.inference import MAX_ERRORS
-
         def shown(value: float | None, digits: int = 4) -> str:
             return "-" if value is None else f"{value:.{digits}f}"
 
@@ -99,6 +76,6 @@ class CausalLM:
     def render_predict(items: list[dict[str, Any]]) -> str:
         lines = []
         for item in items:
-            lines.append(f"> {_cell(item['prompt'], 100)}")
+            lines.append(f"> {clipped(item['prompt'], 100)}")
             lines.append(item["completion"] + ("" if item["stopped"] else " […]"))
         return "\n".join(lines)

@@ -26,15 +26,15 @@ from daemon.ingest.rows import LabelSet, Validator
 from daemon.update import tables
 from daemon.update.launcher import spawn, write_rows
 from daemon.update.answers import CausalLM
+from daemon.update.evalfile import MAX_ERRORS, Labeled, read_valid
 from daemon.update.tagging import TokenClassification
-from registry.errors import FileRejected, LifelongError, UsageError, VersionNotFound
+from registry.errors import LifelongError, UsageError, VersionNotFound
 from strategies.inference import FAILURE_KINDS, InferenceSpec
 
 if TYPE_CHECKING:
     from registry.registry import Registry
 
 BATCH_SIZE = 64
-MAX_ERRORS = 100  # errors of invalid rows listed in `eval --json` (every invalid row is counted)
 PROGRESS_MIN_BYTES = 4 << 20
 TEXT_WIDTH = 60
 
@@ -75,13 +75,6 @@ def open_version(registry: Registry, version: str | None) -> Target:
     return Target(version=chosen, model_dir=model_dir, labels=[id2label[k] for k in sorted(id2label, key=int)])
 
 
-@dataclass(frozen=True, kw_only=True)
-class Labeled:
-    rows: list[tuple[str, str]]
-    invalid: int  # rows that failed validation (not scored)
-    errors: list[dict[str, Any]]  # the first MAX_ERRORS of their errors
-
-
 class SequenceClassification:
     """Rows are {"text", "label"} in any inbox format; predictions are a label and its score."""
 
@@ -95,24 +88,12 @@ class SequenceClassification:
         known = LabelSet(known={label: i for i, label in enumerate(labels)},
                          max_labels=max(inbox.max_labels, len(labels)))
         validator = Validator(known, 0.0, max_text_chars=inbox.max_text_chars, max_label_chars=inbox.max_label_chars)
-        rows: list[tuple[str, str]] = []
-        invalid, errors = 0, []
-        try:
-            for chunk in formats.read(path, formats.Limits(inbox.max_file_bytes, inbox.max_row_bytes), on_progress):
-                fast = validator.fast_chunk(chunk)
-                if fast is not None:
-                    rows += zip(fast[2].to_pylist(), fast[1].to_pylist())
-                    continue
-                for line, record in zip(chunk.lines, chunk.records):
-                    found = validator(line, record) if isinstance(record, dict) else [record]  # a RowError
-                    if isinstance(found, list):
-                        invalid += 1
-                        errors += [error.as_dict() for error in found][: MAX_ERRORS - len(errors)]
-                    else:
-                        rows.append((found[2], found[1]))
-        except FileRejected as exc:
-            raise UsageError(f"{display(str(path))}: {exc}") from None
-        return Labeled(rows=rows, invalid=invalid, errors=errors)
+
+        def fast(chunk: formats.Chunk) -> list[tuple] | None:
+            taken = validator.fast_chunk(chunk)
+            return None if taken is None else list(zip(taken[2].to_pylist(), taken[1].to_pylist()))
+
+        return read_valid(home, path, validator, lambda found: (found[2], found[1]), on_progress, fast=fast)
 
     @staticmethod
     def write(path: Path, rows: list[tuple[str, str]]) -> None:

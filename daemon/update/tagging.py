@@ -12,17 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from daemon.ingest import formats
-from daemon.ingest.names import clipped, display
+from daemon.ingest.names import clipped
 from daemon.ingest.rows import LabelSet
 from daemon.ingest.tagged import COLUMNS, TaggedValidator
 from daemon.update import tables
+from daemon.update.evalfile import MAX_ERRORS, Labeled, read_valid
 from daemon.update.launcher import write_rows
-from registry.errors import FileRejected, UsageError
 from strategies.tasks import bio
 
 if TYPE_CHECKING:
     from daemon.home import Home
-    from daemon.update.inference import Labeled
     from strategies.spec import TrainSpec
 
 _WORD = re.compile(r"\S+")
@@ -37,27 +36,12 @@ class TokenClassification:
     def read_labeled(home: "Home", path: Path, labels: list[str], on_progress: Callable[[int], None] | None) -> "Labeled":
         """Every valid sentence of the file (BIO repaired as the inbox repairs it). An entity type the
         version does not know is kept (never predicted, so its entities count as missed)."""
-        from daemon.update.inference import MAX_ERRORS, Labeled
-
         inbox = home.config.inbox
         types = bio.entity_types(labels)
         known = LabelSet(known={kind: i for i, kind in enumerate(types)}, max_labels=max(inbox.max_labels, len(types)))
         validate = TaggedValidator(known, 0.0, max_text_chars=inbox.max_text_chars, max_label_chars=inbox.max_label_chars)
-        rows: list[tuple[list[str], list[str]]] = []
-        invalid, errors = 0, []
-        try:
-            for chunk in formats.read(path, formats.Limits(inbox.max_file_bytes, inbox.max_row_bytes), on_progress,
-                                      required=formats.TAGGED):
-                for line, record in zip(chunk.lines, chunk.records):
-                    found = validate(line, record) if isinstance(record, dict) else [record]  # a RowError
-                    if isinstance(found, list):
-                        invalid += 1
-                        errors += [error.as_dict() for error in found][: MAX_ERRORS - len(errors)]
-                    else:
-                        rows.append((found[1], found[2]))
-        except FileRejected as exc:
-            raise UsageError(f"{display(str(path))}: {exc}") from None
-        return Labeled(rows=rows, invalid=invalid, errors=errors)  # type: ignore[arg-type]
+        return read_valid(home, path, validate, lambda found: (found[1], found[2]), on_progress,
+                          required=formats.TAGGED)
 
     @staticmethod
     def write(path: Path, rows: list[tuple[list[str], list[str]]]) -> None:
@@ -83,7 +67,6 @@ class TokenClassification:
 
     @staticmethod
     def render_eval(doc: dict[str, Any]) -> str:
-        from daemon.update.inference import MAX_ERRORS
 
         f1 = doc["entity_f1"]
         lines = [f"{doc['version']} on {doc['data']}: {doc['rows']} sentences",
