@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from daemon.ingest.inbox import Inbox
 from daemon.ingest.store import Store
 from daemon.update.cycle import UpdateCycle
@@ -38,6 +40,7 @@ def cycle(root: Path) -> dict:
         return UpdateCycle(home, registry).run().as_dict()
 
 
+@pytest.mark.slow  # ~90 s: four cycles in one test (make test-slow)
 def test_cycles_promote_then_reject_flipped_labels_then_hold_when_pinned(home_root: Path, tiny_model: Path) -> None:
     configure(home_root, tiny_model)
     assert cycle(home_root)["decision"] is None  # nothing pending

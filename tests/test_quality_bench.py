@@ -11,6 +11,7 @@ from bench.streams import Part, write
 from tests.test_learning import toy
 
 
+@pytest.mark.slow  # a benchmark contender through the real daemon (make test-slow)
 def test_a_contender_runs_through_the_real_daemon_and_its_home_keeps_its_records_without_weights(
         tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     parts = [Part(name=f"toy-{n}.jsonl", group=str(n), rows=[{"text": t, "label": l} for t, l in toy(labels, 60, seed=n)])

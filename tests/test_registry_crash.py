@@ -38,7 +38,9 @@ def check_consistent(root: Path, urls: tuple[str, str] = ("", "")) -> tuple[str 
         return champion, len(registry.audit())
 
 
-@pytest.mark.parametrize("backends", BACKENDS)
+# postgresql+local in `make test-slow` (make test's budget): its two halves run here on the other pairs
+@pytest.mark.parametrize("backends", [pytest.param(b, marks=pytest.mark.slow) if b == "postgresql+local" else b
+                                      for b in BACKENDS])
 def test_sigkill_while_writing_versions_and_switching(tmp_path: Path, tiny_model: Path, backends: str,
                                                       request: pytest.FixtureRequest) -> None:
     urls = backend_urls(request, backends)

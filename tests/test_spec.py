@@ -28,7 +28,8 @@ def test_a_spec_round_trips_through_json_and_carries_every_loop_setting_from_the
     assert TrainSpec.from_json(built.to_json()) == built
     assert built.loop.lr == parse({}).strategy.lora.lr  # a LoRA run trains at strategy.lora.lr
     assert (built.loop.epochs, built.loop.class_weights, built.loop.precision, built.seed) == (3, "balanced", "bf16", 7)
-    assert set(built.strategy.options) == {"replay", "ewc", "lora", "lwf"}
+    avalanche = {f"avalanche:{name}" for name in ("ewc", "si", "mas", "rwalk", "gem", "agem", "lwf")}
+    assert set(built.strategy.options) == {"replay", "ewc", "lora", "lwf"} | avalanche
     assert {f.name for f in dataclasses.fields(LoopSettings)} == set(json.loads(built.to_json())["loop"])
 
 
