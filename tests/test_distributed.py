@@ -50,6 +50,7 @@ def test_two_gloo_processes_train_in_step_and_learn(tmp_path: Path, tiny_model: 
     assert len([e for e in events if e["event"] == "step"]) == train["steps"]
 
 
+@pytest.mark.slow  # two torchrun runs, ~30 s (make test-slow)
 def test_sigterm_stops_both_ranks_and_the_next_run_resumes(tmp_path: Path, tiny_model: Path) -> None:
     spec = two_process_spec(tmp_path, tiny_model, strategy="finetune", epochs=40, rows=80)
     stopped_at = interrupt_after_first_step(spec, timeout=120)

@@ -96,6 +96,7 @@ def test_status_names_versions_and_the_rejection(story: Path) -> None:
     assert "versions     3 (1 promoted, 1 rejected, 1 rolled back); weights of 2 pruned by retention" in render_status(doc)
 
 
+@pytest.mark.slow  # a daemon trained and stopped mid-update, ~25 s (make test-slow)
 def test_status_shows_an_update_in_progress(home_root: Path, tiny_model: Path) -> None:
     configure(home_root, tiny_model)
     write_config(home_root, model={"base": str(tiny_model), "max_length": 32}, inbox={"settle_seconds": 0},
