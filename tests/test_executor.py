@@ -93,7 +93,8 @@ def test_a_remote_run_reports_progress_and_brings_the_candidate_back(
 def test_a_stopped_remote_run_checkpoints_in_the_store_and_the_next_attempt_resumes(
         tmp_path: Path, tiny_model: Path, seaweedfs_server) -> None:  # noqa: F811
     artifacts = seaweedfs_server.url()
-    spec = make_spec(tmp_path, tiny_model, strategy="finetune", epochs=4, rows=40)
+    # long enough that the stop (polled every STOP_POLL_SECONDS) lands mid-run on an idle machine too
+    spec = make_spec(tmp_path, tiny_model, strategy="finetune", epochs=30, rows=150)
     events: list[dict[str, Any]] = []
     stepped = threading.Event()
     run = ProcessRun(spec, artifacts, 1, lambda e: (events.append(e), e["event"] == "step" and stepped.set()))
@@ -108,7 +109,7 @@ def test_a_stopped_remote_run_checkpoints_in_the_store_and_the_next_attempt_resu
     again: list[dict[str, Any]] = []
     results = remote_run(spec, artifacts, again).start().wait()
     assert next(e for e in again if e["event"] == "resumed")["step"] == stopped_at
-    assert results["train"]["epochs_run"] == 4
+    assert results["train"]["epochs_run"] == 30
 
 
 def test_a_failed_remote_run_is_a_training_failure_with_its_kind(
