@@ -81,7 +81,8 @@ class RayRun(RemoteRun):
             threading.Thread(target=lambda s=stream: self.output.extend(s), daemon=True).start()
 
     def finish(self) -> tuple[str, str] | None:
-        assert self.process is not None
+        if self.process is None:
+            return Failure.EXCEPTION.value, "the Ray driver was never started"
         code = self.process.wait()
         tail = "".join(self.output)[-1500:].strip()
         if code == 0:
