@@ -44,15 +44,15 @@ def draw(rows: list[tuple[str, float]], rng: random.Random, taken: set[str], wan
 def build(seed: int = 0) -> dict[str, list[dict]]:
     rng = random.Random(seed)
     data = vader_sentences()
-    movies, products = data["movie_reviews"], data["product_reviews"]
     taken: set[str] = set()
-    movie, product = "vader/movieReviewSnippets", "vader/amazonReviewSnippets"
+    movie, product, tweet = "vader/movieReviewSnippets", "vader/amazonReviewSnippets", "vader/tweets"
     flipped = [{**row, "label": {"positive": "negative", "negative": "positive"}[row["label"]]}
-               for row in draw(movies, rng, taken, {"positive": 100, "negative": 100}, movie)]
+               for row in draw(data["movie_reviews"], rng, taken, {"positive": 150, "negative": 150}, movie)]
     return {
-        "1-movie-reviews.jsonl": draw(movies, rng, taken, {"positive": 150, "negative": 150}, movie),
-        "2-movie-reviews-neutral.jsonl": draw(movies, rng, taken, {"positive": 80, "negative": 80, "neutral": 140}, movie),
-        "3-product-reviews.jsonl": draw(products, rng, taken, {"positive": 100, "negative": 100, "neutral": 100}, product),
+        "1-movie-reviews.jsonl": draw(data["movie_reviews"], rng, taken, {"positive": 250, "negative": 250}, movie),
+        "2-product-reviews-neutral.jsonl": draw(data["product_reviews"], rng, taken,
+                                                {"neutral": 200, "positive": 150, "negative": 150}, product),
+        "3-tweets.jsonl": draw(data["tweets"], rng, taken, {"positive": 170, "negative": 170, "neutral": 160}, tweet),
         "4-poisoned-flipped-labels.jsonl": flipped,
     }
 

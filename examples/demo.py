@@ -27,12 +27,12 @@ STORY = ROOT / "examples" / "sentiment"
 MARKER = ".lifelong-demo"  # a home this script made, and may remove and make again
 STEPS = (
     ("1-movie-reviews.jsonl", "the first batch: movie-review snippets, positive or negative"),
-    ("2-movie-reviews-neutral.jsonl", "a new label: neutral movie-review snippets, with more positive and negative"),
-    ("3-product-reviews.jsonl", "a shifted domain: product-review snippets, all three labels"),
+    ("2-product-reviews-neutral.jsonl", "a new label: neutral product-review snippets, with positive and negative ones"),
+    ("3-tweets.jsonl", "a shifted domain: tweets, with all three labels"),
     ("4-poisoned-flipped-labels.jsonl", "a poisoned batch: movie-review snippets whose labels were flipped"),
 )
 # The demo's home differs from `lifelong init`'s in four keys, set for every command through the
-# environment: a fifth of each file held out (60 rows a file rather than 30), files taken at once,
+# environment: a fifth of each file held out (100 rows a file rather than 50), files taken at once,
 # updates only when asked (so each file is one update), and any free port for /metrics.
 SETTINGS = {"LIFELONG_INBOX__EVAL_FRACTION": "0.2", "LIFELONG_INBOX__SETTLE_SECONDS": "0",
             "LIFELONG_SCHEDULE__MIN_NEW_ROWS": "1000000", "LIFELONG_METRICS__BIND": "127.0.0.1:0"}
