@@ -175,7 +175,7 @@ def test_finetune_forgets_the_first_facts_and_the_gate_rejects_it(champion: tupl
     assert scored(ctx.model, tokenizer, SECOND)[0]["exact_match"] >= 0.5  # measured 0.625
     assert scored(ctx.model, tokenizer, FIRST)[0]["exact_match"] <= 0.375  # measured 0.25, from 1.0
     verdict = judge(ctx.model, old, tokenizer, {"1": FIRST, "2": SECOND}, "2")
-    assert not verdict.passed and any("forgetting on batches 1" in reason for reason in verdict.reasons)
+    assert not verdict.passed and any(reason.startswith("forgetting on batch 1 (") for reason in verdict.reasons)
 
 
 @pytest.mark.slow  # 60 steps: the longest here

@@ -252,7 +252,8 @@ def _pooled(small: list[str], candidate: Scores, champion: Scores, rows: dict[st
     band = not within and drop <= ceiling
     noise = band and p >= SIGNIFICANCE
     ok &= within or noise
-    reasons.append(f"forgetting on batches {', '.join(small)} pooled ({pooled} rows; {lost} lost, {gained} gained): "
+    what = f"batch {small[0]}" if len(small) == 1 else f"batches {', '.join(small)} pooled"
+    reasons.append(f"forgetting on {what} ({pooled} rows; {lost} lost, {gained} gained): "
                    f"{drop:.3f} {'<=' if within else '>'} {tolerance:.3g}"
                    + (f" (one row; max_forgetting {config.max_forgetting} is finer)" if tolerance > config.max_forgetting else "")
                    + ("" if within
