@@ -4,6 +4,7 @@ SeaweedFS. Nothing is mocked. The cluster cases are slow (`make test-slow`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,11 +21,12 @@ from daemon.update.cycle import UpdateCycle
 from daemon.update.executors.ray import RayExecutor
 from daemon.update.launcher import TrainingFailed
 from strategies.runstore import RunStore, run_url
-from tests.conftest import open_home, write_config
+from tests.conftest import open_home, spawn, write_config
 from tests.servers import free_port, seaweedfs_server  # noqa: F401 (fixture)
 from tests.test_child import make_spec
 from tests.test_cycle import drop
 from tests.test_learning import toy
+from tests.test_service import status, wait_for
 
 ray = pytest.importorskip("ray", reason="the lifelong[ray] extra (ray[train]) is not installed")
 
@@ -131,3 +133,48 @@ def test_a_worker_killed_mid_run_resumes_from_its_checkpoint_or_fails_and_nothin
             assert resumed["step"] > 0
             assert outcome.summary["train"]["replicas_in_sync"] is True
             assert outcome.summary["train"]["epochs_run"] == 8
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigterm_to_the_daemon_checkpoints_the_ray_run_and_the_next_start_resumes_it(
+        home_root: Path, tiny_model: Path, ray_cluster, seaweedfs_server) -> None:  # noqa: F811
+    artifacts = seaweedfs_server.url()
+    configure(home_root, tiny_model, ray_cluster.address, artifacts, epochs=40)
+    write_config(home_root, schedule={"min_new_rows": 1})  # the first model trains without being asked
+    drop(home_root, "a.jsonl", toy(["sport", "food"], 80, seed=1))
+    progress = home_root / "state" / "progress.json"
+
+    def events() -> dict:
+        try:
+            return json.loads(progress.read_text()).get("events") or {}
+        except (OSError, ValueError):
+            return {}
+
+    store = RunStore(run_url(artifacts, 1))
+    first = spawn("run", "--home", str(home_root))
+    try:
+        wait_for(lambda: "epoch" in events(), timeout=300)  # training on the cluster, an epoch checkpointed
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=200) == 0  # within the daemon's own wait: the run answered the stop
+    finally:
+        if first.poll() is None:
+            first.kill()
+        _, err = first.communicate()
+    assert "update interrupted by shutdown" in err, err[-2000:]
+    assert store.get_json("checkpoint.json") is not None  # the run's checkpoint stays in the store
+    doc = status(home_root)
+    assert doc["champion"] is None and doc["last_update"] is None and doc["failed_for_good"] == []
+
+    progress.unlink()
+    second = spawn("run", "--home", str(home_root))
+    try:
+        wait_for(lambda: (status(home_root)["last_update"] or {}).get("decision") is not None, timeout=600)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=200) == 0
+    resumed = events().get("resumed")
+    assert resumed is not None and resumed["step"] > 0, events()  # from the checkpoint, not from scratch
+    last = status(home_root)["last_update"]
+    assert last["decision"] in ("promoted", "rejected") and last["version"] == "v0001", last
+    assert store.keys() == []  # the finished run's folder is removed

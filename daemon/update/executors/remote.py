@@ -25,7 +25,8 @@ from strategies.spec import Failure, TrainSpec
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE = 120.0  # seconds a stopped run has to checkpoint before it is cancelled
+STOP_GRACE = 90.0  # seconds a stopped run has to checkpoint before it is cancelled: under the daemon's own
+# 120 s wait for the update (daemon/service/loop.py), so a cancelled run is still cleaned up before it exits
 POLL_SECONDS = 1.0  # how often rank 0's events are read from the store
 ENDS = ("done", "interrupted", "failed")
 
