@@ -16,13 +16,18 @@ import pytest
 from daemon.config import parse
 from daemon.update import executors
 from daemon.update.executors.local import LocalExecutor
-from daemon.update.executors.remote import RemoteRun
+from daemon.update.cycle import UpdateCycle
+from daemon.update.executors.remote import RemoteExecutor, RemoteRun
 from daemon.update.launcher import TrainingFailed, TrainingInterrupted, spawn
 from registry.errors import ConfigError, MissingExtra
-from strategies.runstore import RunStore
+from daemon.home import open_registry
+from strategies.runstore import RunStore, run_url
 from strategies.spec import Failure
+from tests.conftest import open_home, write_config
 from tests.servers import seaweedfs_server  # noqa: F401 (fixture)
 from tests.test_child import edit, make_spec
+from tests.test_cycle import configure, drop
+from tests.test_learning import toy
 
 
 @pytest.mark.parametrize("executor, module, extra", [("ray", "ray", "ray"), ("kubernetes", "kubernetes", "kubernetes")])
@@ -120,3 +125,24 @@ def test_a_failed_remote_run_is_a_training_failure_with_its_kind(
         remote_run(spec, seaweedfs_server.url(), []).start().wait()
     assert caught.value.kind == Failure.INVALID_SPEC.value and "not in labels" in str(caught.value)
     assert not (tmp_path / "out").exists()
+
+
+class ProcessExecutor(RemoteExecutor):
+    name = "process"
+
+    def start(self, spec_path: Path, on_event: Any = None, standby: Any = None) -> ProcessRun:
+        return ProcessRun(spec_path, self.config.registry.artifacts, 1, on_event).start()  # type: ignore[return-value]
+
+
+def test_a_batch_given_up_leaves_nothing_of_its_runs_in_the_store(
+        home_root: Path, tiny_model: Path, seaweedfs_server) -> None:  # noqa: F811
+    artifacts = seaweedfs_server.url()
+    configure(home_root, tiny_model)
+    # cuda:99: the workers fail when they move the model there, after the run's inputs were staged
+    write_config(home_root, schedule={"max_attempts": 1}, train={"device": "cuda:99"}, registry={"artifacts": artifacts})
+    drop(home_root, "b1.jsonl", toy(["sport", "food"], 60, seed=1))
+    home = open_home(home_root)
+    with open_registry(home) as registry:
+        outcome = UpdateCycle(home, registry, executor=ProcessExecutor(home.config)).run()
+    assert (outcome.decision, outcome.gave_up) == ("failed", True) and "cuda" in outcome.reasons[0].lower(), outcome
+    assert RunStore(run_url(artifacts, 1)).keys() == []  # never resumed: its inputs and checkpoint went with it

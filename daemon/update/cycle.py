@@ -150,6 +150,7 @@ class UpdateCycle:
             log.error("update of batch %s failed %s times: given up; later batches go on and its train rows"
                       " join the replay pool", batch, attempt, extra={"batch": batch, "error": str(exc)})
             shutil.rmtree(self.workdir(batch), ignore_errors=True)  # its checkpoint is never resumed
+            self.executor.forget(batch)  # nor a remote run's, in the store
         return Outcome(batch=batch, decision="failed", reasons=[str(exc)], gave_up=gave_up,
                        summary={"error": type(exc).__name__, "attempt": attempt, "gave_up": gave_up})
 

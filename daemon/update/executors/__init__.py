@@ -4,6 +4,7 @@ and gives back a run with the local child's interface (daemon/update/launcher.py
     run = executor.start(spec_path, on_event, standby)   # progress events reach on_event as they come
     run.terminate()                                      # stop: the run checkpoints, wait() raises TrainingInterrupted
     run.wait()                                           # the results document, TrainingFailed or TrainingInterrupted
+    executor.forget(batch)                               # a batch given up: what its runs left for a resume goes
 
 `local`: the child process (torchrun for train.num_processes > 1), on this machine.
 `ray`: a TorchTrainer on an existing Ray cluster (ray.py). `kubernetes`: an Indexed Job of torchrun
@@ -34,6 +35,8 @@ class Executor(Protocol):
     name: str
 
     def start(self, spec_path: Path, on_event: Event | None, standby: Any = None) -> Run: ...
+
+    def forget(self, batch: int) -> None: ...
 
 
 def create(config: Config) -> Executor:

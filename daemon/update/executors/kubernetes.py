@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import Config, KubernetesConfig
-from daemon.update.executors.remote import RemoteRun
+from daemon.update.executors.remote import RemoteExecutor, RemoteRun
 from strategies.spec import Failure
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,8 @@ def expand(args: list[str], env: dict[str, str]) -> list[str]:
     return [one(arg) for arg in args]
 
 
-class KubernetesExecutor:
+class KubernetesExecutor(RemoteExecutor):
     name = "kubernetes"
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
 
     def start(self, spec_path: Path, on_event: Any = None, standby: Any = None) -> "KubernetesRun":
         return KubernetesRun(spec_path, self.config, on_event).start()  # type: ignore[return-value]

@@ -13,3 +13,6 @@ class LocalExecutor:
 
     def start(self, spec_path: Path, on_event: Any = None, standby: Standby | None = None) -> ChildRun:
         return ChildRun(spec_path, on_event).start(standby)
+
+    def forget(self, batch: int) -> None:
+        """Nothing here: a local run's checkpoint lies in the batch's work folder, which the cycle removes."""

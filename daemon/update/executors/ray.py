@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from daemon.config import Config
-from daemon.update.executors.remote import RemoteRun
+from daemon.update.executors.remote import RemoteExecutor, RemoteRun
 from daemon.update.launcher import TrainingFailed, spawn
 from strategies.spec import Failure
 
@@ -45,11 +45,8 @@ def reachable(address: str) -> str | None:
         return f"cannot reach the Ray cluster at train.ray.address {address!r}: {exc}"
 
 
-class RayExecutor:
+class RayExecutor(RemoteExecutor):
     name = "ray"
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
 
     def start(self, spec_path: Path, on_event: Any = None, standby: Any = None) -> "RayRun":
         return RayRun(spec_path, self.config, on_event).start()

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from daemon.config import Config
 from daemon.update.launcher import TrainingFailed, TrainingInterrupted
 from strategies.runstore import RELATIVE, RunStore, run_url
 from strategies.spec import Failure, TrainSpec
@@ -65,6 +66,23 @@ def stage(spec: TrainSpec, store: RunStore, world: int) -> dict[str, Any]:
     store.put_bytes("inputs/spec.json", json.dumps(doc, indent=2).encode())
     TrainSpec.from_json(json.dumps(doc))  # what the workers will load: refused here rather than there
     return doc
+
+
+class RemoteExecutor:
+    """What the remote executors share: the config, and forgetting a given-up batch's run folder."""
+
+    name = "remote"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def forget(self, batch: int) -> None:
+        """A batch given up for good is never resumed: its run folder (inputs, checkpoint) goes."""
+        url = run_url(self.config.registry.artifacts, batch)
+        try:
+            RunStore(url).remove()
+        except Exception as exc:  # the store being down costs storage only; the batch stays given up
+            log.warning("could not remove the given-up run's folder %s: %s", url, exc)
 
 
 class RemoteRun:
