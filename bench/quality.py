@@ -2,6 +2,7 @@
 
     python -m bench.quality --stream bbc|vader --profile quick|full --out DIR [--strategies a,b,...] [--jobs 2] [--merge]
     python -m bench.quality --stream chat ...   (causal_lm on SmolLM2: bench/quality_chat.py)
+    python -m bench.quality ... --set strategy.min_steps=0 --section quality-bbc-avalanche   (overrides, own section)
 
 For each strategy a real `lifelong run` gets the stream's files one by one (bench/streams.py), each
 followed by `lifelong update --now --wait`; decisions, scores and training counts are read back from
@@ -68,6 +69,18 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+def setting_env(settings: list[str]) -> dict[str, str]:
+    """`--set strategy.min_steps=0` -> {"LIFELONG_STRATEGY__MIN_STEPS": "0"}: the daemon's own env overrides
+    (a section with a colon too: `strategy.avalanche:ewc.ewc_lambda=5000`)."""
+    found = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or "." not in key:
+            raise SystemExit(f"--set {setting!r}: use SECTION.KEY=VALUE")
+        found["LIFELONG_" + "__".join(part.upper() for part in key.split("."))] = value
+    return found
+
+
 def env_for(home: Path, strategy: str, seed: int, profile: dict[str, Any], model: str) -> dict[str, str]:
     overrides = {
         "MODEL__BASE": json.dumps(model), "MODEL__MAX_LENGTH": str(profile["max_length"]),
@@ -78,7 +91,7 @@ def env_for(home: Path, strategy: str, seed: int, profile: dict[str, Any], model
         "TRAIN__SEED": str(seed), "METRICS__BIND": '"127.0.0.1:0"',
     }
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "LIFELONG_HOME": str(home),
-            **{f"LIFELONG_{k}": v for k, v in overrides.items()}}
+            **{f"LIFELONG_{k}": v for k, v in overrides.items()}, **setting_env(profile.get("set", []))}
 
 
 def lifelong(*args: str, env: dict[str, str], timeout: float | None = None) -> subprocess.CompletedProcess[str]:
@@ -388,6 +401,10 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true",
                         help="keep the other contenders' figures from DIR/results.json (same stream and profile) "
                              "and run only --strategies")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config override for every contender (a TOML value), e.g. strategy.min_steps=0")
+    parser.add_argument("--section", help="the BENCHMARKS.md section and docs/img prefix "
+                                          "(default quality-STREAM-PROFILE)")
     parser.add_argument("--report", action="store_true",
                         help="run nothing: render DIR/results.json again (table, plots, BENCHMARKS.md section), "
                              "e.g. after the default strategy changed")
@@ -395,7 +412,7 @@ def main() -> None:
     if args.report:
         report(args)
         return
-    profile = PROFILES[args.profile]
+    profile = {**PROFILES[args.profile], "set": args.set}
     names = args.strategies.split(",")
     if args.jobs > 1:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))  # every child inherits it
@@ -458,7 +475,8 @@ def main() -> None:
                "strategies": {n: aggregate(v) for n, v in per_seed.items()},
                "per_seed": per_seed, "runs": runs, "total_wall_seconds": round(sum(r["wall_seconds"] or 0 for r in runs), 1),
                "settings": {k: v for k, v in profile.items() if k != "per_group"} | {"per_group": profile["per_group"][args.stream],
-                                                                                  "jobs": args.jobs, "threads": os.environ.get("OMP_NUM_THREADS")}}
+                                                                                  "jobs": args.jobs, "threads": os.environ.get("OMP_NUM_THREADS")},
+               "section": args.section or f"quality-{args.stream}-{args.profile}"}
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     publish(results, matrices, args.out, write=not args.no_write)
 
@@ -477,6 +495,7 @@ def report(args: argparse.Namespace) -> None:
 def publish(results: dict[str, Any], matrices: dict[str, list[list[float | None]]], out: Path, *, write: bool) -> None:
     """table.md and the plots in `out`; unless `write` is false, the BENCHMARKS.md section and docs/img/ copies."""
     stream, profile_name, runs = results["stream"], results["profile"], results["runs"]
+    name = results.get("section") or f"quality-{stream}-{profile_name}"
     profile, settings = PROFILES[profile_name], results["settings"]
     pngs = plots(results, matrices, out)
     body = table(results)
@@ -489,7 +508,7 @@ def publish(results: dict[str, Any], matrices: dict[str, list[list[float | None]
     img.mkdir(parents=True, exist_ok=True)
     copied = []
     for png in pngs:
-        target = img / f"quality-{stream}-{profile_name}-{png.name}"
+        target = img / f"{name}-{png.name}"
         shutil.copy(png, target)
         copied.append(target.relative_to(ROOT))
     parts = build(stream, profile["seeds"][0], settings["per_group"])  # every seed's stream has the same size
@@ -500,7 +519,9 @@ def publish(results: dict[str, Any], matrices: dict[str, list[list[float | None]
                f"Machine: {machine()}. Model embedded:minilm; {rows_total} rows per seed in "
                f"{len(parts)} files (one update each); seeds "
                f"{profile['seeds']}; max_length {profile['max_length']}, eval_fraction {profile['eval_fraction']}, "
-               f"epochs {profile['epochs']}; everything else at the config defaults (gate included), "
+               f"epochs {profile['epochs']}; "
+               + "".join(f"`{setting}`; " for setting in settings.get("set", []))
+               + "everything else at the config defaults (gate included), "
                f"the references with the same loop settings as full-weight training. "
                + (f"{jobs} contenders at a time, {threads} torch thread(s) each "
                   "(wall seconds per contender measured side by side). " if jobs > 1 else "")
@@ -510,7 +531,7 @@ def publish(results: dict[str, Any], matrices: dict[str, list[list[float | None]
                   + f"; {results['total_wall_seconds'] / 60:.1f} min in all."), "",
                body, "", *verdicts(results, profile_name), "",
                *(f"![{p.stem}]({p})" for p in copied)]
-    write_section(f"quality-{stream}-{profile_name}", "\n".join(section))
+    write_section(name, "\n".join(section))
 
 
 def _wait(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

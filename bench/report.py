@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import platform
 import os
+import platform
+import time
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
+    """The machine and the day a figure was measured on it."""
+    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} "
+            f"(run {time.strftime('%Y-%m-%d', time.gmtime())})")
 
 
 def write_section(name: str, body: str) -> None:
