@@ -75,6 +75,8 @@ def test_daemon_end_to_end(home_root: Path, tiny_model: Path) -> None:
         wait_for(lambda: (home_root / "archive" / "b3.jsonl").exists())
         third = update_now(home_root)
         assert third["decision"] == "rejected" and any(r.startswith("forgetting on batch 1") for r in third["reasons"])
+        failures = status(home_root)["last_update"]["failures"]  # what `status` names as the reason
+        assert failures and set(failures) <= set(third["reasons"]) and any(f.startswith("forgetting on batch 1") for f in failures)
 
         _, text = scrape(port)
         assert 'lifelong_champion_info{base_model="' in text and 'version="v0002"' in text

@@ -172,6 +172,7 @@ def test_a_net_drop_beyond_what_noise_may_excuse_fails_whatever_the_sign_test() 
     assert poisoned.reasons[-1] == ("forgetting on batches 1, 2, 3 pooled (88 rows; 12 lost, 5 gained): 0.080 > 0.02 "
                                     "and > 0.04, beyond what noise may excuse: forgetting, whatever the sign test (p=0.072)")
     assert sum(r.startswith("forgetting on batch ") for r in poisoned.reasons) == 0  # the pool caught it
+    assert poisoned.failures == [poisoned.reasons[-1]]  # what status shows: the check that failed, not the first one
     four = _poisoned({"1": {"lost": 4, "gained": 0}, "2": {"lost": 0, "gained": 0}, "3": {"lost": 0, "gained": 0}})
     assert not four.passed and "0.045 > 0.02 and > 0.04" in four.reasons[-1]
 
@@ -179,6 +180,7 @@ def test_a_net_drop_beyond_what_noise_may_excuse_fails_whatever_the_sign_test() 
 def test_a_clean_streams_noise_on_small_sets_still_promotes() -> None:
     clean = _poisoned({"1": {"lost": 1, "gained": 0}, "2": {"lost": 1, "gained": 1}, "3": {"lost": 0, "gained": 0}})
     assert clean.passed, clean.reasons
+    assert clean.failures == []
     assert clean.reasons[-1] == "forgetting on batches 1, 2, 3 pooled (88 rows; 2 lost, 1 gained): 0.011 <= 0.02"
     assert clean.reasons[1] == "floor on batch 4: accuracy 0.900 >= 0.500, the majority-class baseline (30 held-out rows)"
     # two rows net with churn on both sides: within one more tolerance and like a coin

@@ -92,6 +92,12 @@ def test_status_names_versions_and_the_rejection(story: Path) -> None:
                           "reasons": ["forgetting on batch 1: 0.583 > 0.02"]}
     assert ("last update  v0003 rejected at 2026-01-01T00:00:00Z: forgetting on batch 1: 0.583 > 0.02"
             in render_status(doc))
+    # the check that failed, not the first reason (which may be one that passed, or a note)
+    doc["last_update"]["reasons"] = ["batch 2: 54 held-out rows < min_eval_rows 100; gain not gated",
+                                     "forgetting on batch 1: 0.583 > 0.02"]
+    doc["last_update"]["failures"] = ["forgetting on batch 1: 0.583 > 0.02"]
+    assert ("last update  v0003 rejected at 2026-01-01T00:00:00Z: forgetting on batch 1: 0.583 > 0.02"
+            in render_status(doc))
     doc["versions"]["pruned"] = 2
     assert "versions     3 (1 promoted, 1 rejected, 1 rolled back); weights of 2 pruned by retention" in render_status(doc)
 

@@ -46,7 +46,9 @@ def collect(home: Home) -> dict[str, Any]:
         "rows_total": totals,
         "labels": labels,
         "last_update": ({"version": last[0]["version"], "decision": last[0]["decision"],
-                         "finished_at": last[0]["finished_at"], "reasons": last[0]["reasons"]} if last else None),
+                         "finished_at": last[0]["finished_at"], "reasons": last[0]["reasons"],
+                         # the reasons that failed (a rejection's why; the rest are the checks that passed)
+                         "failures": last[0]["summary"].get("gate_failures", [])} if last else None),
         "next_update": daemon_state.get("next_update") if pid else None,
         "failed_for_good": given_up,  # batches given up after schedule.max_attempts failures, newest first
         "versions": versions,
@@ -130,8 +132,8 @@ def render(doc: dict[str, Any]) -> str:
         daemon += ", a training child on standby"
     last = doc["last_update"]
     last_text = f"{last['version'] or '(no version)'} {last['decision']} at {last['finished_at']}" if last else "none yet"
-    if last and last["decision"] in ("rejected", "failed") and last.get("reasons"):
-        last_text += f": {_short(last['reasons'][0], 90)}"
+    if last and last["decision"] in ("rejected", "failed") and (last.get("failures") or last.get("reasons")):
+        last_text += f": {_short((last.get('failures') or last['reasons'])[0], 90)}"
     lines = [
         f"home         {doc['home']}",
         f"daemon       {daemon}",

@@ -91,7 +91,8 @@ class UpdateCycle:
                                   summary={"metrics": metrics, "train": results["train"],
                                            "eval_seconds": results.get("eval_seconds"),
                                            "eval_reused": results.get("eval_reused", []),
-                                           "child_seconds": round(child_seconds, 3), "child_warm": self.child_warm})
+                                           "child_seconds": round(child_seconds, 3), "child_warm": self.child_warm,
+                                           "gate_failures": gate.failures})
                 shutil.rmtree(self.workdir(batch), ignore_errors=True)
             except TrainingInterrupted:
                 raise

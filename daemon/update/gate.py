@@ -72,6 +72,7 @@ class Scores:
 class GateResult:
     passed: bool
     reasons: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # the reasons that failed, in order: why it was rejected
 
     def as_dict(self) -> dict:
         return {"passed": self.passed, "reasons": list(self.reasons)}
@@ -136,25 +137,33 @@ def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[s
     model; `stops`: {"candidate"|"champion": {"generated", "stopped"}}, the generation check."""
     metric = config.metric
     reasons: list[str] = []
+    failures: list[str] = []
+
+    def checked(ok: bool) -> bool:
+        """`ok` for the reason just added; a failed one is also one of `failures`."""
+        if not ok:
+            failures.append(reasons[-1])
+        return ok
+
     passed = True
     score = candidate.per_experience.get(new)
     if first_against_base and champion is not None:
         before = champion.per_experience.get(new)
         if score is None or before is None or not rows.get(new):
-            return GateResult(False, [f"first model: batch {new} has no held-out rows to score it on"])
+            return _refused(f"first model: batch {new} has no held-out rows to score it on")
         change = worse(metric, before, score)
         ok = change < 0
         reasons.append(f"first model: {metric} on batch {new} {before:.3f} (base model) -> {score:.3f}, "
                        + ("better" if ok else "not better: the model learned nothing from the batch"))
-        ok &= _stops(stops, reasons)
-        return GateResult(ok, reasons)
+        ok = checked(ok) & _stops(stops, reasons, failures)
+        return GateResult(ok, reasons, failures)
     if champion is None:
         if score is None or not rows.get(new):
-            return GateResult(False, [f"first model: batch {new} has no held-out rows to score it on"])
+            return _refused(f"first model: batch {new} has no held-out rows to score it on")
         base = baseline if baseline is not None else 0.0
         ok = score > base
         reasons.append(f"first model: {metric} on batch {new} {score:.3f} {'>' if ok else '<='} majority-class baseline {base:.3f}")
-        return GateResult(ok, reasons)
+        return GateResult(checked(ok), reasons, failures)
 
     before = champion.per_experience.get(new)
     if score is None or before is None or rows.get(new, 0) < config.min_eval_rows:
@@ -162,22 +171,22 @@ def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[s
     else:
         gain = -worse(metric, before, score)
         ok = gain >= config.min_gain_new
-        passed &= ok
         reasons.append(f"gain on batch {new}: {gain:+.3f} {'>=' if ok else '<'} {config.min_gain_new} "
                        f"({metric} {before:.3f} -> {score:.3f})")
+        passed &= checked(ok)
     found = floor(metric, baseline, batch_labels, model_labels) if score is not None and rows.get(new) else None
     if found is not None:
         level, what = found
         ok = round(score, 9) >= round(level, 9)  # type: ignore[arg-type]  # the same fraction, computed twice
-        passed &= ok
         reasons.append(f"floor on batch {new}: {metric} {score:.3f} {'>=' if ok else '<'} {level:.3f}, {what} "
                        f"({rows[new]} held-out rows)" + ("" if ok else "; never promoted below it, whatever the gain"))
+        passed &= checked(ok)
         if ok and FLOOR_EVIDENCE is not None and metric == "accuracy":
             p = above_chance(round(score * rows[new]), rows[new], level)  # type: ignore[operator]
             ok = p < FLOOR_EVIDENCE
-            passed &= ok
             reasons.append(f"above the floor on batch {new} beyond chance: binomial p={p:.2g} "
                            f"{'<' if ok else '>='} {FLOOR_EVIDENCE}")
+            passed &= checked(ok)
     small: list[str] = []
     for experience in sorted(candidate.per_experience, key=int):
         if experience == new:
@@ -191,21 +200,25 @@ def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[s
             continue
         drop = worse(metric, then, now)
         ok = drop <= config.max_forgetting
-        passed &= ok
         reasons.append(f"forgetting on batch {experience}: {drop:.3f} {'<=' if ok else '>'} {config.max_forgetting}"
                        + (f" ({metric} {then:.3f} -> {now:.3f})" if lower_is_better(metric) else ""))
+        passed &= checked(ok)
     if small:
-        passed &= _pooled(small, candidate, champion, rows, config, paired or {}, reasons)
+        passed &= _pooled(small, candidate, champion, rows, config, paired or {}, reasons, failures)
     if candidate.canary is not None and champion.canary is not None:
         drop = worse(metric, champion.canary, candidate.canary)
         ok = drop <= config.max_canary_drop
-        passed &= ok
         reasons.append(f"canary drop: {drop:.3f} {'<=' if ok else '>'} {config.max_canary_drop} ({canary_rows} rows)")
-    passed &= _stops(stops, reasons)
-    return GateResult(passed, reasons)
+        passed &= checked(ok)
+    passed &= _stops(stops, reasons, failures)
+    return GateResult(passed, reasons, failures)
 
 
-def _stops(stops: dict[str, dict] | None, reasons: list[str]) -> bool:
+def _refused(reason: str) -> GateResult:
+    return GateResult(False, [reason], [reason])
+
+
+def _stops(stops: dict[str, dict] | None, reasons: list[str], failures: list[str]) -> bool:
     """The generation check: the candidate still ends its answers as often as the champion, within STOP_DROP."""
     mine, theirs = (stops or {}).get("candidate") or {}, (stops or {}).get("champion") or {}
     if not mine.get("generated") or not theirs.get("generated"):
@@ -215,11 +228,13 @@ def _stops(stops: dict[str, dict] | None, reasons: list[str]) -> bool:
     reasons.append(f"generation check: {mine['stopped']} of {mine['generated']} answers end with the end token "
                    f"({now:.2f}; champion {then:.2f}) " + ("" if ok else f"< {then:.2f} - {STOP_DROP}: the model no "
                                                           "longer stops its answers"))
+    if not ok:
+        failures.append(reasons[-1])
     return ok
 
 
 def _pooled(small: list[str], candidate: Scores, champion: Scores, rows: dict[str, int], config: GateConfig,
-            paired: dict[str, dict], reasons: list[str]) -> bool:
+            paired: dict[str, dict], reasons: list[str], failures: list[str]) -> bool:
     metric = config.metric
     lower = lower_is_better(metric)
     changed, drops = {}, {}
@@ -238,6 +253,7 @@ def _pooled(small: list[str], candidate: Scores, champion: Scores, rows: dict[st
             ok = False
             reasons.append(f"forgetting on batch {e}: {drop:.3f} > {config.max_forgetting} ({c.lost} rows lost, "
                            f"{c.gained} gained of {rows[e]}; sign test p={p:.2g} < {alpha:.2g})")
+            failures.append(reasons[-1])
     pooled = sum(rows[e] for e in small)
     lost, gained = sum(changed[e].lost for e in small), sum(changed[e].gained for e in small)
     if lower:  # a rise in nats, each set weighed by its rows
@@ -261,6 +277,8 @@ def _pooled(small: list[str], candidate: Scores, champion: Scores, rows: dict[st
                       else f"; sign test p={p:.2g} < {SIGNIFICANCE}" if band
                       else f" and > {ceiling:.3g}, beyond what noise may excuse: forgetting, whatever the sign test "
                            f"(p={p:.2g})"))
+    if not (within or noise):
+        failures.append(reasons[-1])
     return ok
 
 
