@@ -522,7 +522,7 @@ def publish(results: dict[str, Any], matrices: dict[str, list[list[float | None]
                f"epochs {profile['epochs']}; "
                + "".join(f"`{setting}`; " for setting in settings.get("set", []))
                + "everything else at the config defaults (gate included), "
-               f"the references with the same loop settings as full-weight training. "
+               "the references with the same loop settings as full-weight training. "
                + (f"{jobs} contenders at a time, {threads} torch thread(s) each "
                   "(wall seconds per contender measured side by side). " if jobs > 1 else "")
                + (f"Whole run: {results['total_wall_seconds'] / 60:.1f} min." if len(runs) == 1 else

@@ -125,7 +125,7 @@ class Demo:
         per = shown["metrics"]["candidate"]["per_experience"]  # type: ignore[index]
         before = (shown["metrics"].get("champion") or {}).get("per_experience") or {}  # type: ignore[union-attr]
         self.say(f"  accuracy on each batch's held-out rows ({version}"
-                 + (f" against the champion it was judged against):" if before else "):"))
+                 + (" against the champion it was judged against):" if before else "):"))
         for batch in sorted(per, key=int):
             then = before.get(batch)
             change = f"  (champion {then:.3f}, {per[batch] - then:+.3f})" if then is not None else ""

@@ -13,10 +13,11 @@ rollbacks, is appended as an event; the champion is the target of the latest swi
 from __future__ import annotations
 
 import abc
-from contextlib import AbstractContextManager
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 CHAMPION_ACTIONS = ("promote", "manual_promote", "rollback")
 PIN_ACTIONS = ("pin", "unpin")
@@ -57,11 +58,46 @@ class Decision:
 
 
 class MetadataBackend(abc.ABC):
-    """Version records and append-only events. Writers are serialised by `transaction()`."""
+    """Version records and append-only events. Writers are serialised by `transaction()`; a backend
+    opens, commits and rolls back its own kind of transaction (`_begin`, `_commit`, `_rollback`)."""
+
+    _lock: threading.RLock  # set by each backend's __init__, with `_depth = 0`
+    _depth: int
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """An exclusive write transaction; nested calls (on the thread holding it) join the outer one."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            handle = self._begin()
+            self._depth = 1
+            try:
+                yield
+            except BaseException as exc:
+                self._depth = 0
+                self._rollback(handle, exc)
+                raise
+            else:
+                self._depth = 0
+                self._commit(handle)
+            finally:
+                self._depth = 0
 
     @abc.abstractmethod
-    def transaction(self) -> AbstractContextManager[None]:
-        """An exclusive write transaction; nested calls join the outer one."""
+    def _begin(self) -> Any:
+        """Open the outermost write transaction; what `_commit`/`_rollback` need to end it."""
+
+    @abc.abstractmethod
+    def _commit(self, handle: Any) -> None: ...
+
+    @abc.abstractmethod
+    def _rollback(self, handle: Any, exc: BaseException) -> None: ...
 
     @abc.abstractmethod
     def next_version(self) -> str:

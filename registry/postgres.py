@@ -152,33 +152,15 @@ class PostgresMetadata(MetadataBackend):
                     raise MetadataUnavailable(_redact(self.url), f"begin: {exc}".strip()) from exc
         raise MetadataUnavailable(_redact(self.url), "begin")  # pragma: no cover (the loop returns or raises)
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            tx = self._begin()
-            self._depth = 1
-            try:
-                yield
-            except BaseException as exc:
-                self._depth = 0
-                try:
-                    tx.__exit__(type(exc), exc, exc.__traceback__)
-                except self._psycopg.OperationalError:
-                    pass  # the connection is gone; the server rolled the transaction back
-                raise
-            else:
-                self._depth = 0
-                with self._errors("commit"):
-                    tx.__exit__(None, None, None)
-            finally:
-                self._depth = 0
+    def _commit(self, handle: Any) -> None:
+        with self._errors("commit"):
+            handle.__exit__(None, None, None)
+
+    def _rollback(self, handle: Any, exc: BaseException) -> None:
+        try:
+            handle.__exit__(type(exc), exc, exc.__traceback__)
+        except self._psycopg.OperationalError:
+            pass  # the connection is gone; the server rolled the transaction back
 
     def next_version(self) -> str:
         seq = self._execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM versions").fetchone()[0]

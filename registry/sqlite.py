@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from registry.abc import AuditEntry, Decision, MetadataBackend, VersionRecord
 
@@ -70,27 +68,14 @@ class SqliteMetadata(MetadataBackend):
         self._depth = 0
         self._lock = threading.RLock()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
-            finally:
-                self._depth = 0
+    def _begin(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def _commit(self, handle: None) -> None:
+        self._db.execute("COMMIT")
+
+    def _rollback(self, handle: None, exc: BaseException) -> None:
+        self._db.execute("ROLLBACK")
 
     def next_version(self) -> str:
         seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM versions").fetchone()[0]

@@ -27,7 +27,6 @@ import random
 import signal
 import sys
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable

@@ -374,7 +374,6 @@ def migrate_registry(home_dir: Path | None, metadata_url: str, artifacts_url: st
     from registry.errors import UsageError
     from registry.lock import PidLock
     from registry.migrate import migrate
-    from registry.sqlite import SqliteMetadata
 
     home = open_home(home_dir)
     if home.config.registry.metadata or home.config.registry.artifacts:
