@@ -163,23 +163,12 @@ def figures(wall: float, update: dict) -> dict:
 
 def main_ray(rows: int, section: str) -> None:
     """(1) for train.executor = "ray" on a local two-node cluster, with the store in SeaweedFS."""
-    import shutil
-
-    from ray.cluster_utils import Cluster
-
-    from tests.servers import start_seaweedfs, stop_seaweedfs
+    from tests.servers import ray_cluster, start_seaweedfs, stop_seaweedfs
 
     store = start_seaweedfs()
-    temp = Path(tempfile.mkdtemp(prefix="lifelong-bench-ray-"))
     os.environ.update(store.env)
-    os.environ["RAY_TMPDIR"] = str(temp)
-    memory = 80 * 1024 * 1024
-    cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 1, "object_store_memory": memory, "include_dashboard": False})
     try:
-        cluster.add_node(num_cpus=1, object_store_memory=memory)
-        cluster.wait_for_nodes()
-        with tempfile.TemporaryDirectory(prefix="lifelong-bench-") as folder:
+        with ray_cluster() as cluster, tempfile.TemporaryDirectory(prefix="lifelong-bench-") as folder:
             overrides = {"LIFELONG_TRAIN__EXECUTOR": "ray", "LIFELONG_TRAIN__RAY__ADDRESS": cluster.address,
                          "LIFELONG_TRAIN__RAY__NUM_WORKERS": "2", "LIFELONG_REGISTRY__ARTIFACTS": store.url(),
                          "LIFELONG_TRAIN__STANDBY_SECONDS": "0"}
@@ -191,8 +180,6 @@ def main_ray(rows: int, section: str) -> None:
             finally:
                 daemon.stop()
     finally:
-        cluster.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
         stop_seaweedfs(store)
     print(json.dumps(result, indent=2))
     f = result

@@ -106,33 +106,42 @@ def run_strategy(strategy: str, files: list[Path], seed: int, profile: dict[str,
     shutil.rmtree(home, ignore_errors=True)
     env = env_for(home, strategy, seed, profile, model)
     lifelong("init", env=env).check_returncode()
-    daemon = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=open(work / f"{home.name}.log", "w"))
     started = time.monotonic()
-    decisions = []
+    drive(home, env, files, f"{strategy} seed {seed}", work / f"{home.name}.log")
+    wall = time.monotonic() - started
+    measured = read_back(home, len(files))
+    if not keep_home:
+        prune(home)
+    return {"wall_seconds": wall, **measured}
+
+
+def drive(home: Path, env: dict[str, str], files: list[Path], label: str, log: Path, *,
+          start_timeout: float = 60, update_timeout: float = 3600) -> list[dict[str, Any]]:
+    """A real `lifelong run` on the initialised `home` gets `files` one by one, each renamed into the
+    inbox and followed by `lifelong update --now --wait`; the outcomes in order. The daemon is stopped after."""
+    daemon = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    started = time.monotonic()
+    outcomes = []
     try:
-        _wait(lambda: (home / "state" / "daemon.json").is_file(), 60, "daemon start")
+        _wait(lambda: (home / "state" / "daemon.json").is_file(), start_timeout, "daemon start")
         for path in files:
             tmp = home / "inbox" / f".{path.name}"
             shutil.copy(path, tmp)
             tmp.rename(home / "inbox" / path.name)
             _wait(lambda: (home / "archive" / path.name).exists() or (home / "quarantine" / path.name).exists(),
                   120, f"{path.name} ingested")
-            done = lifelong("update", "--now", "--wait", "--json", env=env, timeout=3600)
+            done = lifelong("update", "--now", "--wait", "--json", env=env, timeout=update_timeout)
             if done.returncode != 0:
-                raise RuntimeError(f"{strategy}: update after {path.name} failed: {done.stderr[-2000:]}")
+                raise RuntimeError(f"{label}: update after {path.name} failed: {done.stderr[-2000:]}")
             outcome = json.loads(done.stdout)
-            decisions.append(outcome)
-            print(f"  {strategy} seed {seed} {path.name}: {outcome.get('decision')} {outcome.get('version')} "
+            outcomes.append(outcome)
+            print(f"  {label} {path.name}: {outcome.get('decision')} {outcome.get('version')} "
                   f"({time.monotonic() - started:.0f} s)", flush=True)
     finally:
         daemon.terminate()
         daemon.wait(timeout=300)
-    wall = time.monotonic() - started
-    measured = read_back(home, len(files))
-    if not keep_home:
-        prune(home)
-    return {"wall_seconds": wall, **measured}
+    return outcomes
 
 
 def prune(home: Path) -> None:

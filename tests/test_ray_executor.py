@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ from daemon.update.executors.ray import RayExecutor
 from daemon.update.launcher import TrainingFailed
 from strategies.runstore import RunStore, run_url
 from tests.conftest import open_home, spawn, write_config
-from tests.servers import free_port, seaweedfs_server  # noqa: F401 (fixture)
+from tests.servers import free_port, ray_cluster, seaweedfs_server  # noqa: F401 (fixture)
 from tests.test_child import make_spec
 from tests.test_cycle import drop
 from tests.test_learning import toy
@@ -32,23 +30,9 @@ ray = pytest.importorskip("ray", reason="the lifelong[ray] extra (ray[train]) is
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(seaweedfs_server):  # noqa: F811 - the workers inherit its AWS_* from this process
-    from ray.cluster_utils import Cluster
-
-    temp = Path(tempfile.mkdtemp(prefix="lifelong-ray-"))
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = str(temp)  # every node's session folders, and the driver's address file
-    memory = 80 * 1024 * 1024
-    cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 1, "object_store_memory": memory, "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=1, object_store_memory=memory)
-        cluster.wait_for_nodes()
-        yield cluster
-    finally:
-        cluster.shutdown()
-        os.environ.pop("RAY_TMPDIR") if saved is None else os.environ.__setitem__("RAY_TMPDIR", saved)
-        shutil.rmtree(temp, ignore_errors=True)
+def cluster(seaweedfs_server):  # noqa: F811 - the workers inherit its AWS_* from this process
+    with ray_cluster() as running:
+        yield running
 
 
 def configure(root: Path, model: Path, address: str, artifacts: str, *, epochs: int = 4) -> None:
@@ -75,9 +59,9 @@ def test_an_unreachable_cluster_fails_the_update_clearly_and_starts_nothing(tmp_
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_one_update_trains_across_both_nodes_and_the_gate_decides(
-        home_root: Path, tiny_model: Path, ray_cluster, seaweedfs_server) -> None:  # noqa: F811
+        home_root: Path, tiny_model: Path, cluster, seaweedfs_server) -> None:  # noqa: F811
     artifacts = seaweedfs_server.url()
-    configure(home_root, tiny_model, ray_cluster.address, artifacts)
+    configure(home_root, tiny_model, cluster.address, artifacts)
     drop(home_root, "a.jsonl", toy(["sport", "food"], 80, seed=1))
     home = open_home(home_root)
     events: list[dict] = []
@@ -98,9 +82,9 @@ def test_one_update_trains_across_both_nodes_and_the_gate_decides(
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_worker_killed_mid_run_resumes_from_its_checkpoint_or_fails_and_nothing_broken_is_promoted(
-        home_root: Path, tiny_model: Path, ray_cluster, seaweedfs_server) -> None:  # noqa: F811
+        home_root: Path, tiny_model: Path, cluster, seaweedfs_server) -> None:  # noqa: F811
     artifacts = seaweedfs_server.url()
-    configure(home_root, tiny_model, ray_cluster.address, artifacts, epochs=8)
+    configure(home_root, tiny_model, cluster.address, artifacts, epochs=8)
     drop(home_root, "a.jsonl", toy(["sport", "food"], 80, seed=1))
     home = open_home(home_root)
     epochs = threading.Event()
@@ -138,9 +122,9 @@ def test_a_worker_killed_mid_run_resumes_from_its_checkpoint_or_fails_and_nothin
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sigterm_to_the_daemon_checkpoints_the_ray_run_and_the_next_start_resumes_it(
-        home_root: Path, tiny_model: Path, ray_cluster, seaweedfs_server) -> None:  # noqa: F811
+        home_root: Path, tiny_model: Path, cluster, seaweedfs_server) -> None:  # noqa: F811
     artifacts = seaweedfs_server.url()
-    configure(home_root, tiny_model, ray_cluster.address, artifacts, epochs=40)
+    configure(home_root, tiny_model, cluster.address, artifacts, epochs=40)
     write_config(home_root, schedule={"min_new_rows": 1})  # the first model trains without being asked
     drop(home_root, "a.jsonl", toy(["sport", "food"], 80, seed=1))
     progress = home_root / "state" / "progress.json"
