@@ -523,7 +523,8 @@ def publish(results: dict[str, Any], matrices: dict[str, list[list[float | None]
     parts = build(stream, profile["seeds"][0], settings["per_group"])  # every seed's stream has the same size
     rows_total = sum(len(p.rows) for p in parts)
     jobs, threads = settings.get("jobs", 1), settings.get("threads")
-    section = [f"## Learning quality: {stream} ({profile_name})", "",
+    suffix = "" if name == f"quality-{stream}-{profile_name}" else f", {name.removeprefix(f'quality-{stream}-')}"
+    section = [f"## Learning quality: {stream} ({profile_name}){suffix}", "",
                *(f"Command: `{r['command']}`  " for r in runs), "",
                f"Machine: {machine()}. Model embedded:minilm; {rows_total} rows per seed in "
                f"{len(parts)} files (one update each); seeds "
