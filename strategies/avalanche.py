@@ -155,12 +155,24 @@ class Template:
 
 
 def experience_dataset(ctx: Context) -> Any:
-    """The update's new rows as an Avalanche dataset of (stacked ids and mask, label, task 0)."""
+    """The update's new rows as an Avalanche dataset of (stacked ids and mask, label, task 0), every row
+    padded to `max_length`: A-GEM draws one mini-batch from the memories of several updates, whose rows
+    must then be of one length (padded to each update's longest row, they were not)."""
     from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 
     encoded = ctx.task.encode(ctx.new, ctx.tokenizer, ctx.labels, ctx.max_length)
     batch = encoded.collate(list(range(len(ctx.new))))
-    return _make_taskaware_tensor_classification_dataset(stack(batch), batch["labels"], task_labels=0)
+    rows = fixed_length(stack(batch), ctx.max_length, ctx.tokenizer.pad_token_id or 0)
+    return _make_taskaware_tensor_classification_dataset(rows, batch["labels"], task_labels=0)
+
+
+def fixed_length(rows: torch.Tensor, length: int, pad_id: int) -> torch.Tensor:
+    """Stacked (ids, mask) rows [n, 2, L] right-padded (mask 0) or cut to `length` tokens."""
+    if rows.shape[-1] >= length:
+        return rows[..., :length].contiguous()
+    pad = rows.new_zeros((*rows.shape[:-1], length - rows.shape[-1]))
+    pad[:, 0] = pad_id
+    return torch.cat([rows, pad], dim=-1)
 
 
 # -- the strategies -----------------------------------------------------------------------------------------
@@ -189,7 +201,7 @@ class AvalancheStrategy(Strategy):
         if state is not None:
             for key, value in state["clock"].items():
                 setattr(self.clock, key, value)
-            self._restore(state["plugin"])
+            self._restore(state["plugin"], ctx)
         self.wrapper = Stacked(ctx.model, ctx.task)
         self.template = Template(ctx, self.wrapper, self.clock, experience_dataset(ctx), _batch_size(ctx))
         if self.clock.train_exp_counter > 0:
@@ -234,7 +246,7 @@ class AvalancheStrategy(Strategy):
     def _kept(self) -> dict[str, Any]:
         return {name: getattr(self.impl, name) for name in self.kept}
 
-    def _restore(self, kept: dict[str, Any]) -> None:
+    def _restore(self, kept: dict[str, Any], ctx: Context) -> None:
         for name, value in kept.items():
             current = getattr(self.impl, name)
             if isinstance(current, dict) and isinstance(value, dict):
@@ -373,12 +385,14 @@ class AvalancheAGEM(AvalancheStrategy):
             buffers.append((torch.stack([item[0] for item in items]), torch.stack([torch.as_tensor(item[1]) for item in items])))
         return {"buffers": buffers}
 
-    def _restore(self, kept: dict[str, Any]) -> None:
+    def _restore(self, kept: dict[str, Any], ctx: Context) -> None:
         from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
         from avalanche.benchmarks.utils.data_loader import GroupBalancedInfiniteDataLoader
 
         impl = self.impl
-        impl.buffers = [_make_taskaware_tensor_classification_dataset(x, y, task_labels=0) for x, y in kept["buffers"]]
+        length, pad_id = ctx.max_length, ctx.tokenizer.pad_token_id or 0  # memories of updates with another max_length
+        impl.buffers = [_make_taskaware_tensor_classification_dataset(fixed_length(x, length, pad_id), y, task_labels=0)
+                        for x, y in kept["buffers"]]
         if impl.buffers:  # as AGEMPlugin.update_memory leaves them
             impl.buffer_dataloader = GroupBalancedInfiniteDataLoader(
                 impl.buffers, batch_size=impl.sample_size // len(impl.buffers), num_workers=0, pin_memory=False,

@@ -399,3 +399,24 @@ def _counts(buffer: list[dict]) -> dict[str, int]:
     for row in buffer:
         counts[row["label"]] = counts.get(row["label"], 0) + 1
     return counts
+
+
+@needs_avalanche
+def test_agem_draws_one_batch_from_the_memories_of_updates_whose_rows_differ_in_length(
+        av, still_model: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A-GEM's reference batch mixes the memories of every earlier update: the third update's draw
+    stacked rows padded to the first update's longest row with rows padded to the second's (a real
+    failure on the vader stream: "stack expects each tensor to be equal size")."""
+    settings = loop(epochs=1, lr=1e-3, batch_size=8)
+    source, state = still_model, None
+    for update, words in enumerate((2, 9, 5), start=1):
+        rows = [(" ".join(["news"] * words + [label]), label) for label in LABELS[:2] for _ in range(8)]
+        ctx = ctx_for(source, rows, known=len(LABELS), state=state)
+        strategy = build("avalanche:agem", sections())
+        assert train(ctx, strategy, settings)["steps"] >= 1, update
+        state = tmp_path / f"state-{update}"
+        strategy.save_state(ctx, state)
+        source = tmp_path / f"model-{update}"
+        ctx.model.save_pretrained(source, safe_serialization=True)
+        ctx.tokenizer.save_pretrained(source)
+    assert len(strategy.impl.buffers) == 3
