@@ -129,8 +129,7 @@ class ReplayConfig(Section):
 
 
 class EwcConfig(Section):
-    # 1e5: on both benchmark streams the largest weight that still learned every batch (BENCHMARKS.md, "EWC's lambda")
-    lambda_: float = Field(default=1e5, ge=0.0, alias="lambda")
+    lambda_: float = Field(default=1000.0, ge=0.0, alias="lambda")
     fisher_samples: int = Field(default=512, ge=1)
     decay: float = Field(default=0.9, ge=0.0, le=1.0)
 
@@ -151,10 +150,10 @@ class LwfConfig(Section):
 
 
 # Avalanche's options by their Avalanche names, with Avalanche's defaults where it has them; where it
-# has none: ewc_lambda 5e4 is our ewc's lambda 1e5 (Avalanche adds lambda * penalty, ours lambda / 2 *
+# has none: ewc_lambda 500 is our ewc's lambda 1000 (Avalanche adds lambda * penalty, ours lambda / 2 *
 # penalty), si_lambda, GEM's and A-GEM's sizes are those of Avalanche's examples (not measured here)
 class AvalancheEwcConfig(Section):
-    ewc_lambda: float = Field(default=5e4, ge=0.0)
+    ewc_lambda: float = Field(default=500.0, ge=0.0)
     mode: Literal["online", "separate"] = "online"
     decay_factor: float = Field(default=0.9, ge=0.0, le=1.0)  # online mode only
 

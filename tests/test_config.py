@@ -48,7 +48,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (c.schedule.interval, c.schedule.max_wait, c.schedule.min_new_rows) == (900, 86400, 100)
     # the first defaults were lora+replay at 5e-4 and replay ratio 0.5; changed after the quality benchmark (README)
     assert (c.strategy.parts, c.strategy.lr, c.strategy.replay.ratio) == (("replay",), 1e-4, 0.75)
-    assert c.strategy.ewc.lambda_ == 1e5  # was 1000; measured on both quality streams (BENCHMARKS.md, "EWC's lambda")
+    assert c.strategy.ewc.lambda_ == 1000.0
     assert (c.inbox.max_row_bytes, c.inbox.max_text_chars, c.inbox.max_labels, c.inbox.max_label_chars) == (1048576, 100000, 1000, 200)
     assert c.schedule.max_attempts == 3
     assert (c.registry.keep_versions, c.registry.min_free_bytes) == (20, 2147483648)
