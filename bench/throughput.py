@@ -72,7 +72,8 @@ def run_ours(args, mode, train_rows, labels, device) -> tuple[float, object, obj
     ctx = Context(task=tasks.load("sequence_classification"), model=model, tokenizer=tokenizer, labels=labels, new=examples, device=device,
                   max_length=args.max_length, seed=args.seed, rng=random.Random(args.seed))
     strategy = build("lora" if mode == "lora" else "finetune", StrategyConfig().sections())
-    cfg = replace(loop_settings(parse({"strategy": {"class_weights": "none"}})), epochs=args.epochs,
+    # min_steps 0: exactly `epochs` epochs, as the Trainer runs (the default tops small batches up to 100 steps)
+    cfg = replace(loop_settings(parse({"strategy": {"class_weights": "none", "min_steps": 0}})), epochs=args.epochs,
                   batch_size=args.batch_size, lr=lr_for(args, mode), weight_decay=0.01, warmup_ratio=0.1,
                   val_fraction=0.0, early_stopping_patience=0)
     started = time.perf_counter()
