@@ -44,7 +44,7 @@ VADER_DOMAINS = (("tweets", "tweets_GroundTruth.txt"), ("movie_reviews", "movieR
                  ("nyt_editorials", "nytEditorialSnippets_GroundTruth.txt"))
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
 STREAMS = ("bbc", "vader", "mixed")  # text classification: bench/quality.py's --stream
-NER_STREAMS = ("ner",)  # token classification: not yet run by bench/quality.py
+NER_STREAMS = ("ner",)  # token classification (bench/quality.py runs it as model.task = "token_classification")
 CHAT_STREAMS = ("chat",)  # causal_lm: rows {"prompt", "completion"}
 # chatterbot-corpus's English topic files (without .yml) in four groups; every file is in one group
 CHAT_GROUPS = (("trivia",),

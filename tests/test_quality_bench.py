@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.quality import run_strategy
+from bench.quality import run_reference, run_strategy
 from bench.streams import Part, write
 from tests.test_learning import toy
 
@@ -26,3 +26,21 @@ def test_a_contender_runs_through_the_real_daemon_and_its_home_keeps_its_records
     # the figures were read, then the weights deleted: a full table's homes would hold about 20 GB
     assert not (home / "registry" / "versions").exists() and not (home / "state" / "work").exists()
     assert (tmp_path / "runs" / "replay-seed0.log").is_file()  # the daemon's log stays
+
+
+@pytest.mark.slow  # two training children (make test-slow)
+def test_the_retrain_reference_learns_a_ner_stream_and_scores_each_group_on_its_own_types(
+        tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_ner import NEW, OLD, sentences
+
+    # two groups, each labelling only its own types (the other group's entities read O), as the ner stream does
+    parts = [Part(name=f"ner-{n}.jsonl", group="+".join(kinds), rows=sentences(80, OLD + NEW, kinds, seed=n))
+             for n, kinds in ((1, OLD), (2, NEW))]
+    profile = {"max_length": 32, "eval_fraction": 0.3, "epochs": 6, "task": "token_classification"}
+    run = run_reference("retrain", parts, 0, profile, str(tiny_model), tmp_path, lr=3e-3)
+    assert len(run["matrix"]) == 2 and run["matrix"][0][1] is None  # after stage 1, batch 2 is not yet scored
+    final = run["matrix"][-1]
+    assert all(0.0 <= score <= 1.0 for score in final)
+    assert min(final) > 0.5  # entity F1 on each group's own types: the tiny model learns these toy names
+    # stage 1 trains on batch 1's training rows, stage 2 on both batches': 2 x 6 epochs over 56 + 112 sentences
+    assert run["train_samples"] >= 6 * (80 + 160) * 0.6
