@@ -1,6 +1,7 @@
 """Training throughput: our loop against the Hugging Face `Trainer`, side by side in one run.
 
     python -m bench.throughput [--rows 512] [--epochs 1] [--eval-rows 500] [--model embedded:minilm]
+    python -m bench.throughput --task causal_lm ...   (LoRA on SmolLM2 against TRL: bench/throughput_lm.py)
 
 Same model, rows, epochs, batch size, learning rate, warmup and clipping for every contender:
 (a) the seed recipe: `Trainer` with every example padded to 512 tokens (`padding="max_length"`);
@@ -135,20 +136,26 @@ def _sync(device) -> None:  # type: ignore[no-untyped-def]
         torch.cuda.synchronize()
 
 
+CLASSIFICATION_DEFAULTS = {"rows": 512, "eval_rows": 500, "batch_size": 16, "model": "embedded:minilm"}
+CAUSAL_DEFAULTS = {"rows": 128, "eval_rows": 64, "batch_size": 8, "model": "embedded:smollm2"}
 CONTENDERS = {"seed": "(a) Trainer, padding=max_length (512)", "tuned": "(b) Trainer, dynamic padding + group_by_length",
               "ours": "lifelong loop"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=512)
-    parser.add_argument("--eval-rows", type=int, default=500)
+    parser.add_argument("--task", choices=("sequence_classification", "causal_lm"), default="sequence_classification")
+    # the defaults below are sequence_classification's; causal_lm's are in CAUSAL_DEFAULTS
+    parser.add_argument("--rows", type=int, default=None, help="training rows (512; causal_lm 128)")
+    parser.add_argument("--eval-rows", type=int, default=None, help="held-out rows (500; causal_lm 64)")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None, help="(16; causal_lm 8)")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--lr-full", type=float, default=5e-5)
     parser.add_argument("--lr-lora", type=float, default=5e-4)
-    parser.add_argument("--model", default="embedded:minilm")
+    parser.add_argument("--lr", type=float, default=None, help="causal_lm: the rate of every contender "
+                                                                 "(default: strategy.lora.lr, as the daemon trains)")
+    parser.add_argument("--model", default=None, help="(embedded:minilm; causal_lm embedded:smollm2)")
     parser.add_argument("--modes", default="full,lora")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -161,6 +168,25 @@ def main() -> None:
     if args.render:
         saved = json.loads(args.render.read_text())
         write_section(saved["section"], saved["markdown"])
+        return
+    defaults = CAUSAL_DEFAULTS if args.task == "causal_lm" else CLASSIFICATION_DEFAULTS
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.task == "causal_lm":
+        from bench import throughput_lm
+
+        if args.lr is None:
+            from daemon.config import StrategyConfig
+
+            args.lr = StrategyConfig().lora.lr
+        done = throughput_lm.main(args)
+        print(done["markdown"])
+        section = args.section or done["section"]
+        if args.json:
+            args.json.write_text(json.dumps({**done, "section": section}, indent=2))
+        if not args.no_write:
+            write_section(section, done["markdown"])
         return
 
     import torch
