@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.quality import run_reference, run_strategy
+from bench.quality import read_back, run_reference, run_strategy
 from bench.streams import Part, write
 from tests.test_learning import toy
 
@@ -26,6 +26,7 @@ def test_a_contender_runs_through_the_real_daemon_and_its_home_keeps_its_records
     # the figures were read, then the weights deleted: a full table's homes would hold about 20 GB
     assert not (home / "registry" / "versions").exists() and not (home / "state" / "work").exists()
     assert (tmp_path / "runs" / "replay-seed0.log").is_file()  # the daemon's log stays
+    assert read_back(home, 2)["matrix"] == run["matrix"]  # and the figures can be read again
 
 
 @pytest.mark.slow  # two training children (make test-slow)
@@ -47,7 +48,8 @@ def test_the_retrain_reference_learns_a_ner_stream_and_scores_each_group_on_its_
 
 
 def test_the_ner_verdicts_are_the_issues_targets_on_f1() -> None:
-    from bench.quality import DEFAULT_STRATEGY, table, verdicts
+    from bench.quality import DEFAULT_STRATEGY
+    from bench.quality_report import table, verdicts
 
     def row(acc: float, samples: int, forgetting: float | None = None) -> dict:
         return {"acc": acc, "bwt": None, "forgetting_max": forgetting, "candidate_drop_max": None, "train_samples": samples,
@@ -62,3 +64,11 @@ def test_the_ner_verdicts_are_the_issues_targets_on_f1() -> None:
     results["strategies"][DEFAULT_STRATEGY] = row(0.45, 500, 0.08)
     assert [line.count("MISSED") for line in verdicts(results, "full")[:3]] == [1, 1, 1]
     assert table(results).startswith("| strategy | F1 | BWT |")
+
+
+def test_a_merge_keeps_every_contender_of_the_earlier_run() -> None:
+    from bench.quality import merged_order
+
+    kept = {"finetune": [], "avalanche:ewc": [], "avalanche:lwf": []}
+    assert merged_order(kept, {"avalanche:agem": [], "replay": []}) == [
+        "finetune", "replay", "avalanche:ewc", "avalanche:lwf", "avalanche:agem"]
