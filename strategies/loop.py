@@ -99,14 +99,14 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
     autocast = _autocast(ctx.device, cfg.precision)
     lengths = encoded.lengths
 
-    progress = {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "best_score": -math.inf, "stale": 0,
+    progress = {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "tokens": 0, "best_score": -math.inf, "stale": 0,
                 "hits": 0, "scored": 0}
     best_state = None
     if checkpoints is not None:
         resumed = checkpoints.load(model, optimizer, scheduler)
         if resumed is not None:
             progress, best_state = resumed
-            progress = {"hits": 0, "scored": 0, **progress}
+            progress = {"hits": 0, "scored": 0, "tokens": 0, **progress}
             if on_progress:
                 on_progress({"event": "resumed", "epoch": progress["epoch"] + 1, "step": progress["step"]})
     started = time.perf_counter()
@@ -141,6 +141,7 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
             optimizer.zero_grad(set_to_none=True)
             progress.update(batch=number + 1, step=progress["step"] + 1,
                             samples=progress["samples"] + sum(len(share) for share in shares),
+                            tokens=progress["tokens"] + sum(lengths[i] for share in shares for i in share),
                             hits=progress["hits"] + hits, scored=progress["scored"] + scored)
             if on_progress:
                 elapsed = time.perf_counter() - started
@@ -183,7 +184,8 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
     strategy.after_update(ctx)
     samples = progress["samples"] - done_samples
     parallel = {"processes": group.world, "replicas_in_sync": group.in_sync(model)} if group.active else {}
-    return {**parallel, "steps": progress["step"], "train_samples": progress["samples"], "seconds": round(seconds, 3),
+    return {**parallel, "steps": progress["step"], "train_samples": progress["samples"],
+            "train_tokens": progress["tokens"], "seconds": round(seconds, 3),
             "samples_per_second": round(samples / seconds, 2) if seconds else None,
             "validation_loss": -progress["best_score"] if validation and best_state is not None else None,
             "epochs_planned": epochs, "epochs_run": progress["epoch"], "fit": progress.get("fit")}

@@ -281,3 +281,15 @@ def test_generation_stops_at_the_end_token_and_flags_a_loop() -> None:
     assert causal_lm.looping([5, 7, 7, 7, 7]) and causal_lm.looping([1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3])
     assert not causal_lm.looping([1, 2, 3, 4, 5, 6, 7, 8])
     assert causal_lm.same_answer(" Paris ", "paris") and not causal_lm.same_answer("Paris.", "Paris")
+
+
+def test_the_loop_counts_the_tokens_it_trained_on_without_padding(plain: Path) -> None:
+    torch.manual_seed(0)
+    model, tokenizer = TASK.load(str(plain), [])
+    rows = FIRST + SECOND  # answers of different lengths: batches are padded, the count is not
+    ctx = Context(task=TASK, model=model, tokenizer=tokenizer, labels=[], device=CPU, new=rows)
+    stats = train(ctx, build("finetune", sections()), settings(epochs=3, batch_size=5, val_fraction=0.0,
+                                                                early_stopping_patience=0))
+    per_epoch = sum(len(ids) for ids in TASK.encode(rows, tokenizer, [], 128).ids)
+    assert stats["train_samples"] == 3 * len(rows)
+    assert stats["train_tokens"] == 3 * per_epoch
