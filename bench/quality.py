@@ -71,7 +71,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 # the task each stream trains (every other stream: sequence_classification) and the score it reports
 STREAM_TASK = {"ner": "token_classification"}
-METRIC = {"sequence_classification": "accuracy", "token_classification": "entity_f1"}
+METRIC = {"sequence_classification": "accuracy", "token_classification": "entity_f1", "causal_lm": "answer_loss"}
 
 
 def task_of(stream: str) -> str:
@@ -107,6 +107,22 @@ def env_for(home: Path, strategy: str, seed: int, profile: dict[str, Any], model
     }
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "LIFELONG_HOME": str(home),
             **{f"LIFELONG_{k}": v for k, v in overrides.items()}, **setting_env(profile.get("set", []))}
+
+
+def setting_tree(settings: list[str]) -> dict[str, Any]:
+    """`--set` entries as a nested config ({"strategy": {"min_steps": 0}}), for the references, which
+    are configured in-process rather than through the daemon's environment."""
+    import tomllib
+
+    tree: dict[str, Any] = {}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        *sections, leaf = key.split(".")
+        node = tree
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = tomllib.loads(f"v = {value}")["v"]
+    return tree
 
 
 def lifelong(*args: str, env: dict[str, str], timeout: float | None = None) -> subprocess.CompletedProcess[str]:
@@ -172,7 +188,7 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
     from registry.registry import Registry
 
     matrix: list[list[float | None]] = []
-    samples = promoted = rejected = below_floor = 0
+    samples = tokens = promoted = rejected = below_floor = 0
     drops: list[float] = []
     verdicts: list[str | None] = []
     champion: dict[str, float | None] = {}
@@ -183,6 +199,7 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
         if batch in by_batch:
             record, decision = by_batch[batch]
             samples += int(record.info.get("train", {}).get("train_samples", 0))
+            tokens += int(record.info.get("train", {}).get("train_tokens", 0))
             metrics = (decision.metrics if decision else {}) or {}
             verdict = decision.decision if decision else None
             promoted += verdict == "promoted"
@@ -196,13 +213,31 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
             champion = dict(((metrics.get(who) or {}).get("per_experience")) or champion)
         verdicts.append(by_batch[batch][1].decision if batch in by_batch and by_batch[batch][1] else None)
         matrix.append([champion.get(str(j)) for j in range(1, batches + 1)])
-    return {"matrix": matrix, "train_samples": samples, "promoted": promoted, "rejected": rejected,
+    return {"matrix": matrix, "train_samples": samples, "train_tokens": tokens, "promoted": promoted, "rejected": rejected,
             "candidate_drop_max": max(drops, default=None), "verdicts": verdicts, "promoted_below_floor": below_floor}
+
+
+def reference_rows(task: str, rows: list[dict]) -> list[tuple[tuple, str, list[str]]]:
+    """A stream file's rows as the references take them: (the row in the task's columns, the text the
+    daemon's stable split hashes, the labels it brings) for each."""
+    from strategies.tasks import bio
+
+    if task == "token_classification":  # a sentence: its tokens joined; its entity types
+        return [((r["tokens"], r["tags"]), " ".join(r["tokens"]), [kind for kind, _, _ in bio.spans(r["tags"])])
+                for r in rows]
+    if task == "causal_lm":  # a plain prompt is one user message, as the inbox reads it; no labels
+        found = []
+        for r in rows:
+            prompt = [{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str) else list(r["prompt"])
+            found.append(((prompt, r["completion"]), "\n".join(m["content"] for m in prompt), []))
+        return found
+    return [((r["text"], r["label"]), r["text"], [r["label"]]) for r in rows]
 
 
 def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, Any], model: str, work: Path,
                   lr: float | None = None) -> dict[str, Any]:
-    """`joint` or `retrain` through the training child (same loop, same evaluation), held-out rows split as the daemon does."""
+    """`joint` or `retrain` through the training child (same loop, same evaluation), held-out rows split
+    as the daemon does; `finetune` at the loop settings of the strategies (and `profile["set"]`)."""
     from daemon.config import StrategyConfig, parse
     from daemon.ingest.splits import is_eval
     from daemon.update.launcher import ChildRun, train_spec, write_rows
@@ -212,29 +247,25 @@ def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, An
     task = profile.get("task", "sequence_classification")
     columns, metric = TASKS[task].columns, METRIC[task]
     tagged = task == "token_classification"
-    # the references train with the same loop settings as the strategies
-    config = parse({"model": {"base": model, "max_length": profile["max_length"], "task": task}, "train": {"seed": seed},
-                    "strategy": {"name": "finetune", "epochs": profile["epochs"], "lr": lr or StrategyConfig().lr}})
-
-    def key(row: tuple) -> str:  # what the daemon's stable split hashes: the text, or a sentence's tokens joined
-        return " ".join(row[0]) if tagged else row[0]
-
-    def names(row: tuple) -> list[str]:  # the labels a row brings: its label, or its entity types
-        return [kind for kind, _, _ in bio.spans(row[1])] if tagged else [row[1]]
+    overrides = setting_tree(profile.get("set", []))
+    config = parse({**overrides, "model": {"base": model, "max_length": profile["max_length"], "task": task},
+                    "train": {"seed": seed},
+                    "strategy": {**overrides.get("strategy", {}), "name": "finetune", "epochs": profile["epochs"],
+                                 "lr": lr or StrategyConfig().lr}})
 
     folder = work / f"{name}-seed{seed}"
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "data").mkdir(parents=True)
     train_sets, eval_paths, eval_rows, labels = [], {}, {}, []
     for j, part in enumerate(parts, start=1):
-        rows = [tuple(r[c] for c in columns) for r in part.rows]
-        labels += [label for label in dict.fromkeys(n for row in rows for n in names(row)) if label not in labels]
-        train_sets.append([row for row in rows if not is_eval(key(row), profile["eval_fraction"])])
+        viewed = reference_rows(task, part.rows)
+        labels += [label for label in dict.fromkeys(n for _, _, names in viewed for n in names) if label not in labels]
+        train_sets.append([row for row, key, _ in viewed if not is_eval(key, profile["eval_fraction"])])
         eval_paths[str(j)] = folder / "data" / f"eval-{j}.arrow"
-        eval_rows[str(j)] = write_rows(eval_paths[str(j)], [row for row in rows if is_eval(key(row), profile["eval_fraction"])],
-                                       columns)
+        eval_rows[str(j)] = write_rows(eval_paths[str(j)], [row for row, key, _ in viewed
+                                                            if is_eval(key, profile["eval_fraction"])], columns)
     stages = [len(parts)] if name == "joint" else list(range(1, len(parts) + 1))
-    matrix, samples, started = [], 0, time.monotonic()
+    matrix, samples, tokens, started = [], 0, 0, time.monotonic()
     for stage in stages:
         run = folder / f"stage-{stage}"
         run.mkdir()
@@ -246,6 +277,7 @@ def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, An
                    data=data).write(run / "spec.json")
         results = ChildRun(run / "spec.json").start().wait()
         samples += int(results["train"]["train_samples"])
+        tokens += int(results["train"].get("train_tokens", 0))
         scores = results["scores"]["candidate"]
         matrix.append([scores[str(j)][metric] if str(j) in scores else None for j in range(1, len(parts) + 1)])
         shutil.rmtree(run / "out", ignore_errors=True)
@@ -253,7 +285,8 @@ def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, An
     wall = time.monotonic() - started
     if name == "joint":  # one model: its row stands for the end of the stream
         matrix = [[None] * len(parts) for _ in parts[:-1]] + matrix
-    return {"matrix": matrix, "train_samples": samples, "wall_seconds": wall, "promoted": None, "rejected": None}
+    return {"matrix": matrix, "train_samples": samples, "train_tokens": tokens, "wall_seconds": wall, "promoted": None,
+            "rejected": None, "final_scores": scores}
 
 
 def _floor(metrics: dict[str, Any]) -> float | None:
@@ -283,7 +316,7 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
     drops = [b - final[j] for j, b in zip(earlier, best) if b is not None]
     verdicts = run.get("verdicts") or []
     return {"acc": acc, "bwt": bwt, "forgetting_max": max(drops) if drops else None,
-            "train_samples": run["train_samples"], "wall_seconds": round(run["wall_seconds"], 1),
+            "train_samples": run["train_samples"], "train_tokens": run.get("train_tokens"), "wall_seconds": round(run["wall_seconds"], 1),
             "promoted": run["promoted"], "rejected": run["rejected"], "candidate_drop_max": run.get("candidate_drop_max"),
             "poison_rejected": (sum(verdicts[j] == "rejected" for j in poisoned if j < len(verdicts)) / len(poisoned)
                                 if poisoned and verdicts else None),
@@ -292,7 +325,7 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
 
 def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("acc", "bwt", "forgetting_max", "candidate_drop_max", "train_samples", "wall_seconds", "promoted", "rejected",
+    for key in ("acc", "bwt", "forgetting_max", "candidate_drop_max", "train_samples", "train_tokens", "wall_seconds", "promoted", "rejected",
                 "poison_rejected", "promoted_below_floor"):
         values = [f[key] for f in per_seed if f.get(key) is not None]
         if not values:

@@ -1,6 +1,6 @@
 """Learning quality of `causal_lm` on the chat stream through the real daemon (`bench.quality --stream chat`).
 
-    python -m bench.quality_chat --profile quick|tiny --out DIR [--strategies lora+replay,...] [--model embedded:smollm2]
+    python -m bench.quality_chat --profile quick|tiny --out DIR [--strategies lora+replay,...,joint,retrain] [--model embedded:smollm2]
 
 Each strategy's daemon gets the chat stream's files (bench/streams.py `chat`: chatterbot-corpus
 topics, trivia first) one by one, each followed by `lifelong update --now --wait`, as in
@@ -8,8 +8,12 @@ bench/quality.py; the figures are read back from the home's registry. Scores are
 `answer_loss` (mean cross-entropy per answer token on each batch's held-out rows), so forgetting is
 a rise: `loss`, the final champion's mean answer loss over every batch; `rise_max`, the largest
 rise of an earlier batch's loss from just after it was learned to the end; `trivia_em`, the final
-champion's exact match on batch 1 (trivia, short answers); `train_samples`; `wall_seconds`.
-References (`joint`, `retrain`) are not run here.
+champion's exact match on batch 1 (trivia, short answers); `train_samples`; `train_tokens` (every
+token the training loop processed, padding excluded); `wall_seconds`. The references run through the
+same training child as in bench/quality.py (`run_reference`): `joint`, one model trained once on every
+batch, and `retrain`, one retrained from the base on all data so far at every batch, both with
+`finetune` at the strategies' loop settings; their scores are the child's on the same held-out rows.
+The verdicts are those of the default (`--default`, the config's default strategy unless named).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.quality import drive, lifelong, prune
+from bench.quality import drive, lifelong, prune, run_reference
 from bench.report import machine
 from bench.streams import build, write
 
@@ -91,16 +95,17 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
     from registry.registry import Registry
 
     loss: list[list[float | None]] = []
-    samples = promoted = rejected = 0
+    samples = tokens = promoted = rejected = 0
     verdicts: list[str | None] = []
     current: dict[str, float | None] = {}
-    with Registry(home / "registry") as registry:
+    with Registry(home / "registry", recover=False) as registry:
         by_batch = {int(r.info["data"]["experience"]): (r, registry.decision_record(r.version)) for r in registry.versions()}
     for batch in range(1, batches + 1):
         verdict = None
         if batch in by_batch:
             record, decision = by_batch[batch]
             samples += int(record.info.get("train", {}).get("train_samples", 0))
+            tokens += int(record.info.get("train", {}).get("train_tokens", 0))
             metrics = (decision.metrics if decision else {}) or {}
             verdict = decision.decision if decision else None
             promoted += verdict == "promoted"
@@ -109,7 +114,19 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
             current = dict(((metrics.get(who) or {}).get("per_experience")) or current)
         verdicts.append(verdict)
         loss.append([current.get(str(j)) for j in range(1, batches + 1)])
-    return {"loss": loss, "train_samples": samples, "promoted": promoted, "rejected": rejected, "verdicts": verdicts}
+    return {"loss": loss, "train_samples": samples, "train_tokens": tokens, "promoted": promoted, "rejected": rejected,
+            "verdicts": verdicts}
+
+
+def reference(name: str, parts: list, seed: int, profile: dict[str, Any], model_dir: str, work: Path) -> dict[str, Any]:
+    """`joint` or `retrain` (bench/quality.py's references) on the chat stream, in this module's figures."""
+    settings = {**profile, "task": "causal_lm",
+                "set": [f"strategy.batch_size={profile['batch_size']}", "strategy.min_steps=0"]}
+    started = time.monotonic()
+    run = run_reference(name, parts, seed, settings, model_dir, work)
+    return {"loss": run["matrix"], "train_samples": run["train_samples"], "train_tokens": run["train_tokens"],
+            "promoted": None, "rejected": None, "verdicts": [], "final": run["final_scores"],
+            "wall_seconds": time.monotonic() - started}
 
 
 def figures(run: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +136,7 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
              if final[j] is not None and run["loss"][j][j] is not None]
     return {"loss": sum(known) / len(known) if known else None, "rise_max": max(rises) if rises else None,
             "trivia_em": run["final"]["1"].get("exact_match"), "train_samples": run["train_samples"],
+            "train_tokens": run.get("train_tokens"),
             "wall_seconds": round(run["wall_seconds"], 1), "promoted": run["promoted"], "rejected": run["rejected"]}
 
 
@@ -127,12 +145,42 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
+    rows = results["strategies"]
+    retrain = (rows.get("retrain") or {}).get("train_tokens")
     lines = ["| strategy | final answer loss (mean) | largest rise on an earlier batch | trivia exact match | "
-             "train samples | promoted / rejected | wall s |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, f in results["strategies"].items():
-        lines.append(f"| {name} | {_fmt(f['loss'])} | {_fmt(f['rise_max'])} | {_fmt(f['trivia_em'], 2)} | "
-                     f"{f['train_samples']} | {f['promoted']} / {f['rejected']} | {f['wall_seconds']:.0f} |")
+             "train samples | train tokens | vs retrain | promoted / rejected | wall s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, f in rows.items():
+        share = f"{f['train_tokens'] / retrain:.0%}" if retrain and f.get("train_tokens") else "-"
+        decided = "-" if f["promoted"] is None else f"{f['promoted']} / {f['rejected']}"
+        label = f"**{name}** (default)" if name == results.get("default") else name
+        lines.append(f"| {label} | {_fmt(f['loss'])} | {_fmt(f['rise_max'])} | {_fmt(f['trivia_em'], 2)} | "
+                     f"{f['train_samples']:,} | {f.get('train_tokens') or 0:,} | {share} | {decided} | {f['wall_seconds']:.0f} |")
     return "\n".join(lines)
+
+
+def verdicts(results: dict[str, Any]) -> list[str]:
+    """The default against the targets: final mean answer loss within 0.05 nats of joint's, no earlier
+    batch's loss risen by more than 0.05 nats from when it was learned, trivia exact match within 0.05
+    of joint's, at most 40% of retrain's training tokens."""
+    rows, name = results["strategies"], results.get("default")
+    if not {name, "joint", "retrain"} <= rows.keys():
+        return []
+    d, joint, retrain = rows[name], rows["joint"], rows["retrain"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    gap, rise = d["loss"] - joint["loss"], d["rise_max"] or 0.0
+    em_gap = (joint["trivia_em"] or 0.0) - (d["trivia_em"] or 0.0)
+    share = d["train_tokens"] / retrain["train_tokens"] if retrain.get("train_tokens") else None
+    return [f"- default ({name}) final answer loss {d['loss']:.3f} vs joint {joint['loss']:.3f}: {gap:+.3f} nats "
+            f"({verdict(gap <= 0.05)}, target <= +0.05)",
+            f"- default's largest rise of an earlier batch's loss {rise:.3f} nats ({verdict(rise <= 0.05)}, target <= 0.05)",
+            f"- default trivia exact match {_fmt(d['trivia_em'], 2)} vs joint {_fmt(joint['trivia_em'], 2)} "
+            f"({verdict(em_gap <= 0.05)}, target within 0.05)",
+            f"- default training tokens {'-' if share is None else f'{share:.0%}'} of retrain's "
+            f"({verdict(share is not None and share <= 0.40)}, target <= 40%)"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,15 +189,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--strategies", default="lora+replay")
     parser.add_argument("--model", default="embedded:smollm2")
+    parser.add_argument("--default", default=None, help="the strategy the verdicts judge (default: strategy.name's default)")
     args = parser.parse_args(argv)
+    if args.default is None:
+        from daemon.config import StrategyConfig
+
+        args.default = StrategyConfig().name
     profile = PROFILES[args.profile]
     work = args.out / "runs"
     work.mkdir(parents=True, exist_ok=True)
     models = args.out / "models"
-    if args.model.startswith("embedded:"):  # converted once for every home of the run
+    model_dir = args.model
+    if args.model.startswith("embedded:"):  # converted once for every home of the run (and the references)
         from strategies.embedded import local_base
 
-        local_base(args.model, models)
+        model_dir = local_base(args.model, models)
     started = time.monotonic()
     per_strategy: dict[str, Any] = {}
     for seed in profile["seeds"]:
@@ -157,16 +211,19 @@ def main(argv: list[str] | None = None) -> None:
         files = write(parts, work / f"stream-seed{seed}")
         for name in args.strategies.split(","):
             print(f"{name} (seed {seed})", flush=True)
-            run = run_strategy(name, files, seed, profile, args.model, work, models)
+            if name in ("joint", "retrain"):
+                run = reference(name, parts, seed, profile, model_dir, work)
+            else:
+                run = run_strategy(name, files, seed, profile, args.model, work, models)
             per_strategy[name] = {**figures(run), "loss_matrix": run["loss"], "final": run["final"],
                                   "verdicts": run["verdicts"]}
-    results = {"stream": "chat", "profile": args.profile, "settings": profile, "model": args.model,
+    results = {"stream": "chat", "profile": args.profile, "settings": profile, "model": args.model, "default": args.default,
                "strategies": per_strategy, "wall_seconds": round(time.monotonic() - started, 1),
                "command": "python -m bench.quality_chat " + " ".join(argv if argv is not None else sys.argv[1:]),
                "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    (args.out / "table.md").write_text(table(results) + "\n")
-    print(table(results))
+    (args.out / "table.md").write_text("\n".join([table(results), "", *verdicts(results)]) + "\n")
+    print("\n".join([table(results), "", *verdicts(results)]))
 
 
 if __name__ == "__main__":

@@ -72,3 +72,21 @@ def test_a_merge_keeps_every_contender_of_the_earlier_run() -> None:
     kept = {"finetune": [], "avalanche:ewc": [], "avalanche:lwf": []}
     assert merged_order(kept, {"avalanche:agem": [], "replay": []}) == [
         "finetune", "replay", "avalanche:ewc", "avalanche:lwf", "avalanche:agem"]
+
+
+@pytest.mark.slow  # one training child on the tiny Llama (make test-slow)
+def test_the_joint_reference_trains_a_chat_stream_and_reports_answer_loss_and_tokens(tmp_path: Path) -> None:
+    from tests.test_causal_lm import FIRST, SECOND, tiny_causal_lm
+
+    model = tiny_causal_lm(tmp_path / "model", template=False)
+    # the chat stream's rows: a plain prompt and its completion (the inbox makes the prompt one user message)
+    parts = [Part(name=f"chat-{n}.jsonl", group=str(n), rows=[{"prompt": r["prompt"][0]["content"], "completion": r["completion"]}
+                                                              for r in rows])
+             for n, rows in ((1, FIRST), (2, SECOND))]
+    profile = {"max_length": 32, "eval_fraction": 0.3, "epochs": 2, "task": "causal_lm",
+               "set": ["strategy.batch_size=4", "strategy.min_steps=0"]}
+    run = run_reference("joint", parts, 0, profile, str(model), tmp_path / "runs")
+    assert run["matrix"][0] == [None, None] and all(loss > 0 for loss in run["matrix"][-1])  # answer loss, nats
+    assert set(run["final_scores"]) == {"1", "2"} and "exact_match" in run["final_scores"]["1"]
+    # two epochs of batch size 4 over the training rows: every answer token and its prompt counted, no padding
+    assert run["train_samples"] > 0 and run["train_tokens"] >= 3 * run["train_samples"]
