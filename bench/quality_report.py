@@ -159,7 +159,9 @@ def publish(results: dict[str, Any], matrices: dict[str, list[list[float | None]
     parts = build(stream, profile["seeds"][0], settings["per_group"])  # every seed's stream has the same size
     rows_total = sum(len(p.rows) for p in parts)
     jobs, threads = settings.get("jobs", 1), settings.get("threads")
-    suffix = "" if name == f"quality-{stream}-{profile_name}" else f", {name.removeprefix(f'quality-{stream}-')}"
+    # quality-bbc-avalanche-full: "bbc (full), avalanche"
+    extra = name.removeprefix(f"quality-{stream}-").removesuffix(f"-{profile_name}").removesuffix(profile_name)
+    suffix = f", {extra}" if extra else ""
     section = [f"## Learning quality: {stream} ({profile_name}){suffix}", "",
                *(f"Command: `{r['command']}`  " for r in runs), "",
                f"Machine: {machine()}. Model embedded:minilm"

@@ -24,6 +24,7 @@ the same code (ours: `strategies/tasks/causal_lm.py`'s encoding).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -117,8 +118,10 @@ def run_trl(args, path: str, train_rows: list[dict], device, grouped: bool) -> t
         num_train_epochs=args.epochs, learning_rate=args.lr, weight_decay=0.01, warmup_steps=0.1, max_grad_norm=1.0,
         lr_scheduler_type="linear", save_strategy="no", eval_strategy="no", logging_strategy="no", report_to="none",
         disable_tqdm=True, seed=args.seed, use_cpu=device.type == "cpu", bf16=device.type == "cuda",
-        gradient_checkpointing=False, dataloader_num_workers=0, max_length=args.max_length, packing=False,
-        completion_only_loss=True)
+        dataloader_num_workers=0, max_length=args.max_length, packing=False, completion_only_loss=True)
+    # off, as in our loop (TRL turns it on by default); transformers 5 renamed it
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    options["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = False
     if grouped:
         options["train_sampling_strategy"] = "group_by_length"
     trainer = SFTTrainer(model=model, args=SFTConfig(**options), train_dataset=data, processing_class=tokenizer)
