@@ -184,7 +184,8 @@ def prune(home: Path) -> None:
 
 
 def read_back(home: Path, batches: int) -> dict[str, Any]:
-    """The accuracy matrix of the champion after each update, training counts and decisions."""
+    """The matrix of the champion's scores (the gate's metric: accuracy, entity F1, answer loss) after
+    each update, training counts and decisions."""
     from registry.registry import Registry
 
     matrix: list[list[float | None]] = []

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.quality import drive, lifelong, prune, run_reference
+from bench.quality import drive, lifelong, prune, read_back, run_reference
 from bench.report import machine
 from bench.streams import build, write
 
@@ -65,7 +65,9 @@ def run_strategy(strategy: str, files: list[Path], seed: int, profile: dict[str,
     started = time.monotonic()
     drive(home, env, files, f"{strategy} seed {seed}", work / f"{home.name}.log", start_timeout=120, update_timeout=7200)
     wall = time.monotonic() - started
+    # the champion's answer loss on every batch after each update (the gate's metric), as bench/quality.py reads it
     measured = read_back(home, len(files))
+    measured = {"loss": measured.pop("matrix"), **measured}
     final = final_scores(home, len(files), env)
     prune(home)
     return {"wall_seconds": wall, **measured, "final": final}
@@ -88,34 +90,6 @@ def final_scores(home: Path, batches: int, env: dict[str, str]) -> dict[str, dic
             raise RuntimeError(f"eval of batch {j}'s held-out rows failed: {done.stderr[-2000:]}")
         scores[str(j)] = json.loads(done.stdout)
     return scores
-
-
-def read_back(home: Path, batches: int) -> dict[str, Any]:
-    """Per update, the champion's answer loss on every batch so far (the gate's score tables)."""
-    from registry.registry import Registry
-
-    loss: list[list[float | None]] = []
-    samples = tokens = promoted = rejected = 0
-    verdicts: list[str | None] = []
-    current: dict[str, float | None] = {}
-    with Registry(home / "registry", recover=False) as registry:
-        by_batch = {int(r.info["data"]["experience"]): (r, registry.decision_record(r.version)) for r in registry.versions()}
-    for batch in range(1, batches + 1):
-        verdict = None
-        if batch in by_batch:
-            record, decision = by_batch[batch]
-            samples += int(record.info.get("train", {}).get("train_samples", 0))
-            tokens += int(record.info.get("train", {}).get("train_tokens", 0))
-            metrics = (decision.metrics if decision else {}) or {}
-            verdict = decision.decision if decision else None
-            promoted += verdict == "promoted"
-            rejected += verdict == "rejected"
-            who = "candidate" if verdict == "promoted" else "champion"
-            current = dict(((metrics.get(who) or {}).get("per_experience")) or current)
-        verdicts.append(verdict)
-        loss.append([current.get(str(j)) for j in range(1, batches + 1)])
-    return {"loss": loss, "train_samples": samples, "train_tokens": tokens, "promoted": promoted, "rejected": rejected,
-            "verdicts": verdicts}
 
 
 def reference(name: str, parts: list, seed: int, profile: dict[str, Any], model_dir: str, work: Path) -> dict[str, Any]:
