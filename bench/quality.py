@@ -111,8 +111,8 @@ def env_for(home: Path, strategy: str, seed: int, profile: dict[str, Any], model
 
 def setting_tree(settings: list[str]) -> dict[str, Any]:
     """`--set` entries as a nested config ({"strategy": {"min_steps": 0}}), for the references, which
-    are configured in-process rather than through the daemon's environment."""
-    import tomllib
+    are configured in-process rather than through the daemon's environment (values read as there)."""
+    from daemon.envconfig import env_value
 
     tree: dict[str, Any] = {}
     for setting in settings:
@@ -121,7 +121,7 @@ def setting_tree(settings: list[str]) -> dict[str, Any]:
         node = tree
         for section in sections:
             node = node.setdefault(section, {})
-        node[leaf] = tomllib.loads(f"v = {value}")["v"]
+        node[leaf] = env_value(value)
     return tree
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from daemon.envconfig import env_overrides, merge
 from registry.errors import ConfigError
 from strategies.tasks import TASKS
 
@@ -22,7 +23,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ENV_PREFIX = "LIFELONG_"
 # Avalanche's plugins (lifelong[avalanche], strategies/avalanche.py), each with its section [strategy."avalanche:NAME"]
 AVALANCHE_PARTS = ("avalanche:ewc", "avalanche:si", "avalanche:mas", "avalanche:rwalk", "avalanche:gem",
                    "avalanche:agem", "avalanche:lwf")
@@ -384,45 +384,6 @@ class Config(Section):
         return self.model_dump(by_alias=True)
 
 
-def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Nested overrides from `LIFELONG_<SECTION>__<KEY>` vars, and dotted key -> var name."""
-    tree: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
-        if any(not part for part in path):
-            raise ConfigError(name, "malformed override name (use LIFELONG_<SECTION>__<KEY>)")
-        node = tree
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(name, "conflicts with another override")
-            node = child
-        node[path[-1]] = _env_value(raw)
-        origin[".".join(path)] = name
-    return tree, origin
-
-
-def _env_value(raw: str) -> Any:
-    """An env value read as a TOML value when it is one (numbers, booleans, lists), else a string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 _NOT_ECHOED = ("registry.metadata", "registry.artifacts")  # URLs: a wrong one may hold a password
 
 
@@ -506,7 +467,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("lifelong.toml", f"not valid TOML: {exc}", source=str(path)) from None
     overrides, origin = env_overrides(environ)
-    return parse(_merge(data, overrides), origin, source=str(path))
+    return parse(merge(data, overrides), origin, source=str(path))
 
 
 def template(model: str = "embedded:minilm") -> str:
