@@ -1,6 +1,7 @@
 """Learning quality of `causal_lm` on the chat stream through the real daemon (`bench.quality --stream chat`).
 
     python -m bench.quality_chat --profile quick|tiny --out DIR [--strategies lora+replay,...,joint,retrain] [--model embedded:smollm2]
+    python -m bench.quality_chat --profile quick --out DIR --report   (render DIR/results.json again)
 
 Each strategy's daemon gets the chat stream's files (bench/streams.py `chat`: chatterbot-corpus
 topics, trivia first) one by one, each followed by `lifelong update --now --wait`, as in
@@ -13,7 +14,9 @@ token the training loop processed, padding excluded); `wall_seconds`. The refere
 same training child as in bench/quality.py (`run_reference`): `joint`, one model trained once on every
 batch, and `retrain`, one retrained from the base on all data so far at every batch, both with
 `finetune` at the strategies' loop settings; their scores are the child's on the same held-out rows.
-The verdicts are those of the default (`--default`, the config's default strategy unless named).
+The verdicts are those of the default (`--default`, causal_lm's own strategy unless named). The
+table, a plot (`matrices.png`: each contender's answer loss on every batch after each update) and
+the verdicts go to DIR and, with `--section`, into BENCHMARKS.md (plot copied to docs/img/).
 """
 
 from __future__ import annotations
@@ -28,14 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.quality import drive, lifelong, prune, read_back, run_reference
-from bench.report import machine
+from bench.report import machine, write_section
 from bench.streams import build, write
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny: a check that the whole path runs (minutes on 2 cores); quick: the table's size
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"seeds": [0], "per_group": 16, "max_length": 96, "eval_fraction": 0.3, "epochs": 1, "batch_size": 8},
-    "quick": {"seeds": [0], "per_group": 100, "max_length": 96, "eval_fraction": 0.3, "epochs": 2, "batch_size": 8},
+    "quick": {"seeds": [0], "per_group": 64, "max_length": 96, "eval_fraction": 0.3, "epochs": 2, "batch_size": 8},
 }
 
 
@@ -157,18 +160,93 @@ def verdicts(results: dict[str, Any]) -> list[str]:
             f"({verdict(share is not None and share <= 0.40)}, target <= 40%)"]
 
 
+def plot(results: dict[str, Any], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = results["strategies"]
+    names = list(rows)
+    cols = min(4, len(names))
+    rows_n = -(-len(names) // cols)
+    matrices = {n: np.array([[np.nan if v is None else v for v in r] for r in rows[n]["loss_matrix"]], dtype=float)
+                for n in names}
+    top = max(float(np.nanmax(m)) for m in matrices.values())
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 3.3 * rows_n), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        data = matrices[name]
+        ax.imshow(data, vmin=0, vmax=top, cmap="viridis_r")  # bright: low loss
+        for (i, j), value in np.ndenumerate(data):
+            if not np.isnan(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value > top / 2 else "black")
+        ax.set_title(f"{name}  loss {rows[name]['loss']:.3f}", fontsize=10)
+        ax.set_xlabel("held-out set of batch")
+        ax.set_ylabel("after update")
+        ax.set_xticks(range(data.shape[1]), [str(t + 1) for t in range(data.shape[1])], fontsize=7)
+        ax.set_yticks(range(data.shape[0]), [str(t + 1) for t in range(data.shape[0])], fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(f"chat ({results['profile']}): the champion's answer loss\n(nats per answer token) after each update",
+                 fontsize=10)
+    fig.tight_layout()
+    path = out / "matrices.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def publish(results: dict[str, Any], out: Path, section: str | None) -> None:
+    """table.md and the plot in `out`; with `section`, the BENCHMARKS.md section and the plot in docs/img/."""
+    body = "\n".join([table(results), "", *verdicts(results)])
+    (out / "table.md").write_text(body + "\n")
+    png = plot(results, out)
+    print(body)
+    if not section:
+        return
+    img = ROOT / "docs" / "img" / f"{section}-{png.name}"
+    img.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(png, img)
+    settings = results["settings"]
+    rows = sum(len(p.rows) for p in build("chat", settings["seeds"][0], settings["per_group"]))
+    write_section(section, "\n".join([
+        f"## Learning quality: chat ({results['profile']})", "",
+        f"Command: `{results['command']}`  ", "",
+        f"Machine: {results['machine']}; {results['date']}. Model {results['model']} (`model.task = \"causal_lm\"`); "
+        f"{rows} chatterbot-corpus question/answer pairs in 4 files, one update each (trivia, knowledge, small talk, "
+        f"computing); seed {settings['seeds'][0]}; max_length {settings['max_length']}, eval_fraction "
+        f"{settings['eval_fraction']}, epochs {settings['epochs']}, batch_size {settings['batch_size']}, "
+        "`strategy.min_steps=0`; everything else at the config defaults (gate included: `max_forgetting` 0.05 nats). "
+        "`joint` and `retrain` train every weight (`finetune`) at the same loop settings. "
+        f"Whole run {results['wall_seconds'] / 60:.0f} min.", "",
+        "Scores are answer loss (mean cross-entropy per answer token, end token included; lower is better) on each "
+        "batch's held-out rows: final answer loss is the last champion's mean over the four batches, the largest rise "
+        "is an earlier batch's loss at the end less just after it was learned (above zero: forgotten), trivia exact "
+        "match is the last champion's greedy answers equal to the reference on batch 1's held-out rows.", "",
+        table(results), "", *verdicts(results), "",
+        f"![answer loss after each update]({img.relative_to(ROOT)})"]))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=tuple(PROFILES), default="tiny")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--strategies", default="lora+replay")
     parser.add_argument("--model", default="embedded:smollm2")
-    parser.add_argument("--default", default=None, help="the strategy the verdicts judge (default: strategy.name's default)")
+    parser.add_argument("--default", default=None, help="the strategy the verdicts judge (default: causal_lm's own)")
+    parser.add_argument("--section", default=None, help="the BENCHMARKS.md section to write (and docs/img prefix)")
+    parser.add_argument("--report", action="store_true", help="run nothing: render DIR/results.json again")
     args = parser.parse_args(argv)
     if args.default is None:
-        from daemon.config import StrategyConfig
+        from strategies.tasks import TASKS
 
-        args.default = StrategyConfig().name
+        args.default = TASKS["causal_lm"].strategy
+    if args.report:
+        results = json.loads((args.out / "results.json").read_text())
+        results["default"] = args.default
+        results["settings"].setdefault("seeds", PROFILES[results["profile"]]["seeds"])
+        return publish(results, args.out, args.section)
     profile = PROFILES[args.profile]
     work = args.out / "runs"
     work.mkdir(parents=True, exist_ok=True)
@@ -180,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = local_base(args.model, models)
     started = time.monotonic()
     per_strategy: dict[str, Any] = {}
+    command = "python -m bench.quality --stream chat " + " ".join(argv if argv is not None else sys.argv[1:])
     for seed in profile["seeds"]:
         parts = build("chat", seed, profile["per_group"])
         files = write(parts, work / f"stream-seed{seed}")
@@ -191,14 +270,14 @@ def main(argv: list[str] | None = None) -> None:
                 run = run_strategy(name, files, seed, profile, args.model, work, models)
             per_strategy[name] = {**figures(run), "loss_matrix": run["loss"], "final": run["final"],
                                   "verdicts": run["verdicts"]}
-    results = {"stream": "chat", "profile": args.profile, "settings": profile, "model": args.model, "default": args.default,
-               "strategies": per_strategy, "wall_seconds": round(time.monotonic() - started, 1),
-               "command": "python -m bench.quality_chat " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    (args.out / "table.md").write_text("\n".join([table(results), "", *verdicts(results)]) + "\n")
-    print("\n".join([table(results), "", *verdicts(results)]))
-
+            # written after every contender: a long run stopped part-way keeps what it measured
+            results = {"stream": "chat", "profile": args.profile, "settings": profile, "model": args.model,
+                       "default": args.default, "strategies": per_strategy,
+                       "wall_seconds": round(time.monotonic() - started, 1), "command": command,
+                       "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
+            (args.out / "results.json").write_text(json.dumps(results, indent=2))
+            (args.out / "table.md").write_text("\n".join([table(results), "", *verdicts(results)]) + "\n")
+    publish(results, args.out, args.section)
 
 if __name__ == "__main__":
     main()

@@ -364,20 +364,29 @@ class Config(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _task_metric(cls, data: Any) -> Any:
-        """`gate.metric` "" or unset is the task's default metric (TASKS: the first of its metrics), so a
-        home of any task works without naming it; a named one is checked against the task in `parse`."""
+    def _task_defaults(cls, data: Any) -> Any:
+        """What a home of any task works with unnamed (TASKS): `gate.metric` "" or unset is the task's
+        own (the first of its metrics), `strategy.name` "" or unset the task's own strategy, and
+        `gate.max_forgetting` unset the metric's own tolerance (in nats for answer_loss). A named
+        metric is checked against the task in `parse`."""
         if not isinstance(data, Mapping):
             return data
-        model, gate = data.get("model", {}), data.get("gate", {})
+        model, gate, strategy = data.get("model", {}), data.get("gate", {}), data.get("strategy", {})
         if isinstance(model, ModelConfig):
             task = model.task
         else:
             task = model.get("task", ModelConfig().task) if isinstance(model, Mapping) else None
-        named = not isinstance(gate, Mapping) or gate.get("metric", "") != ""
-        if named or not isinstance(task, str) or task not in TASKS:
+        if not isinstance(task, str) or task not in TASKS:
             return data  # an unknown task or a malformed section is refused by the fields' own checks
-        return {**data, "gate": {**gate, "metric": TASKS[task].default_metric}}
+        info = TASKS[task]
+        if isinstance(gate, Mapping):
+            metric = gate.get("metric", "") or info.default_metric
+            gate = {**gate, "metric": metric}
+            if "max_forgetting" not in gate and isinstance(metric, str):
+                gate["max_forgetting"] = info.max_forgetting(metric)
+        if isinstance(strategy, Mapping) and strategy.get("name", "") == "":
+            strategy = {**strategy, "name": info.strategy}
+        return {**data, "gate": gate, "strategy": strategy}
 
     def dump(self) -> dict[str, Any]:
         """The config as plain data, keys spelled as in lifelong.toml."""

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from daemon.config import GateConfig
+from daemon.config import parse as parse_config
 from daemon.update.gate import Scores, decide
 from strategies import tasks
 from strategies.abc import Context, build
@@ -104,6 +104,9 @@ def scored(model, tokenizer, rows: list[dict]) -> tuple[dict, list[dict]]:  # ty
     return TASK.score(rows, found, []), found
 
 
+GATE = parse_config({"model": {"task": "causal_lm"}}).gate  # the gate a causal_lm home runs by default
+
+
 def judge(candidate, champion, tokenizer, batches: dict[str, list[dict]], new: str):  # type: ignore[no-untyped-def]
     """The gate over both models' answer losses on every batch, paired per row as the child pairs them."""
     mine, theirs, paired, rows, stops = {}, {}, {}, {}, {"candidate": {}, "champion": {}}
@@ -116,7 +119,7 @@ def judge(candidate, champion, tokenizer, batches: dict[str, list[dict]], new: s
             for key in ("generated", "stopped"):
                 stops[who][key] = stops[who].get(key, 0) + figures[key]
     return decide(new=new, candidate=Scores(per_experience=mine), champion=Scores(per_experience=theirs), rows=rows,
-                  config=GateConfig(metric="answer_loss"), paired=paired, stops=stops)
+                  config=GATE, paired=paired, stops=stops)
 
 
 @pytest.fixture(scope="module")

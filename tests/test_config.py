@@ -27,7 +27,8 @@ def test_template_is_the_defaults_and_names_every_key() -> None:
         "strategy": {"name", "epochs", "min_steps", "fit_target", "batch_size", "lr", "early_stopping_patience",
                      "weight_decay", "l1", "class_weights", "replay", "ewc", "lora", "lwf"},
         "train": {"device", "precision", "num_processes", "seed", "standby_seconds", "executor", "ray", "kubernetes"},
-        "gate": {"metric", "min_gain_new", "max_forgetting", "min_eval_rows", "canary", "max_canary_drop"},
+        # max_forgetting is written commented out: left out, it is the metric's own (nats for answer_loss)
+        "gate": {"metric", "min_gain_new", "min_eval_rows", "canary", "max_canary_drop"},
         "registry": {"keep_versions", "min_free_bytes", "metadata", "artifacts"},
         "metrics": {"bind"},
         "hooks": {"on_champion_change"},
@@ -38,7 +39,22 @@ def test_template_is_the_defaults_and_names_every_key() -> None:
     assert set(data["strategy"]["ewc"]) == {"lambda", "fisher_samples", "decay"}
     assert set(data["strategy"]["lora"]) == {"r", "alpha", "dropout", "target_modules", "lr"}
     assert set(data["strategy"]["lwf"]) == {"alpha", "temperature"}
+    assert "\n# max_forgetting = 0.02\n" in text
     assert text.count("\n#") > 20  # commented
+
+
+def test_a_task_brings_its_own_strategy_metric_and_tolerance_where_they_are_left_out() -> None:
+    template = tomllib.loads(config.template())
+    lm = config.parse({**template, "model": {**template["model"], "task": "causal_lm"}})
+    assert (lm.strategy.name, lm.gate.metric, lm.gate.max_forgetting) == ("lora+replay", "answer_loss", 0.05)
+    ner = config.parse({"model": {"task": "token_classification"}})
+    assert (ner.strategy.name, ner.gate.metric, ner.gate.max_forgetting) == ("replay", "entity_f1", 0.02)
+    # a named metric brings its own tolerance (exact match is a share of rows); named values win
+    em = config.parse({"model": {"task": "causal_lm"}, "gate": {"metric": "exact_match"}})
+    assert (em.gate.metric, em.gate.max_forgetting) == ("exact_match", 0.02)
+    named = config.parse({"model": {"task": "causal_lm"}, "strategy": {"name": "lwf"}, "gate": {"max_forgetting": 0.1}})
+    assert (named.strategy.name, named.gate.max_forgetting) == ("lwf", 0.1)
+    assert config.parse({"strategy": {"name": ""}}).strategy.name == "replay"
 
 
 def test_defaults_are_the_documented_ones() -> None:
