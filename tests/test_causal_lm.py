@@ -28,18 +28,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from daemon.config import parse as parse_config
-from daemon.update.gate import Scores, decide
-from strategies import tasks
 from strategies.abc import Context, build
 from strategies.data import IGNORE
 from strategies.loop import Checkpoints, Interrupted, train
 from strategies.replay import save_buffer
 from strategies.tasks import causal_lm
+from tests.lm_gate import CPU, TASK, judge, scored
 
-TASK = tasks.load("causal_lm")
 TOKENIZER = Path(__file__).parent / "fixtures" / "smollm2-tokenizer"
-CPU = torch.device("cpu")
 KEYS = ["apple", "river", "stone", "cloud", "forest", "window", "castle", "bottle",
         "garden", "rocket", "pencil", "mirror", "tiger", "piano", "candle", "dragon"]
 VALUES = ["red", "blue", "green", "gold", "black", "white", "brown", "gray"]
@@ -97,29 +93,6 @@ def fit(source: Path, rows: list[dict], strategy: str = "finetune", state: Path 
     ctx = Context(task=TASK, model=model, tokenizer=tokenizer, labels=[], device=CPU, new=rows, previous_state=state)
     train(ctx, build(strategy, sections(lora={"lr": 1e-2})), settings(**loop), checkpoints=checkpoints)
     return ctx
-
-
-def scored(model, tokenizer, rows: list[dict]) -> tuple[dict, list[dict]]:  # type: ignore[no-untyped-def]
-    found = TASK.predict(model, tokenizer, rows, [], CPU, 64)
-    return TASK.score(rows, found, []), found
-
-
-GATE = parse_config({"model": {"task": "causal_lm"}}).gate  # the gate a causal_lm home runs by default
-
-
-def judge(candidate, champion, tokenizer, batches: dict[str, list[dict]], new: str):  # type: ignore[no-untyped-def]
-    """The gate over both models' answer losses on every batch, paired per row as the child pairs them."""
-    mine, theirs, paired, rows, stops = {}, {}, {}, {}, {"candidate": {}, "champion": {}}
-    for name, batch in batches.items():
-        (a, found_a), (b, found_b) = scored(champion, tokenizer, batch), scored(candidate, tokenizer, batch)
-        theirs[name], mine[name], rows[name] = a["answer_loss"], b["answer_loss"], len(batch)
-        pairs = [(x["answer_loss"], y["answer_loss"]) for x, y in zip(found_a, found_b)]
-        paired[name] = {"answer_loss": {"lost": sum(y > x for x, y in pairs), "gained": sum(y < x for x, y in pairs)}}
-        for who, figures in (("champion", a), ("candidate", b)):
-            for key in ("generated", "stopped"):
-                stops[who][key] = stops[who].get(key, 0) + figures[key]
-    return decide(new=new, candidate=Scores(per_experience=mine), champion=Scores(per_experience=theirs), rows=rows,
-                  config=GATE, paired=paired, stops=stops)
 
 
 @pytest.fixture(scope="module")

@@ -23,21 +23,18 @@ import pytest
 import torch
 
 from daemon.config import parse
-from daemon.update.gate import Scores, decide
 from daemon.update.launcher import loop_settings
-from strategies import embedded, tasks
+from strategies import embedded
 from strategies.abc import Context, build
 from strategies.loop import train
 from strategies.replay import save_buffer
+from tests.lm_gate import CPU, TASK, judge, scored
 from tests.test_smollm2 import BASE, needs_extra
 
 pytestmark = [pytest.mark.slow, needs_extra]
 
-TASK = tasks.load("causal_lm")
-CPU = torch.device("cpu")
 CODES = ["amber", "cobalt", "saffron", "indigo", "jade", "ochre", "teal", "umber", "violet", "crimson", "ivory",
          "mauve", "olive", "coral", "pearl", "slate"]
-CONFIG = parse({"model": {"task": "causal_lm"}, "strategy": {"min_steps": 0, "batch_size": 8}})
 
 
 def facts(vaults: range, seed: int) -> list[dict]:
@@ -61,29 +58,8 @@ def fit(source: Path, rows: list[dict], strategy: str, state: Path | None = None
     config = parse({"model": {"task": "causal_lm"}, "strategy": {"min_steps": 0, "batch_size": 8, "name": strategy}})
     settings = dataclasses.replace(loop_settings(config), val_fraction=0.0, early_stopping_patience=0,
                                    **loop)  # type: ignore[arg-type]
-    train(ctx, build(strategy, CONFIG.strategy.sections()), settings)
+    train(ctx, build(strategy, config.strategy.sections()), settings)
     return ctx
-
-
-def scored(model: torch.nn.Module, tokenizer: object, rows: list[dict]) -> tuple[dict, list[dict]]:
-    found = TASK.predict(model, tokenizer, rows, [], CPU, 64)
-    return TASK.score(rows, found, []), found
-
-
-def judge(candidate: torch.nn.Module, champion: torch.nn.Module, tokenizer: object,
-          batches: dict[str, list[dict]], new: str):  # type: ignore[no-untyped-def]
-    """The default causal_lm gate over both models' answer losses, paired per row as the child pairs them."""
-    mine, theirs, paired, rows, stops = {}, {}, {}, {}, {"candidate": {}, "champion": {}}
-    for name, batch in batches.items():
-        (a, found_a), (b, found_b) = scored(champion, tokenizer, batch), scored(candidate, tokenizer, batch)
-        theirs[name], mine[name], rows[name] = a["answer_loss"], b["answer_loss"], len(batch)
-        pairs = [(x["answer_loss"], y["answer_loss"]) for x, y in zip(found_a, found_b)]
-        paired[name] = {"answer_loss": {"lost": sum(y > x for x, y in pairs), "gained": sum(y < x for x, y in pairs)}}
-        for who, figures in (("champion", a), ("candidate", b)):
-            for key in ("generated", "stopped"):
-                stops[who][key] = stops[who].get(key, 0) + figures[key]
-    return decide(new=new, candidate=Scores(per_experience=mine), champion=Scores(per_experience=theirs), rows=rows,
-                  config=CONFIG.gate, paired=paired, stops=stops)
 
 
 @pytest.mark.timeout(3600)
