@@ -37,3 +37,38 @@ def test_the_files_are_inbox_jsonl(tmp_path) -> None:  # type: ignore[no-untyped
     paths = streams.write(streams.build("chat", per_group=5), tmp_path)
     assert [json.loads(line)["completion"] for line in paths[0].read_text().splitlines()] == \
         [row["completion"] for row in streams.build("chat", per_group=5)[0].rows]
+
+
+def test_the_chat_report_judges_the_default_against_joint_and_retrain_and_renders_a_plot(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """bench.quality_chat's verdicts are the issue's targets in nats and tokens; `--report` renders a
+    results.json again (table, verdicts, plot) without running anything."""
+    import json
+
+    from bench import quality_chat
+
+    def contender(matrix, em, tokens, promoted=None):  # type: ignore[no-untyped-def]
+        run = {"loss": matrix, "final": {"1": {"exact_match": em}}, "train_samples": tokens // 50,
+               "train_tokens": tokens, "wall_seconds": 10.0, "promoted": promoted,
+               "rejected": None if promoted is None else 0}
+        return {**quality_chat.figures(run), "loss_matrix": matrix, "final": run["final"], "verdicts": []}
+
+    strategies = {
+        # trivia learned at 2.0, risen to 2.04 by the end: within 0.05
+        "lora+replay": contender([[2.0, None], [2.04, 3.0]], 0.5, 3_000, promoted=2),
+        "joint": contender([[2.0, 2.9]], 0.5, 2_000),
+        "retrain": contender([[2.0, None], [1.9, 2.8]], 0.6, 10_000),
+    }
+    results = {"stream": "chat", "profile": "tiny", "settings": {"seeds": [0], "per_group": 4, "max_length": 96,
+                                                                  "eval_fraction": 0.3, "epochs": 1, "batch_size": 8},
+               "model": "embedded:smollm2", "default": "lora+replay", "strategies": strategies, "wall_seconds": 60,
+               "command": "python -m bench.quality --stream chat", "machine": "test", "date": "2026-11-30"}
+    lines = quality_chat.verdicts(results)
+    assert lines[0].startswith("- default (lora+replay) final answer loss 2.520 vs joint 2.450: +0.070 nats (MISSED")
+    assert "largest rise of an earlier batch's loss 0.040 nats (met" in lines[1]
+    assert "trivia exact match 0.50 vs joint 0.50 (met" in lines[2]
+    assert "training tokens 30% of retrain's (met" in lines[3]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    quality_chat.main(["--profile", "tiny", "--out", str(tmp_path), "--report"])
+    table = (tmp_path / "table.md").read_text()
+    assert "| **lora+replay** (default) | 2.520 | 0.040 | 0.50 | 60 | 3,000 | 30% | 2 / 0 | 10 |" in table
+    assert (tmp_path / "matrices.png").stat().st_size > 1000
