@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.quality import drive, lifelong, prune, read_back, run_reference
+from bench.quality import drive, env_for, lifelong, prune, read_back, run_reference
 from bench.report import machine, write_section
 from bench.streams import build, write
 
@@ -42,17 +41,11 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def env_for(home: Path, strategy: str, seed: int, profile: dict[str, Any], model: str) -> dict[str, str]:
-    overrides = {
-        "MODEL__TASK": '"causal_lm"', "MODEL__BASE": json.dumps(model), "MODEL__MAX_LENGTH": str(profile["max_length"]),
-        "INBOX__SETTLE_SECONDS": "0", "INBOX__EVAL_FRACTION": str(profile["eval_fraction"]),
-        "SCHEDULE__INTERVAL": '"24h"', "SCHEDULE__MIN_NEW_ROWS": "1000000000", "SCHEDULE__MAX_WAIT": '"10000h"',
-        "STRATEGY__NAME": json.dumps(strategy), "STRATEGY__EPOCHS": str(profile["epochs"]),
-        "STRATEGY__BATCH_SIZE": str(profile["batch_size"]), "STRATEGY__MIN_STEPS": "0",
-        "TRAIN__SEED": str(seed), "METRICS__BIND": '"127.0.0.1:0"',
-    }
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "LIFELONG_HOME": str(home),
-            **{f"LIFELONG_{k}": v for k, v in overrides.items()}}
+def settings_of(profile: dict[str, Any]) -> dict[str, Any]:
+    """bench/quality.py's settings for this stream: causal_lm, the profile's batch size, every update
+    exactly `epochs` (`strategy.min_steps=0`), then the run's `--set` entries."""
+    return {**profile, "task": "causal_lm",
+            "set": [f"strategy.batch_size={profile['batch_size']}", "strategy.min_steps=0", *profile.get("set", [])]}
 
 
 def run_strategy(strategy: str, files: list[Path], seed: int, profile: dict[str, Any], model: str,
@@ -61,7 +54,7 @@ def run_strategy(strategy: str, files: list[Path], seed: int, profile: dict[str,
     shared by every home (linked in, so each home does not convert it again)."""
     home = work / f"{strategy.replace('+', '-')}-seed{seed}"
     shutil.rmtree(home, ignore_errors=True)
-    env = env_for(home, strategy, seed, profile, model)
+    env = env_for(home, strategy, seed, settings_of(profile), model)
     lifelong("init", env=env).check_returncode()
     if models.is_dir():
         (home / "models").symlink_to(models.resolve(), target_is_directory=True)
@@ -97,10 +90,8 @@ def final_scores(home: Path, batches: int, env: dict[str, str]) -> dict[str, dic
 
 def reference(name: str, parts: list, seed: int, profile: dict[str, Any], model_dir: str, work: Path) -> dict[str, Any]:
     """`joint` or `retrain` (bench/quality.py's references) on the chat stream, in this module's figures."""
-    settings = {**profile, "task": "causal_lm",
-                "set": [f"strategy.batch_size={profile['batch_size']}", "strategy.min_steps=0"]}
     started = time.monotonic()
-    run = run_reference(name, parts, seed, settings, model_dir, work)
+    run = run_reference(name, parts, seed, settings_of(profile), model_dir, work)
     return {"loss": run["matrix"], "train_samples": run["train_samples"], "train_tokens": run["train_tokens"],
             "promoted": None, "rejected": None, "verdicts": [], "final": run["final_scores"],
             "wall_seconds": time.monotonic() - started}
@@ -217,7 +208,8 @@ def publish(results: dict[str, Any], out: Path, section: str | None) -> None:
         f"{rows} chatterbot-corpus question/answer pairs in 4 files, one update each (trivia, knowledge, small talk, "
         f"computing); seed {settings['seeds'][0]}; max_length {settings['max_length']}, eval_fraction "
         f"{settings['eval_fraction']}, epochs {settings['epochs']}, batch_size {settings['batch_size']}, "
-        "`strategy.min_steps=0`; everything else at the config defaults (gate included: `max_forgetting` 0.05 nats). "
+        "`strategy.min_steps=0`; " + "".join(f"`{x}`; " for x in settings.get("set", []))
+        + "everything else at the config defaults (gate included: `max_forgetting` 0.05 nats). "
         "`joint` and `retrain` train every weight (`finetune`) at the same loop settings. "
         f"Whole run {results['wall_seconds'] / 60:.0f} min.", "",
         "Scores are answer loss (mean cross-entropy per answer token, end token included; lower is better) on each "
@@ -237,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--default", default=None, help="the strategy the verdicts judge (default: causal_lm's own)")
     parser.add_argument("--section", default=None, help="the BENCHMARKS.md section to write (and docs/img prefix)")
     parser.add_argument("--report", action="store_true", help="run nothing: render DIR/results.json again")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config override for every contender and reference (as bench/quality.py's)")
     args = parser.parse_args(argv)
     if args.default is None:
         from strategies.tasks import TASKS
@@ -247,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         results["default"] = args.default
         results["settings"].setdefault("seeds", PROFILES[results["profile"]]["seeds"])
         return publish(results, args.out, args.section)
-    profile = PROFILES[args.profile]
+    profile = {**PROFILES[args.profile], "set": args.set}
     work = args.out / "runs"
     work.mkdir(parents=True, exist_ok=True)
     models = args.out / "models"
