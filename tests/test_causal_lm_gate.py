@@ -46,6 +46,25 @@ def test_small_earlier_sets_are_pooled_by_rows_and_sign_tested_on_paired_row_los
     assert not far.passed and any("beyond what noise may excuse" in r for r in far.reasons), far.reasons
 
 
+def test_a_large_rise_on_one_small_set_fails_though_its_rows_split_and_a_fall_elsewhere_hides_it_in_the_pool() -> None:
+    """The chat benchmark's replay run: trivia's loss rose 2.037 -> 2.300 with its rows moving both ways,
+    while a set the champion had never learned fell 0.465; the pool's net was a fall."""
+    rows = {"1": 16, "2": 17, "3": 21}
+    champion = Scores(per_experience={"1": 2.037, "2": 3.937, "3": 3.9})
+    candidate = Scores(per_experience={"1": 2.300, "2": 3.472, "3": 3.3})
+    split = {"1": {"answer_loss": {"lost": 8, "gained": 8}}, "2": {"answer_loss": {"lost": 1, "gained": 16}}}
+    config = GateConfig(metric="answer_loss", max_forgetting=0.05)
+    hidden = decide(new="3", candidate=candidate, champion=champion, rows=rows, config=config, paired=split)
+    assert not hidden.passed, hidden.reasons
+    assert hidden.failures == ["forgetting on batch 1: 0.263 > 0.1 (8 rows lost, 8 gained of 16), beyond what noise "
+                               "may excuse: forgetting, whatever the sign test (p=0.6)"], hidden.reasons
+    assert any(r.startswith("forgetting on batches 1, 2 pooled (33 rows; 9 lost, 24 gained): -0.112 <= 0.05")
+               for r in hidden.reasons)
+    within = decide(new="3", candidate=Scores(per_experience={"1": 2.120, "2": 3.472, "3": 3.3}), champion=champion,
+                    rows=rows, config=config, paired=split)  # 0.083: inside the band, rows split: noise
+    assert within.passed, within.reasons
+
+
 def test_the_first_model_must_lower_the_new_batchs_loss_below_the_base_models_however_few_rows() -> None:
     base = Scores(per_experience={"1": 3.0})
     better = decide(new="1", candidate=Scores(per_experience={"1": 1.2}), champion=base, rows={"1": 5}, config=LOSS,
