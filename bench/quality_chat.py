@@ -203,7 +203,9 @@ def publish(results: dict[str, Any], out: Path, section: str | None) -> None:
     rows = sum(len(p.rows) for p in build("chat", settings["seeds"][0], settings["per_group"]))
     write_section(section, "\n".join([
         f"## Learning quality: chat ({results['profile']})", "",
-        f"Command: `{results['command']}`  ", "",
+        f"Command: `{results['command']}`  ",
+        *(f"and `{v['command']}` ({v['wall_seconds'] / 60:.0f} min), its rows merged into this table  "
+          for v in results.get("variants", [])), "",
         f"Machine: {results['machine']}; {results['date']}. Model {results['model']} (`model.task = \"causal_lm\"`); "
         f"{rows} chatterbot-corpus question/answer pairs in 4 files, one update each (trivia, knowledge, small talk, "
         f"computing); seed {settings['seeds'][0]}; max_length {settings['max_length']}, eval_fraction "
