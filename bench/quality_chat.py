@@ -206,7 +206,7 @@ def publish(results: dict[str, Any], out: Path, section: str | None) -> None:
         f"Command: `{results['command']}`  ",
         *(f"and `{v['command']}` ({v['wall_seconds'] / 60:.0f} min), its rows merged into this table  "
           for v in results.get("variants", [])), "",
-        f"Machine: {results['machine']}; {results['date']}. Model {results['model']} (`model.task = \"causal_lm\"`); "
+        f"Machine: {results['machine']}. Model {results['model']} (`model.task = \"causal_lm\"`); "
         f"{rows} chatterbot-corpus question/answer pairs in 4 files, one update each (trivia, knowledge, small talk, "
         f"computing); seed {settings['seeds'][0]}; max_length {settings['max_length']}, eval_fraction "
         f"{settings['eval_fraction']}, epochs {settings['epochs']}, batch_size {settings['batch_size']}, "
