@@ -35,7 +35,7 @@ from bench.streams import build, write
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny: a check that the whole path runs (minutes on 2 cores); quick: the table's size (every strategy,
-# joint and retrain in about 1.5 h on 2 cores with SmolLM2; 100 pairs a topic would take about 2.5 h)
+# joint and retrain took 94 min on 2 cores with SmolLM2: BENCHMARKS.md, learning quality: chat)
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"seeds": [0], "per_group": 16, "max_length": 96, "eval_fraction": 0.3, "epochs": 1, "batch_size": 8},
     "quick": {"seeds": [0], "per_group": 64, "max_length": 96, "eval_fraction": 0.3, "epochs": 2, "batch_size": 8},
