@@ -10,7 +10,8 @@ Measured (2 CPU threads shared with other work, 8.5 min): LoRA learns the first 
 1.926 nats that the gate rejects; lora+replay answers the second 1.00 and the first 0.75. Its answer
 loss on the first facts still rises 0.126 nats (2 rows lost, 6 gained), past `max_forgetting`: the
 gate rejects that candidate too. Eight rows a batch are far below a held-out set the gate trusts;
-the test asserts what each strategy learned and kept, and the gate's verdict on forgetting.
+the test asserts what each strategy learned and kept, and the gate's rejection of fine-tuning (its
+verdict on lora+replay is printed, not asserted).
 """
 
 from __future__ import annotations
