@@ -45,3 +45,21 @@ def _remove(path: Path) -> None:
 def remove(path: Path) -> None:
     """Remove a file, link or directory tree if it exists."""
     _remove(path)
+
+
+def make_writable(root: Path) -> None:
+    """Give every folder under `root` back its write bit (versions are stored read-only)."""
+    for folder, _, _ in os.walk(root):
+        os.chmod(folder, 0o755)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file, link or directory tree if it exists, read-only folders included."""
+    if path.is_dir() and not path.is_symlink():
+        make_writable(path)
+    _remove(path)
+
+
+def tree_bytes(path: Path) -> int:
+    """The bytes of the regular files under `path` (0 where it is not a directory)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.is_dir() else 0

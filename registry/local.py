@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
 import uuid
 from pathlib import Path
 
 from registry.abc import ArtifactStore
-from registry.fsutil import fsync_dir
+from registry.fsutil import fsync_dir, remove_tree
 
 _VERSION = re.compile(r"^v\d{4,}$")
 
@@ -35,11 +34,6 @@ def _read_only(root: Path) -> None:
         for name in dirs:
             os.chmod(Path(folder) / name, 0o555)
     os.chmod(root, 0o555)
-
-
-def _writable(root: Path) -> None:
-    for folder, dirs, _ in os.walk(root):
-        os.chmod(folder, 0o755)
 
 
 class LocalArtifacts(ArtifactStore):
@@ -79,8 +73,7 @@ class LocalArtifacts(ArtifactStore):
     def discard(self, version: str) -> None:
         path = self.versions / version
         if path.exists():
-            _writable(path)
-            shutil.rmtree(path)
+            remove_tree(path)
             fsync_dir(self.versions)
 
     def prune(self, version: str) -> None:
@@ -93,8 +86,7 @@ class LocalArtifacts(ArtifactStore):
 
     def _remove(self, path: Path) -> None:
         if path.exists():
-            _writable(path)
-            shutil.rmtree(path)
+            remove_tree(path)
             fsync_dir(self.versions)
 
     def clean_pruned(self) -> int:
@@ -106,8 +98,7 @@ class LocalArtifacts(ArtifactStore):
     def clean_staging(self) -> int:
         removed = 0
         for entry in list(self.staging.iterdir()):
-            _writable(entry) if entry.is_dir() else None
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            remove_tree(entry)
             removed += 1
         return removed
 

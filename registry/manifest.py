@@ -50,6 +50,12 @@ def stamp(path: Path) -> Stamp:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
+def stamps(root: Path) -> dict[str, Stamp]:
+    """The stamp of every file under `root` but the manifest, by relative path."""
+    return {path.relative_to(root).as_posix(): stamp(path)
+            for path in root.rglob("*") if path.is_file() and path.name != MANIFEST}
+
+
 def verify(root: Path, version: str, manifest_sha256: str, known: dict[str, Stamp],
            full: bool = False, on_verified: Callable[[dict[str, Stamp]], None] | None = None) -> None:
     """Check every file of the version at `root` against its manifest; raise IntegrityError naming the file.

@@ -18,7 +18,7 @@ from typing import Callable
 
 from registry.abc import ArtifactStore, MetadataBackend
 from registry.errors import Conflict, IntegrityError
-from registry.local import _writable
+from registry.fsutil import make_writable
 from registry.manifest import MANIFEST
 from registry.registry import Registry
 
@@ -84,7 +84,7 @@ def _copy_files(source: Registry, artifacts: ArtifactStore, version: str) -> Non
     path = source.verify(version, full=True)  # never copy damaged files
     staging = artifacts.staging_dir()
     shutil.copytree(path, staging, dirs_exist_ok=True)
-    _writable(staging)
+    make_writable(staging)
     for file in staging.rglob("*"):
         if file.is_file():
             file.chmod(0o644)

@@ -31,15 +31,14 @@ from registry import manifest, retention
 from registry.abc import (CHAMPION_ACTIONS, ArtifactStore, AuditEntry, Decision, MetadataBackend, VersionRecord)
 from registry.backends import REMOTE_MARKER, mark_remote
 from registry.errors import Conflict, IntegrityError, UsageError, VersionNotFound, VersionPruned
-from registry.fsutil import fsync_dir
-from registry.local import LocalArtifacts, _writable
+from registry.fsutil import fsync_dir, remove_tree
+from registry.local import LocalArtifacts
 from registry.lock import PidLock
+from registry.serving import Materializer, ServingCopies, no_materializer
 from registry.sqlite import SqliteMetadata
 
 log = logging.getLogger(__name__)
 
-# (version dir, parent's model dir, output dir) -> writes a complete merged model into output dir
-Materializer = Callable[[Path, Path, Path], None]
 # (version, model dir) -> called after every change of champion
 OnSwitch = Callable[[str, Path], None]
 LOCK_TIMEOUT = 120.0
@@ -47,13 +46,6 @@ LOCK_TIMEOUT = 120.0
 
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def no_materializer(version_dir: Path, parent_dir: Path, out: Path) -> None:
-    """The default: the registry knows nothing of how an adapter is merged; whoever opens it to serve
-    LoRA versions passes a materializer in (the daemon passes daemon.update.launcher.spawn_materializer)."""
-    raise UsageError(f"{version_dir.name} stores a LoRA adapter and its merged weights must be materialised, but"
-                     " this registry was opened without a materializer (Registry(..., materializer=...))")
 
 
 class Registry:
@@ -72,13 +64,11 @@ class Registry:
         self.meta = metadata or SqliteMetadata(root / "registry.sqlite")
         self.artifacts = artifacts or LocalArtifacts(root)
         mark_remote(root, metadata=getattr(metadata, "url", ""), artifacts=getattr(artifacts, "url", ""))
-        self.materializer = materializer
         self.on_switch = on_switch
         self.clock = clock
         self.lock = PidLock(root / ".lock", "a registry change")
         self.link = root / "champion"
-        self.serving = root / "serving"
-        self.serving.mkdir(exist_ok=True)
+        self.serving = ServingCopies(root / "serving", self.meta, materializer)
         if recover:
             self.recover()
 
@@ -106,8 +96,7 @@ class Registry:
                     self.artifacts.discard(orphan)
             for leftover in self.root.glob(".champion.*"):
                 leftover.unlink()
-            for leftover in self.serving.glob(".*"):
-                _remove_tree(leftover)
+            self.serving.clean()
             champion = self.champion()
             if champion is not None and self._link_target() != self.model_dir(champion).resolve():
                 log.warning("champion link repaired to %s", champion)
@@ -149,9 +138,9 @@ class Registry:
                 self.meta.add_version(record)
                 # the manifest was hashed from these very files a moment ago: remember their stamps
                 # so the first switch to this version needs no second full hash
-                self.meta.set_file_stamps(version, _stamps(self.artifacts.local_path(version)))
+                self.meta.set_file_stamps(version, manifest.stamps(self.artifacts.local_path(version)))
         if serving is not None and kind == "lora":
-            self._adopt_serving(version, serving)
+            self.serving.adopt(version, serving)
         return record
 
     def get(self, version: str) -> VersionRecord:
@@ -181,43 +170,14 @@ class Registry:
         path = self.verify(version)
         if record.kind == "full":
             return path / "model"
-        target = self.serving / version
-        expected = self.meta.serving_manifest(version)
-        if expected is not None and target.is_dir():
-            try:
-                manifest.verify(target, version, expected, self.meta.file_stamps(f"{version}/serving"),
-                                on_verified=lambda stamps: self.meta.set_file_stamps(f"{version}/serving", stamps))
-                return target
-            except IntegrityError as exc:
-                log.warning("serving copy of %s is damaged (%s); materialising it again", version, exc)
-        parent_dir = self.model_dir(record.parent)  # type: ignore[arg-type]
-        tmp = self.serving / f".{version}.tmp"
-        _remove_tree(tmp)
-        tmp.mkdir()
-        self.materializer(path, parent_dir, tmp)
-        self._adopt_serving(version, tmp)
-        return target
-
-    def _adopt_serving(self, version: str, source: Path) -> None:
-        target = self.serving / version
-        tmp = self.serving / f".{version}.adopt"
-        _remove_tree(tmp)
-        shutil.copytree(source, tmp) if source.resolve() != tmp.resolve() else None
-        sha = manifest.write(tmp, version)
-        _remove_tree(target)
-        os.rename(tmp, target)
-        fsync_dir(self.serving)
-        self.meta.set_serving_manifest(version, sha)
-        self.meta.set_file_stamps(f"{version}/serving", _stamps(target))
-        if source.name.startswith(".") and source.exists():
-            _remove_tree(source)
+        return self.serving.get(version, path, lambda: self.model_dir(record.parent))  # type: ignore[arg-type]
 
     def size(self, version: str) -> int:
         return self.artifacts.size(version)
 
     def disk_bytes(self, version: str) -> int:
         """What the version takes on disk: its files and its merged serving copy, if any."""
-        return self.artifacts.size(version) + _tree_bytes(self.serving / version)
+        return self.artifacts.size(version) + self.serving.bytes(version)
 
     # -- retention --------------------------------------------------------------------------------
     def pruned(self) -> dict[str, str]:
@@ -254,26 +214,18 @@ class Registry:
     def _prune(self, version: str) -> None:
         # recorded first: from this commit on the version counts as pruned whatever happens to its files
         self.meta.mark_pruned(version, self.clock())
-        self._drop_serving(version)
+        self.serving.drop(version)
         self.artifacts.prune(version)
-
-    def _drop_serving(self, version: str) -> None:
-        if (self.serving / version).exists():
-            trash = self.serving / f".{version}.pruned"
-            _remove_tree(trash)
-            os.rename(self.serving / version, trash)  # out of sight whole; recover removes serving/.* leftovers
-            fsync_dir(self.serving)
-            _remove_tree(trash)
 
     def _finish_prunes(self) -> None:
         """Complete prunes a crash interrupted: files of versions recorded as pruned, and half-deleted leftovers."""
         pruned = set(self.meta.pruned())
         for version in sorted(pruned & self.artifacts.versions_present()):
             log.warning("finishing the prune of %s (interrupted)", version)
-            self._drop_serving(version)
+            self.serving.drop(version)
             self.artifacts.prune(version)
-        for version in sorted(pruned & {p.name for p in self.serving.iterdir()}):
-            self._drop_serving(version)
+        for version in sorted(pruned & self.serving.present()):
+            self.serving.drop(version)
         self.artifacts.clean_pruned()
 
     def total_bytes(self) -> int:
@@ -440,10 +392,7 @@ class Registry:
         versions = self.meta.list_versions()
         if versions:
             keep.add(versions[-1].version)
-        for entry in self.serving.iterdir():
-            if not entry.name.startswith(".") and entry.name not in keep:
-                _remove_tree(entry)
-                self.meta.set_serving_manifest(entry.name, None)
+        self.serving.evict(keep)
 
     # -- export -----------------------------------------------------------------------------------
     def export(self, version: str, dest: Path) -> Path:
@@ -453,7 +402,7 @@ class Registry:
         source = self.model_dir(version)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".{dest.name}.export-tmp"
-        _remove_tree(tmp)
+        remove_tree(tmp)
         shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(manifest.MANIFEST))
         for folder, dirs, names in os.walk(tmp):
             os.chmod(folder, 0o755)
@@ -479,26 +428,9 @@ def library_versions() -> dict[str, str]:
     return found
 
 
-def _stamps(root: Path) -> dict[str, manifest.Stamp]:
-    return {path.relative_to(root).as_posix(): manifest.stamp(path)
-            for path in root.rglob("*") if path.is_file() and path.name != manifest.MANIFEST}
-
-
 def _kind_of(staging: Path) -> str:
     if (staging / "model" / "config.json").is_file():
         return "full"
     if (staging / "adapter").is_dir() and (staging / "model-config" / "config.json").is_file():
         return "lora"
     raise UsageError(f"{staging} holds neither model/ (a full version) nor adapter/ + model-config/ (a LoRA version)")
-
-
-def _tree_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.is_dir() else 0
-
-
-def _remove_tree(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        _writable(path)
-        shutil.rmtree(path)

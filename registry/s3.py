@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ from urllib.parse import urlsplit
 from registry import retry
 from registry.abc import ArtifactStore
 from registry.errors import IntegrityError, MissingExtra, UnsafeStore, UsageError
-from registry.local import LocalArtifacts, _writable
+from registry.fsutil import remove_tree
+from registry.local import LocalArtifacts
 from registry.manifest import MANIFEST, sha256_file
 
 _VERSION = re.compile(r"^v\d{4,}$")
@@ -168,8 +168,7 @@ class S3Artifacts(ArtifactStore):
                     raise
         finally:
             if tmp.exists():
-                _writable(tmp)
-                shutil.rmtree(tmp)
+                remove_tree(tmp)
         return path
 
     def _download(self, key: str, target: Path) -> str:

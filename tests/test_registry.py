@@ -364,7 +364,7 @@ def test_gc_keeps_the_weights_a_kept_lora_version_adapts(make_registry, tiny_mod
     registry.create_version(stage_full(registry, tiny_model, "b"), parent=None, strategy="replay")  # rejected
     registry.create_version(stage_full(registry, tiny_model, "c"), parent=None, strategy="replay")  # newest
     assert registry.gc(1).pruned == ["v0005"]  # the champion v0004 adapts v0003, v0002 and v0001
-    for leftover in registry.serving.iterdir():
+    for leftover in registry.serving.root.iterdir():
         shutil.rmtree(leftover)
     registry.meta.set_serving_manifest("v0004", None)
     assert (registry.model_dir("v0004") / "adapter.txt").read_text() == "v0004"  # merged again from kept weights

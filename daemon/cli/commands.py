@@ -372,6 +372,7 @@ def migrate_registry(home_dir: Path | None, metadata_url: str, artifacts_url: st
     """Copy the home's local registry to PostgreSQL and/or S3, verified; run it again to resume."""
     from registry.backends import open_backends
     from registry.errors import UsageError
+    from registry.fsutil import remove_tree
     from registry.lock import PidLock
     from registry.migrate import migrate
 
@@ -385,7 +386,7 @@ def migrate_registry(home_dir: Path | None, metadata_url: str, artifacts_url: st
     upload, check = home.state / "migrate-upload", home.state / "migrate-check"
     with PidLock(home.state / "daemon.lock", "lifelong run").acquire(timeout=0):  # the daemon is stopped
         for folder in (upload, check):
-            _remove_tree(folder)  # a run killed before left copies behind: start them afresh
+            remove_tree(folder)  # a run killed before left copies behind: start them afresh
         source = open_registry(home)
         meta, artifacts = open_backends(upload, metadata_url, artifacts_url, probe=True)
         checker = open_backends(check, "", artifacts_url)[1] if artifacts_url else None
@@ -397,22 +398,12 @@ def migrate_registry(home_dir: Path | None, metadata_url: str, artifacts_url: st
             source.close()
             meta.close()  # type: ignore[union-attr]
             for folder in (upload, check):
-                _remove_tree(folder)
+                remove_tree(folder)
     click.echo(f"migrated: {len(done.versions)} versions ({len(done.files)} with files), {done.decisions} decisions,"
                f" {done.audit} audit entries, {len(done.pruned)} retention marks; {len(done.verified)} versions"
                " verified at the destination")
     click.echo("now set in lifelong.toml, [registry]:" + (f"\n  metadata = {metadata_url!r}" if metadata_url else "")
                + (f"\n  artifacts = {artifacts_url!r}" if artifacts_url else ""))
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    from registry.local import _writable
-
-    if path.exists():
-        _writable(path)
-        shutil.rmtree(path)
 
 
 @main.command("sync-champion")
