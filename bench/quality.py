@@ -369,6 +369,8 @@ def main() -> None:
                              "and run only --strategies")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a config override for every contender (a TOML value), e.g. strategy.min_steps=0")
+    parser.add_argument("--seeds", help="comma-separated seeds instead of the profile's (a look at one seed before "
+                                        "the whole table; the table records the seeds it ran)")
     parser.add_argument("--section", help="the BENCHMARKS.md section and docs/img prefix "
                                           "(default quality-STREAM-PROFILE)")
     parser.add_argument("--report", action="store_true",
@@ -379,6 +381,8 @@ def main() -> None:
         report(args)
         return
     profile = {**PROFILES[args.profile], "set": args.set, "task": task_of(args.stream)}
+    if args.seeds:
+        profile["seeds"] = [int(seed) for seed in args.seeds.split(",")]
     names = args.strategies.split(",")
     if args.jobs > 1:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))  # every child inherits it

@@ -158,7 +158,7 @@ def test_sigkill_at_every_step_of_a_gc_leaves_every_kept_version_verifiable(tmp_
     template_urls = backend_urls(request, backends)
     template = tmp_path / "template"
     with open_registry(str(template), *template_urls) as registry:
-        registry.materializer = copy_materializer
+        registry.serving.materializer = copy_materializer
         for i, marker in enumerate("abcdef", 1):
             lora = marker in "ce"  # v0003 adapts v0002, v0005 adapts v0004
             registry.create_version(fake_version(registry, marker, lora=lora), parent=f"v{i - 1:04d}" if lora else None,
@@ -179,7 +179,7 @@ def test_sigkill_at_every_step_of_a_gc_leaves_every_kept_version_verifiable(tmp_
                               cwd=ROOT, capture_output=True, text=True, timeout=60)
         runs += 1
         with open_registry(str(root), *urls) as registry:  # opening finishes the prune
-            registry.materializer = copy_materializer
+            registry.serving.materializer = copy_materializer
             assert set(registry.pruned()) <= doomed
             assert not [p for p in (root / "versions").iterdir() if p.name.startswith(".")]
             assert not [p for p in (root / "serving").iterdir() if p.name.startswith(".")]
