@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.quality import drive, env_for, lifelong, prune, read_back, run_reference
-from bench.report import machine, write_section
+from bench.report import machine, matrix_grid, write_section
 from bench.streams import build, write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,40 +153,12 @@ def verdicts(results: dict[str, Any]) -> list[str]:
 
 
 def plot(results: dict[str, Any], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     rows = results["strategies"]
-    names = list(rows)
-    cols = min(4, len(names))
-    rows_n = -(-len(names) // cols)
-    matrices = {n: np.array([[np.nan if v is None else v for v in r] for r in rows[n]["loss_matrix"]], dtype=float)
-                for n in names}
-    top = max(float(np.nanmax(m)) for m in matrices.values())
-    fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 3.3 * rows_n), squeeze=False)
-    for ax, name in zip(axes.flat, names):
-        data = matrices[name]
-        ax.imshow(data, vmin=0, vmax=top, cmap="viridis_r")  # bright: low loss
-        for (i, j), value in np.ndenumerate(data):
-            if not np.isnan(value):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value > top / 2 else "black")
-        ax.set_title(f"{name}  loss {rows[name]['loss']:.3f}", fontsize=10)
-        ax.set_xlabel("held-out set of batch")
-        ax.set_ylabel("after update")
-        ax.set_xticks(range(data.shape[1]), [str(t + 1) for t in range(data.shape[1])], fontsize=7)
-        ax.set_yticks(range(data.shape[0]), [str(t + 1) for t in range(data.shape[0])], fontsize=7)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    fig.suptitle(f"chat ({results['profile']}): the champion's answer loss\n(nats per answer token) after each update",
-                 fontsize=10)
-    fig.tight_layout()
-    path = out / "matrices.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    matrices = {n: rows[n]["loss_matrix"] for n in rows}
+    top = max(v for m in matrices.values() for row in m for v in row if v is not None)
+    return matrix_grid(matrices, {n: f"{n}  loss {rows[n]['loss']:.3f}" for n in rows},
+                       f"chat ({results['profile']}): the champion's answer loss\n(nats per answer token) after each update",
+                       out / "matrices.png", cols=4, vmax=top, cmap="viridis_r", numbers=True)  # bright: low loss
 
 
 def publish(results: dict[str, Any], out: Path, section: str | None) -> None:

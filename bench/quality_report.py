@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.quality import DEFAULT_STRATEGY, PROFILES, ROOT, score_name, task_of
-from bench.report import machine, write_section
+from bench.report import machine, matrix_grid, write_section
 from bench.streams import build
 
 
@@ -88,29 +88,11 @@ def plots(results: dict[str, Any], matrices: dict[str, list[list[float | None]]]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    names = list(matrices)
-    cols = min(3, len(names))
-    rows_n = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.6 * rows_n), squeeze=False)
-    for ax, name in zip(axes.flat, names):
-        data = np.array([[np.nan if v is None else v for v in row] for row in matrices[name]], dtype=float)
-        ax.imshow(data, vmin=0, vmax=1, cmap="viridis")
-        ax.set_title(f"{name}  {'F1' if task_of(results['stream']) == 'token_classification' else 'ACC'} "
-                     f"{results['strategies'][name]['acc']:.3f}", fontsize=10)
-        ax.set_xlabel("held-out set of batch")
-        ax.set_ylabel("after update")
-        ticks = range(data.shape[1])
-        ax.set_xticks(list(ticks), [str(t + 1) for t in ticks], fontsize=7)
-        ax.set_yticks(list(range(data.shape[0])), [str(t + 1) for t in range(data.shape[0])], fontsize=7)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    fig.suptitle(f"{results['stream']} ({results['profile']}): {score_name(results['stream'])} of the champion after each update")
-    fig.tight_layout()
-    matrix_png = out / "matrices.png"
-    fig.savefig(matrix_png, dpi=80)
-    plt.close(fig)
+    score = "F1" if task_of(results["stream"]) == "token_classification" else "ACC"
+    matrix_png = matrix_grid(matrices, {n: f"{n}  {score} {results['strategies'][n]['acc']:.3f}" for n in matrices},
+                             f"{results['stream']} ({results['profile']}): {score_name(results['stream'])} of the champion "
+                             "after each update", out / "matrices.png", cols=3, vmax=1, cmap="viridis")
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     # contenders at the same compute and nearly the same accuracy (the replay strategies, the ones
