@@ -113,7 +113,7 @@ def test_entity_scores_by_hand() -> None:
              {"tags": ["O"]}]
     figures = TASK.score(rows, found, bio.tag_labels(["PER", "LOC", "ORG"]))
     # seqeval's classification_report on these gives micro P 2/3, R 2/5, F1 1/2; LOC P 1/2 R 1/2; NEW never found
-    assert figures["rows"] == 3 and figures["precision"] == pytest.approx(2 / 3)
+    assert figures["rows"] == 3 and figures["entities"] == 5 and figures["precision"] == pytest.approx(2 / 3)
     assert figures["recall"] == pytest.approx(2 / 5) and figures["entity_f1"] == pytest.approx(0.5)
     assert figures["per_type"]["LOC"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2, "predicted": 2,
                                           "correct": 1}
@@ -148,6 +148,38 @@ def test_a_held_out_set_judges_only_the_types_its_batch_labels() -> None:
     # a wrong type the batch does label still counts against the model
     wrong = [{"tags": ["B-LOC", "O", "O", "O"]}, {"tags": ["O", "O"]}]
     assert TASK.judged(rows + [{"tokens": ["x"], "tags": ["B-LOC"]}], wrong + [{"tags": ["O"]}])[0]["tags"][0] == "B-LOC"
+
+
+def test_the_gate_sizes_a_ner_set_by_its_entities_and_signs_its_changed_sentences() -> None:
+    # entity F1 resolves entities, not sentences: a set of 160 sentences holding 50 entities moves
+    # 0.02 with one entity, so it is pooled like any set under min_eval_rows, and its sign test
+    # counts the sentences whose entities the champion found all of and the candidate did not
+    from daemon.config import GateConfig
+    from daemon.update.gate import Scores, decide, recheck
+
+    config = GateConfig(metric="entity_f1", max_forgetting=0.02, min_gain_new=0.0, min_eval_rows=100)
+    champion, candidate = Scores(per_experience={"1": 0.40, "2": 0.0}), Scores(per_experience={"1": 0.37, "2": 0.5})
+    rows, entities = {"1": 160, "2": 150}, {"1": 50, "2": 120}
+
+    def judged(lost: int, gained: int, sizes: dict[str, int] | None = entities):  # type: ignore[no-untyped-def]
+        return decide(new="2", candidate=candidate, champion=champion, rows=rows, config=config, entities=sizes,
+                      paired={"1": {"lost": lost, "gained": gained}, "2": {"lost": 0, "gained": 40}})
+
+    noise = judged(3, 2)
+    assert noise.passed, noise.reasons
+    assert noise.reasons[1:] == ["batch 1: 50 held-out entities < min_eval_rows 100; not gated alone",
+                                 "forgetting on batch 1 (50 entities; 3 rows lost, 2 gained): 0.030 > 0.02; <= 0.04 "
+                                 "and sign test p=0.5 >= 0.05: within noise"]
+    lost = judged(9, 0)  # the same F1 drop, every changed sentence lost: beyond chance
+    assert not lost.passed
+    assert lost.failures == ["forgetting on batch 1: 0.030 > 0.02 (9 rows lost, 0 gained of a set of 50 entities; "
+                             "sign test p=0.002 < 0.05)", "forgetting on batch 1 (50 entities; 9 rows lost, 0 gained): "
+                             "0.030 > 0.02; sign test p=0.002 < 0.05"]
+    by_sentences = judged(3, 2, None)  # counted in sentences the set is large and judged alone
+    assert not by_sentences.passed and by_sentences.failures == ["forgetting on batch 1: 0.030 > 0.02"]
+    recorded = {"candidate": {"per_experience": candidate.per_experience}, "rows": rows, "entities": entities,
+                "champion": {"per_experience": champion.per_experience}, "paired": {"1": {"lost": 3, "gained": 2}}}
+    assert recheck(recorded, "2", config).reasons == noise.reasons  # `lifelong promote` re-checks on the same sizes
 
 
 def test_gate_metric_left_empty_or_out_is_the_tasks_own() -> None:
@@ -220,12 +252,16 @@ def test_an_update_eval_and_predict_on_a_ner_home(home_root: Path, tiny_model: P
     assert shown["decision"] == "promoted" and shown["data"]["train_rows"] > 0, shown["gate"]  # F1 above the floor of 0
     assert any("entity_f1" in reason for reason in shown["gate"]["reasons"]), shown["gate"]
     per_type = shown["metrics"]["candidate"]["per_type"]["1"]  # per entity type, per batch
+    from daemon.home import open_home, open_registry
+
+    with open_registry(open_home(home_root)) as registry:  # the gate sized the held-out set by its true entities
+        recorded = registry.decision_record("v0001").metrics  # type: ignore[union-attr]
+    assert recorded["entities"] == {"1": sum(row["support"] for row in per_type.values())}, recorded
     assert set(per_type) <= {"PER", "LOC"} and per_type, shown["metrics"]["candidate"]
     text = cli("show", "v0001", "--home", str(home_root)).stdout
     table = text[text.index("per type"):].splitlines()
     assert "batch 1" in table[1] and any(line.split()[0] == kind and f"({row['support']})" in line
                                          for kind, row in per_type.items() for line in table[2:]), text
-    from daemon.home import open_home
     from daemon.service.metrics import Metrics
 
     scraped = Metrics(open_home(home_root)).exposition().decode()

@@ -302,13 +302,17 @@ class UpdateCycle:
             baseline = majority_share(eval_labels)
             batch_labels, model_labels = len(set(eval_labels)), len(spec.labels)
         paired = results.get("paired") or {}
+        entities = ({k: int(v["entities"]) for k, v in results["scores"].get("candidate", {}).items()
+                     if k != "canary" and v.get("entities") is not None} if self.tagged else None)
         gate = decide(new=new, candidate=candidate, champion=champion, rows=rows, config=self.config.gate,  # type: ignore[arg-type]
                       baseline=baseline, canary_rows=rows.get("canary", 0), paired=paired,
                       batch_labels=batch_labels, model_labels=model_labels,
-                      first_against_base=bool(first_against_base), stops=stops)
+                      first_against_base=bool(first_against_base), stops=stops, entities=entities)
         metrics = {"candidate": _summary(candidate, new, rows), "champion": _summary(champion, new, rows) if champion else None,
                    "baseline": baseline, "batch_labels": batch_labels, "model_labels": model_labels,
                    "metric": metric, "rows": rows, "paired": paired}
+        if entities is not None:  # the sets' sizes the gate judged on, for `lifelong promote` to re-check with
+            metrics["entities"] = entities
         if stops is not None:  # recorded for `lifelong promote` to re-check the gate on
             metrics.update(first_against_base=first_against_base, stops=stops)
             for who in ("candidate", "champion"):  # every held-out figure per set (exact_match beside the loss)

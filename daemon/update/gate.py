@@ -35,6 +35,13 @@ The changed-row counts ("paired": lost and gained rows per set) come from the tr
 scores candidate and champion on the same rows. Without them (older records, or macro_f1) they are
 the fewest changed rows the two scores allow: |drop| x rows, all lost or all gained.
 
+Entities. Entity F1 (token_classification) resolves entities, not sentences: a set of 160 sentences
+holding 50 entities moves 0.02 with one of them. Such a set's size is its true entities (`entities`,
+from the child), against min_eval_rows as rows are elsewhere; its drop, alone and in a pool (sets
+weighed by their entities), is its F1's, and its sign test counts the sentences the task's `correct`
+says changed (all its entities found by the champion and not by the candidate: lost; the reverse:
+gained), past the noise band a set fails whatever that test says, as a loss does below.
+
 Direction. Each metric is higher- or lower-is-better (strategies/tasks TASKS). For a lower-is-better
 one (`answer_loss` of causal_lm, in nats) "drop" reads "rise": forgetting is the candidate's loss on
 an earlier batch rising past max_forgetting, the gain on the new batch is the champion's loss less
@@ -134,12 +141,15 @@ def sign_test(lost: int, gained: int) -> float:
 def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[str, int], config: GateConfig,
            baseline: float | None = None, canary_rows: int = 0, paired: dict[str, dict] | None = None,
            batch_labels: int = 0, model_labels: int = 0, first_against_base: bool = False,
-           stops: dict[str, dict] | None = None) -> GateResult:
+           stops: dict[str, dict] | None = None, entities: dict[str, int] | None = None) -> GateResult:
     """`baseline`: the majority label's share of the new batch's held-out rows; `batch_labels`: how many
     labels those rows carry, `model_labels`: how many the candidate predicts among (0: not known);
     `first_against_base`: `champion` holds the base model's scores and the candidate is the first
-    model; `stops`: {"candidate"|"champion": {"generated", "stopped"}}, the generation check."""
+    model; `stops`: {"candidate"|"champion": {"generated", "stopped"}}, the generation check;
+    `entities`: the true entities in each held-out set (entity_f1), its size against min_eval_rows."""
     metric = config.metric
+    sizes = {e: (entities or {}).get(e, n) if metric == "entity_f1" else n for e, n in rows.items()}
+    unit = "entities" if metric == "entity_f1" and entities else "rows"
     reasons: list[str] = []
     failures: list[str] = []
 
@@ -170,8 +180,8 @@ def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[s
         return GateResult(checked(ok), reasons, failures)
 
     before = champion.per_experience.get(new)
-    if score is None or before is None or rows.get(new, 0) < config.min_eval_rows:
-        reasons.append(f"batch {new}: {rows.get(new, 0)} held-out rows < min_eval_rows {config.min_eval_rows}; gain not gated")
+    if score is None or before is None or sizes.get(new, 0) < config.min_eval_rows:
+        reasons.append(f"batch {new}: {sizes.get(new, 0)} held-out {unit} < min_eval_rows {config.min_eval_rows}; gain not gated")
     else:
         gain = -worse(metric, before, score)
         ok = gain >= config.min_gain_new
@@ -196,10 +206,10 @@ def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[s
         if experience == new:
             continue
         now, then = candidate.per_experience.get(experience), champion.per_experience.get(experience)
-        if now is None or then is None or rows.get(experience, 0) < config.min_eval_rows:
-            if now is not None and then is not None and rows.get(experience, 0):
+        if now is None or then is None or sizes.get(experience, 0) < config.min_eval_rows:
+            if now is not None and then is not None and sizes.get(experience, 0):
                 small.append(experience)
-            reasons.append(f"batch {experience}: {rows.get(experience, 0)} held-out rows < min_eval_rows "
+            reasons.append(f"batch {experience}: {sizes.get(experience, 0)} held-out {unit} < min_eval_rows "
                            f"{config.min_eval_rows}; not gated alone")
             continue
         drop = worse(metric, then, now)
@@ -208,7 +218,7 @@ def decide(*, new: str, candidate: Scores, champion: Scores | None, rows: dict[s
                        + (f" ({metric} {then:.3f} -> {now:.3f})" if lower_is_better(metric) else ""))
         passed &= checked(ok)
     if small:
-        passed &= _pooled(small, candidate, champion, rows, config, paired or {}, reasons, failures)
+        passed &= _pooled(small, candidate, champion, sizes, unit, config, paired or {}, reasons, failures)
     if candidate.canary is not None and champion.canary is not None:
         drop = worse(metric, champion.canary, candidate.canary)
         ok = drop <= config.max_canary_drop
@@ -237,43 +247,51 @@ def _stops(stops: dict[str, dict] | None, reasons: list[str], failures: list[str
     return ok
 
 
-def _pooled(small: list[str], candidate: Scores, champion: Scores, rows: dict[str, int], config: GateConfig,
-            paired: dict[str, dict], reasons: list[str], failures: list[str]) -> bool:
+# metrics whose sign test counts the rows the task's `correct` says changed (the child's paired
+# "lost"/"gained"): a row right or wrong, or for entity_f1 a sentence whose entities are all found
+ROW_PAIRED = ("accuracy", "entity_f1")
+
+
+def _pooled(small: list[str], candidate: Scores, champion: Scores, sizes: dict[str, int], unit: str,
+            config: GateConfig, paired: dict[str, dict], reasons: list[str], failures: list[str]) -> bool:
     metric = config.metric
     lower = lower_is_better(metric)
+    # the drop of a set is its score's, except in accuracy, where it is the changed rows' net count
+    scored = metric != "accuracy"
     changed, drops = {}, {}
     for e in small:
         drops[e] = worse(metric, champion.per_experience[e], candidate.per_experience[e])  # type: ignore[arg-type]
-        counts = (paired.get(e) or {}).get(metric) if lower else paired.get(e) if metric == "accuracy" else None
+        counts = (paired.get(e) or {}).get(metric) if lower else paired.get(e) if metric in ROW_PAIRED else None
         changed[e] = (Changed(int(counts["lost"]), int(counts["gained"])) if counts
-                      else Changed(rows[e], 0) if lower and drops[e] > 0 else Changed(0, rows[e]) if lower
-                      else Changed.fewest(drops[e], rows[e]))
+                      else Changed(sizes[e], 0) if lower and drops[e] > 0 else Changed(0, sizes[e]) if lower
+                      else Changed.fewest(drops[e], sizes[e]))
     ok = True
     ceiling = round(config.max_forgetting * (1 + NOISE_BAND), 12)
     for e in small:  # forgetting confined to one small set, hidden in the pool by gains elsewhere
         c = changed[e]
-        drop = drops[e] if lower else (c.lost - c.gained) / rows[e]
+        drop = drops[e] if scored else (c.lost - c.gained) / sizes[e]
         p, alpha = sign_test(c.lost, c.gained), SIGNIFICANCE / len(small)
         if drop > config.max_forgetting and p < alpha:
             ok = False
             reasons.append(f"forgetting on batch {e}: {drop:.3f} > {config.max_forgetting} ({c.lost} rows lost, "
-                           f"{c.gained} gained of {rows[e]}; sign test p={p:.2g} < {alpha:.2g})")
+                           f"{c.gained} gained {_of(sizes[e], unit)}; sign test p={p:.2g} < {alpha:.2g})")
             failures.append(reasons[-1])
-        elif lower and len(small) > 1 and drop > ceiling:
-            # per-row losses are sizes, which the sign test does not see: a few rows whose loss rose far
-            # lift a set's mean while as many fall a little; past the noise band that is forgetting
+        elif scored and counts_paired(metric, paired, e) and len(small) > 1 and drop > ceiling:
+            # a row's loss, or a set's F1, is a size the sign test does not see: a few rows whose loss
+            # rose far (entities lost in a few sentences) lift a set's figure while as many rows move
+            # the other way a little; past the noise band that is forgetting
             ok = False
             reasons.append(f"forgetting on batch {e}: {drop:.3f} > {ceiling:.3g} ({c.lost} rows lost, {c.gained} "
-                           f"gained of {rows[e]}), beyond what noise may excuse: forgetting, whatever the sign test "
-                           f"(p={p:.2g})")
+                           f"gained {_of(sizes[e], unit)}), beyond what noise may excuse: forgetting, whatever the "
+                           f"sign test (p={p:.2g})")
             failures.append(reasons[-1])
-    pooled = sum(rows[e] for e in small)
+    pooled = sum(sizes[e] for e in small)
     lost, gained = sum(changed[e].lost for e in small), sum(changed[e].gained for e in small)
     if lower:  # a rise in nats, each set weighed by its rows
-        drop = round(sum(drops[e] * rows[e] for e in small) / pooled, 12)
+        drop = round(sum(drops[e] * sizes[e] for e in small) / pooled, 12)
         tolerance = config.max_forgetting
     else:
-        drop = round((lost - gained) / pooled, 12)
+        drop = round((sum(drops[e] * sizes[e] for e in small) if scored else lost - gained) / pooled, 12)
         tolerance = max(config.max_forgetting, round(1 / pooled, 12))  # a pool cannot resolve less than one row
     ceiling = round(tolerance * (1 + NOISE_BAND), 12)
     p = sign_test(lost, gained)
@@ -282,9 +300,10 @@ def _pooled(small: list[str], candidate: Scores, champion: Scores, rows: dict[st
     noise = band and p >= SIGNIFICANCE
     ok &= within or noise
     what = f"batch {small[0]}" if len(small) == 1 else f"batches {', '.join(small)} pooled"
-    reasons.append(f"forgetting on {what} ({pooled} rows; {lost} lost, {gained} gained): "
+    reasons.append(f"forgetting on {what} ({pooled} {unit}; {lost} {'' if unit == 'rows' else 'rows '}lost, {gained} gained): "
                    f"{drop:.3f} {'<=' if within else '>'} {tolerance:.3g}"
-                   + (f" (one row; max_forgetting {config.max_forgetting} is finer)" if tolerance > config.max_forgetting else "")
+                   + (f" (one {'entity' if unit == 'entities' else 'row'}; max_forgetting {config.max_forgetting} is finer)"
+                      if tolerance > config.max_forgetting else "")
                    + ("" if within
                       else f"; <= {ceiling:.3g} and sign test p={p:.2g} >= {SIGNIFICANCE}: within noise" if noise
                       else f"; sign test p={p:.2g} < {SIGNIFICANCE}" if band
@@ -293,6 +312,16 @@ def _pooled(small: list[str], candidate: Scores, champion: Scores, rows: dict[st
     if not (within or noise):
         failures.append(reasons[-1])
     return ok
+
+
+def _of(size: int, unit: str) -> str:
+    return f"of {size}" if unit == "rows" else f"of a set of {size} {unit}"
+
+
+def counts_paired(metric: str, paired: dict[str, dict], experience: str) -> bool:
+    """Whether the child counted the set's changed rows in this metric's own terms (not the fewest the scores allow)."""
+    found = paired.get(experience) or {}
+    return bool(found.get(metric) if lower_is_better(metric) else found if metric in ROW_PAIRED else None)
 
 
 def floor(metric: str, baseline: float | None, batch_labels: int = 0, model_labels: int = 0) -> tuple[float, str] | None:
@@ -336,4 +365,5 @@ def recheck(metrics: dict, new: str, config: GateConfig) -> GateResult:
     return decide(new=new, candidate=candidate, champion=scores("champion"), rows=rows, config=config,
                   baseline=metrics.get("baseline"), canary_rows=rows.get("canary", 0), paired=metrics.get("paired"),
                   batch_labels=int(metrics.get("batch_labels") or 0), model_labels=int(metrics.get("model_labels") or 0),
-                  first_against_base=bool(metrics.get("first_against_base")), stops=metrics.get("stops"))
+                  first_against_base=bool(metrics.get("first_against_base")), stops=metrics.get("stops"),
+                  entities=metrics.get("entities"))

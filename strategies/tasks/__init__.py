@@ -44,8 +44,9 @@ TASKS: dict[str, TaskInfo] = {
     "sequence_classification": TaskInfo(name="sequence_classification", columns=("text", "label"),
                                         metrics={"accuracy": "higher", "macro_f1": "higher"}, labelled=True),
     # labels are BIO tags (strategies/tasks/bio.py); the daemon's catalog holds the entity types
+    # a held-out set's size for the gate is its true entities (`entities`): what entity F1 resolves
     "token_classification": TaskInfo(name="token_classification", columns=("tokens", "tags"),
-                                     metrics={"entity_f1": "higher"}, labelled=True),
+                                     metrics={"entity_f1": "higher"}, labelled=True, figures=("entities",)),
     # a row is the conversation before the answer (`prompt`: [{"role", "content"}], a plain
     # {"prompt", "completion"} row is one user message) and the answer (`completion`); no labels.
     # LoRA by default: adapter-only versions of a model whose whole weights are hundreds of MB; the

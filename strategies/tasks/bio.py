@@ -83,8 +83,8 @@ def repair(tags: Sequence[str]) -> tuple[list[str], int]:
 
 
 def figures(truth: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, Any]:
-    """rows, entity-level micro precision/recall/F1 (`entity_f1`) and per-type figures (support: true
-    entities; predicted: entities predicted; correct: those right in span and type)."""
+    """rows, entities (the true ones), entity-level micro precision/recall/F1 (`entity_f1`) and per-type
+    figures (support: true entities; predicted: entities predicted; correct: those right in span and type)."""
     counts: dict[str, list[int]] = {}  # type -> [true positives, predicted, true]
     for true_tags, found_tags in zip(truth, predicted):
         wanted, got = set(spans(true_tags)), set(spans(found_tags))
@@ -100,7 +100,7 @@ def figures(truth: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) 
     total = [sum(c[i] for c in counts.values()) for i in range(3)]
     micro = _prf(*total)
     nothing = total[1] == 0 and total[2] == 0
-    return {"rows": len(truth), "entity_f1": None if nothing or not truth else micro["f1"],
+    return {"rows": len(truth), "entities": total[2], "entity_f1": None if nothing or not truth else micro["f1"],
             "precision": None if nothing else micro["precision"], "recall": None if nothing else micro["recall"],
             "per_type": per_type}
 
