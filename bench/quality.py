@@ -380,6 +380,10 @@ def main() -> None:
     if args.report:
         report(args)
         return
+    # what reads the homes back at the end is imported now: an edit to the tree during an hours-long
+    # run must not meet half-old modules in this process (the daemons it starts read the tree anew)
+    import registry.registry  # noqa: F401
+
     profile = {**PROFILES[args.profile], "set": args.set, "task": task_of(args.stream)}
     if args.seeds:
         profile["seeds"] = [int(seed) for seed in args.seeds.split(",")]
