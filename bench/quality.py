@@ -34,6 +34,7 @@ measured beside another; the learning figures do not depend on it (same seeds, s
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -382,7 +383,7 @@ def main() -> None:
         return
     # what reads the homes back at the end is imported now: an edit to the tree during an hours-long
     # run must not meet half-old modules in this process (the daemons it starts read the tree anew)
-    import registry.registry  # noqa: F401
+    importlib.import_module("registry.registry")
 
     profile = {**PROFILES[args.profile], "set": args.set, "task": task_of(args.stream)}
     if args.seeds:
