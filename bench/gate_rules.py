@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.quality import DEFAULT_STRATEGY, PROFILES, figures, prune, run_strategy
+from bench.quality import PROFILES, default_for, figures, prune, run_strategy
 from bench.report import machine, write_section
 from bench.streams import POISONS, build, write
 
@@ -80,8 +80,8 @@ def run_seed(seed: int, work: Path, model: str) -> dict[str, Any]:
     parts = build("mixed", seed, None, POISONS)
     files = write(parts, work / f"stream-seed{seed}")
     (work / f"seed{seed}").mkdir(parents=True, exist_ok=True)
-    run = run_strategy(DEFAULT_STRATEGY, files, seed, PROFILES["quick"], model, work / f"seed{seed}", keep_home=True)
-    home = work / f"seed{seed}" / f"{DEFAULT_STRATEGY.replace('+', '-')}-seed{seed}"
+    run = run_strategy(default_for("mixed"), files, seed, PROFILES["quick"], model, work / f"seed{seed}", keep_home=True)
+    home = work / f"seed{seed}" / f"{default_for('mixed').replace('+', '-')}-seed{seed}"
     found = decisions(home)
     prune(home)
     kinds = {j + 1: p.poison for j, p in enumerate(parts)}
@@ -158,7 +158,7 @@ def publish(results: dict[str, Any], out: Path, *, write: bool) -> None:
         write_section("gate-rules", "\n".join([
             "## Gate rules on small mixed batches (`bench/gate_rules.py`)", "",
             f"Command: `{results['command']}`  ", "",
-            f"Machine: {machine()}. Model embedded:minilm, strategy {DEFAULT_STRATEGY}, every other setting at "
+            f"Machine: {machine()}. Model embedded:minilm, strategy {default_for('mixed')}, every other setting at "
             f"its default; the mixed stream (BBC topics, VADER tweets, VADER product reviews: 180, 220 and "
             f"250 rows) then three poisoned files of 150 rows each (flipped, shuffled, foreign); seeds "
             f"{results['seeds']}; {results['wall_seconds'] / 60:.1f} min. Each rule judges the same recorded "

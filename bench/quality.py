@@ -52,13 +52,11 @@ ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("finetune", "replay", "ewc", "lora", "lwf", "lora+replay", "ewc+replay")
 
 
-def _default_strategy() -> str:
-    from daemon.config import StrategyConfig
+def default_for(stream: str) -> str:
+    """The strategy a home of the stream's task trains when its config names none."""
+    from strategies.tasks import TASKS
 
-    return StrategyConfig().name
-
-
-DEFAULT_STRATEGY = _default_strategy()
+    return TASKS[task_of(stream)].strategy
 SLOWEST_FIRST = ("retrain", "ewc+replay", "replay", "lora+replay", "lwf", "ewc", "finetune", "lora", "joint")
 
 # Sized for 2 CPU cores with --jobs 2: quick, the whole bbc table in under 20 minutes; full, three

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.quality import DEFAULT_STRATEGY, PROFILES, ROOT, score_name, task_of
+from bench.quality import PROFILES, ROOT, default_for, score_name, task_of
 from bench.report import machine, matrix_grid, write_section
 from bench.streams import build
 
@@ -26,12 +26,13 @@ def table(results: dict[str, Any]) -> str:
         return f"{value:.3f}" + (f" ± {spread:.3f}" if spread is not None else "")
 
     acc = "F1" if task_of(results["stream"]) == "token_classification" else "ACC"
+    default = default_for(results["stream"])
     lines = [f"| strategy | {acc} | BWT | forgetting max | candidate drop max | train samples | vs retrain | wall s | promoted / rejected |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in rows.items():
         share = f"{r['train_samples'] / retrain:.0%}" if retrain else "-"
         decided = "-" if r["promoted"] is None else f"{r['promoted']:.3g} / {r['rejected']:.3g}"
-        label = f"**{name}** (default)" if name == DEFAULT_STRATEGY else name
+        label = f"**{name}** (default)" if name == default else name
         lines.append(f"| {label} | {fmt(r['acc'], 'acc', name)} | {fmt(r['bwt'], 'bwt', name)} | "
                      f"{fmt(r['forgetting_max'], 'forgetting_max', name)} | "
                      f"{fmt(r.get('candidate_drop_max'), 'candidate_drop_max', name)} | {r['train_samples']:,.0f} | {share} | "
@@ -45,7 +46,8 @@ def fmt_or_dash(value: float | None) -> str:
 
 def verdicts(results: dict[str, Any], profile_name: str) -> list[str]:
     rows = results["strategies"]
-    if not {DEFAULT_STRATEGY, "joint", "retrain"} <= rows.keys():
+    default = default_for(results["stream"])
+    if not {default, "joint", "retrain"} <= rows.keys():
         return []
     limits = {"quick": (0.05, -0.05, 0.50), "full": (0.02 if results["stream"] == "bbc" else 0.01, -0.02, 0.40)}[profile_name]
     if results["stream"] == "mixed":  # small files of several sources: the default must end near joint
@@ -53,10 +55,10 @@ def verdicts(results: dict[str, Any], profile_name: str) -> list[str]:
     ner = task_of(results["stream"]) == "token_classification"
     if ner:  # within 0.03 F1 of joint, every earlier group within 0.03 of its best, at most 40% of retrain
         limits = (0.03, None, 0.40)
-    d, joint, retrain = rows[DEFAULT_STRATEGY], rows["joint"], rows["retrain"]
+    d, joint, retrain = rows[default], rows["joint"], rows["retrain"]
     gap = joint["acc"] - d["acc"]
     share = d["train_samples"] / retrain["train_samples"]
-    out = [f"- default ({DEFAULT_STRATEGY}) {'F1' if ner else 'ACC'} {d['acc']:.3f} vs joint {joint['acc']:.3f}: gap {gap:.3f} "
+    out = [f"- default ({default}) {'F1' if ner else 'ACC'} {d['acc']:.3f} vs joint {joint['acc']:.3f}: gap {gap:.3f} "
            f"({'met' if gap <= limits[0] else 'MISSED'}, target <= {limits[0]})"]
     if ner:
         worst = d["forgetting_max"] or 0.0
@@ -94,17 +96,18 @@ def plots(results: dict[str, Any], matrices: dict[str, list[list[float | None]]]
                              f"{results['stream']} ({results['profile']}): {score_name(results['stream'])} of the champion "
                              "after each update", out / "matrices.png", cols=3, vmax=1, cmap="viridis")
 
+    default = default_for(results["stream"])
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     # contenders at the same compute and nearly the same accuracy (the replay strategies, the ones
     # the gate held at their first topics) get their labels stacked, best first, in their colours
     placed: list[tuple[float, float, int]] = []
     for name, r in sorted(results["strategies"].items(), key=lambda item: -item[1]["acc"]):
         x, y = r["train_samples"], r["acc"]
-        dot = ax.scatter(x, y, s=90 if name == DEFAULT_STRATEGY else 30, marker="*" if name == DEFAULT_STRATEGY else "o")
+        dot = ax.scatter(x, y, s=90 if name == default else 30, marker="*" if name == default else "o")
         near = [n for px, py, n in placed if abs(math.log(x / px)) < 0.05 and abs(y - py) < 0.03]
         slot = max(near, default=-1) + 1
         placed.append((x, y, slot))
-        ax.annotate(name + (" (default)" if name == DEFAULT_STRATEGY else ""), (x, y), textcoords="offset points",
+        ax.annotate(name + (" (default)" if name == default else ""), (x, y), textcoords="offset points",
                     xytext=(6, 3 - 10 * slot), fontsize=8, color=dot.get_facecolor()[0])
     ax.set_xscale("log")
     ax.margins(y=0.12)  # room for stacked labels under the lowest points

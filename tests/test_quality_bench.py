@@ -48,20 +48,22 @@ def test_the_retrain_reference_learns_a_ner_stream_and_scores_each_group_on_its_
 
 
 def test_the_ner_verdicts_are_the_issues_targets_on_f1() -> None:
-    from bench.quality import DEFAULT_STRATEGY
+    from bench.quality import default_for
     from bench.quality_report import table, verdicts
+
+    default = default_for("ner")
 
     def row(acc: float, samples: int, forgetting: float | None = None) -> dict:
         return {"acc": acc, "bwt": None, "forgetting_max": forgetting, "candidate_drop_max": None, "train_samples": samples,
                 "wall_seconds": 1.0, "promoted": None, "rejected": None}
 
-    results = {"stream": "ner", "seeds": [0], "strategies": {DEFAULT_STRATEGY: row(0.50, 400, 0.02),
+    results = {"stream": "ner", "seeds": [0], "strategies": {default: row(0.50, 400, 0.02),
                                                              "joint": row(0.52, 300), "retrain": row(0.53, 1000)}}
     lines = verdicts(results, "full")
     assert "F1 0.500 vs joint 0.520: gap 0.020 (met, target <= 0.03)" in lines[0]
     assert "drop of an earlier group's F1 from its best 0.020 (met, target <= 0.03)" in lines[1]
     assert "40% of retrain's (met, target <= 40%)" in lines[2]
-    results["strategies"][DEFAULT_STRATEGY] = row(0.45, 500, 0.08)
+    results["strategies"][default] = row(0.45, 500, 0.08)
     assert [line.count("MISSED") for line in verdicts(results, "full")[:3]] == [1, 1, 1]
     assert table(results).startswith("| strategy | F1 | BWT |")
 
