@@ -366,9 +366,10 @@ class Config(Section):
     @classmethod
     def _task_defaults(cls, data: Any) -> Any:
         """What a home of any task works with unnamed (TASKS): `gate.metric` "" or unset is the task's
-        own (the first of its metrics), `strategy.name` "" or unset the task's own strategy, and
-        `gate.max_forgetting` unset the metric's own tolerance (in nats for answer_loss). A named
-        metric is checked against the task in `parse`."""
+        own (the first of its metrics), `strategy.name` "" or unset the task's own strategy,
+        `gate.max_forgetting` unset the metric's own tolerance (in nats for answer_loss), and the
+        strategy settings the task sets (`training`: min_steps 0 for token_classification) where
+        unset. A named metric is checked against the task in `parse`."""
         if not isinstance(data, Mapping):
             return data
         model, gate, strategy = data.get("model", {}), data.get("gate", {}), data.get("strategy", {})
@@ -384,8 +385,10 @@ class Config(Section):
             gate = {**gate, "metric": metric}
             if "max_forgetting" not in gate and isinstance(metric, str):
                 gate["max_forgetting"] = info.max_forgetting(metric)
-        if isinstance(strategy, Mapping) and strategy.get("name", "") == "":
-            strategy = {**strategy, "name": info.strategy}
+        if isinstance(strategy, Mapping):
+            strategy = {**info.training, **strategy}
+            if strategy.get("name", "") == "":
+                strategy["name"] = info.strategy
         return {**data, "gate": gate, "strategy": strategy}
 
     def dump(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from strategies.tasks.abc import Task
@@ -29,6 +29,7 @@ class TaskInfo:
     figures: tuple[str, ...] = ()  # more held-out figures kept beside the metrics in the score tables
     strategy: str = "replay"  # `strategy.name` left "" or out
     tolerances: dict[str, float] = field(default_factory=dict)  # `gate.max_forgetting` left out, per metric
+    training: dict[str, Any] = field(default_factory=dict)  # `strategy.*` settings left out (StrategyConfig's otherwise)
 
     @property
     def default_metric(self) -> str:
@@ -44,9 +45,13 @@ TASKS: dict[str, TaskInfo] = {
     "sequence_classification": TaskInfo(name="sequence_classification", columns=("text", "label"),
                                         metrics={"accuracy": "higher", "macro_f1": "higher"}, labelled=True),
     # labels are BIO tags (strategies/tasks/bio.py); the daemon's catalog holds the entity types
-    # a held-out set's size for the gate is its true entities (`entities`): what entity F1 resolves
+    # a held-out set's size for the gate is its true entities (`entities`): what entity F1 resolves.
+    # No extra steps for a batch not yet fitted (min_steps 0): on the WNUT stream they cost half as
+    # many samples again and made F1 swing from seed to seed, for no gain beyond that spread
+    # (BENCHMARKS.md, "Training budget on NER")
     "token_classification": TaskInfo(name="token_classification", columns=("tokens", "tags"),
-                                     metrics={"entity_f1": "higher"}, labelled=True, figures=("entities",)),
+                                     metrics={"entity_f1": "higher"}, labelled=True, figures=("entities",),
+                                     training={"min_steps": 0}),
     # a row is the conversation before the answer (`prompt`: [{"role", "content"}], a plain
     # {"prompt", "completion"} row is one user message) and the answer (`completion`); no labels.
     # LoRA by default: adapter-only versions of a model whose whole weights are hundreds of MB; the
