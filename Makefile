@@ -38,7 +38,7 @@ demo: venv
 
 test: venv
 	-@$(MAKE) --no-print-directory tools 2>/dev/null
-	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # the long cases (a 1 GiB file through a running daemon, ...), kept out of `make test`
 test-slow: venv
