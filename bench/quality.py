@@ -57,6 +57,8 @@ def default_for(stream: str) -> str:
     from strategies.tasks import TASKS
 
     return TASKS[task_of(stream)].strategy
+
+
 SLOWEST_FIRST = ("retrain", "ewc+replay", "replay", "lora+replay", "lwf", "ewc", "finetune", "lora", "joint")
 
 # Sized for 2 CPU cores with --jobs 2: quick, the whole bbc table in under 20 minutes; full, three

@@ -71,10 +71,7 @@ class LocalArtifacts(ArtifactStore):
         return os.path.lexists(self.versions / version)
 
     def discard(self, version: str) -> None:
-        path = self.versions / version
-        if path.exists():
-            remove_tree(path)
-            fsync_dir(self.versions)
+        self._remove(self.versions / version)
 
     def prune(self, version: str) -> None:
         path, trash = self.versions / version, self.versions / f".pruned-{version}"

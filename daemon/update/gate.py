@@ -258,10 +258,12 @@ def _pooled(small: list[str], candidate: Scores, champion: Scores, sizes: dict[s
     lower = lower_is_better(metric)
     # the drop of a set is its score's, except in accuracy, where it is the changed rows' net count
     scored = metric != "accuracy"
-    changed, drops = {}, {}
+    changed, drops, counted = {}, {}, set()
     for e in small:
         drops[e] = worse(metric, champion.per_experience[e], candidate.per_experience[e])  # type: ignore[arg-type]
         counts = (paired.get(e) or {}).get(metric) if lower else paired.get(e) if metric in ROW_PAIRED else None
+        if counts:  # the child counted the set's changed rows in this metric's own terms
+            counted.add(e)
         changed[e] = (Changed(int(counts["lost"]), int(counts["gained"])) if counts
                       else Changed(sizes[e], 0) if lower and drops[e] > 0 else Changed(0, sizes[e]) if lower
                       else Changed.fewest(drops[e], sizes[e]))
@@ -276,7 +278,7 @@ def _pooled(small: list[str], candidate: Scores, champion: Scores, sizes: dict[s
             reasons.append(f"forgetting on batch {e}: {drop:.3f} > {config.max_forgetting} ({c.lost} rows lost, "
                            f"{c.gained} gained {_of(sizes[e], unit)}; sign test p={p:.2g} < {alpha:.2g})")
             failures.append(reasons[-1])
-        elif scored and counts_paired(metric, paired, e) and len(small) > 1 and drop > ceiling:
+        elif scored and e in counted and len(small) > 1 and drop > ceiling:
             # a row's loss, or a set's F1, is a size the sign test does not see: a few rows whose loss
             # rose far (entities lost in a few sentences) lift a set's figure while as many rows move
             # the other way a little; past the noise band that is forgetting
@@ -316,12 +318,6 @@ def _pooled(small: list[str], candidate: Scores, champion: Scores, sizes: dict[s
 
 def _of(size: int, unit: str) -> str:
     return f"of {size}" if unit == "rows" else f"of a set of {size} {unit}"
-
-
-def counts_paired(metric: str, paired: dict[str, dict], experience: str) -> bool:
-    """Whether the child counted the set's changed rows in this metric's own terms (not the fewest the scores allow)."""
-    found = paired.get(experience) or {}
-    return bool(found.get(metric) if lower_is_better(metric) else found if metric in ROW_PAIRED else None)
 
 
 def floor(metric: str, baseline: float | None, batch_labels: int = 0, model_labels: int = 0) -> tuple[float, str] | None:
