@@ -126,6 +126,8 @@ class ReplayConfig(Section):
     buffer_rows: int = Field(default=2000, ge=0)
     policy: Literal["class_balanced", "reservoir"] = "class_balanced"
     ratio: float = Field(default=0.75, ge=0.0)  # 0.5 learned less; see the template
+    # "shared": an update costs `epochs` of its new rows whatever the ratio (replayed rows take a share)
+    budget: Literal["added", "shared"] = "added"
 
 
 class EwcConfig(Section):

@@ -48,6 +48,9 @@ class Context:
     set_aside: list[Row] = field(default_factory=list)  # rows for the replay pool only
     lora: bool = False  # set by the lora strategy once it has wrapped `model` in adapters
     batch_size: int = 16  # the loop's mini-batch size, set by the loop before `prepare`
+    # set by replay with budget = "shared": the new rows an epoch's steps are counted from, so the
+    # rows mixed in take a share of the update's steps instead of adding to them (strategies/loop.py)
+    budget_rows: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -62,6 +62,19 @@ def planned_epochs(cfg: LoopSettings, steps_per_epoch: int) -> int:
     return math.ceil(cfg.min_steps / steps_per_epoch)
 
 
+def planned_steps(cfg: LoopSettings, steps_per_epoch: int, budget_steps: int | None = None) -> tuple[int, int]:
+    """(base, total): `base`, the optimizer steps of `epochs` over which the learning rate decays, and
+    `total`, the most the update may take (past `base` only while not yet fitted, see `planned_epochs`).
+    `budget_steps`, when a strategy shares the new rows' budget (replay.budget = "shared"), is what an
+    epoch of the new rows alone takes: `epochs` of it are the update's steps however many rows it
+    mixed in, and `min_steps` counts steps, not whole epochs."""
+    if budget_steps is None:
+        base = max(1, steps_per_epoch * cfg.epochs)
+        return base, max(base, steps_per_epoch * planned_epochs(cfg, steps_per_epoch))
+    base = max(1, min(steps_per_epoch, budget_steps) * cfg.epochs)
+    return base, max(base, cfg.min_steps)
+
+
 def fitted(cfg: LoopSettings, epochs_done: int, hits: float, scored: float) -> bool:
     """Enough epochs for this update: at least `epochs`, and the rows it trains on were right at
     least `fit_target` of the time during the last one (the task's hits, as the model saw them in
@@ -91,9 +104,9 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
     optimizer = _optimizer(model, cfg)
     trainable = [p for p in model.parameters() if p.requires_grad]  # fixed once the strategy has prepared
     steps_per_epoch = math.ceil(math.ceil(len(encoded) / cfg.batch_size) / group.world)
-    epochs = planned_epochs(cfg, steps_per_epoch)
-    base = max(1, steps_per_epoch * cfg.epochs)
-    total = max(base, steps_per_epoch * epochs)
+    budget = None if ctx.budget_rows is None else math.ceil(math.ceil(ctx.budget_rows / cfg.batch_size) / group.world)
+    base, total = planned_steps(cfg, steps_per_epoch, budget)
+    epochs = math.ceil(total / steps_per_epoch) if steps_per_epoch else cfg.epochs
     scheduler = _schedule(optimizer, int(cfg.warmup_ratio * base), base, total)
     weights = task.class_weights(encoded, len(ctx.labels), ctx.device) if cfg.class_weights == "balanced" else None
     autocast = _autocast(ctx.device, cfg.precision)
@@ -119,6 +132,8 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
         for number, shares in enumerate(group.steps(batches)):
             if number < progress["batch"]:
                 continue  # done before the interruption
+            if progress["step"] >= total:
+                break  # a shared budget ends within an epoch
             indices = shares[group.rank]
             batch = {k: v.to(ctx.device) for k, v in encoded.collate(indices).items()}
             with autocast:

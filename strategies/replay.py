@@ -29,6 +29,7 @@ class ReplayOptions:
     buffer_rows: int  # rows kept across versions
     policy: Literal["class_balanced", "reservoir"]
     ratio: float  # remembered rows mixed in per new row
+    budget: Literal["added", "shared"]  # replayed rows add steps, or share the new rows' steps
 
 
 class Replay(Strategy):
@@ -48,6 +49,8 @@ class Replay(Strategy):
             self._remember(ctx, set_aside)
 
     def examples(self, ctx: Context, examples: list[Row]) -> list[Row]:
+        if self.options.budget == "shared":
+            ctx.budget_rows = len(examples)
         if not self.buffer or self.ratio <= 0:
             return examples
         wanted = int(round(self.ratio * len(examples)))

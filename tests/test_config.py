@@ -36,7 +36,7 @@ def test_template_is_the_defaults_and_names_every_key() -> None:
         "failover": {"state"},
     }
     assert {k: set(v) for k, v in data.items()} == expected
-    assert set(data["strategy"]["replay"]) == {"buffer_rows", "policy", "ratio"}
+    assert set(data["strategy"]["replay"]) == {"buffer_rows", "policy", "ratio", "budget"}
     assert set(data["strategy"]["ewc"]) == {"lambda", "fisher_samples", "decay"}
     assert set(data["strategy"]["lora"]) == {"r", "alpha", "dropout", "target_modules", "lr"}
     assert set(data["strategy"]["lwf"]) == {"alpha", "temperature"}

@@ -326,3 +326,28 @@ def test_a_small_batch_trains_past_epochs_until_fitted_and_a_learned_one_stops_a
     # a target any model meets: the update stops at `epochs`, whatever min_steps allows
     easy = dataclasses.replace(settings, fit_target=1e-9)
     assert train(context(tiny_model, labels, hard), build("finetune", {}), easy)["epochs_run"] == 2
+
+
+def test_a_shared_replay_budget_trains_epochs_of_the_new_rows_whatever_it_mixes_in(tiny_model: Path, tmp_path: Path) -> None:
+    from strategies.loop import planned_steps
+
+    settings = loop(epochs=2, lr=1e-3, batch_size=8, val_fraction=0.0)
+    assert planned_steps(settings, 10, None) == (20, 20)
+    assert planned_steps(settings, 18, 10) == (20, 20)  # 1.8 epochs of the mixed rows, 2 of the new ones
+    assert planned_steps(dataclasses.replace(settings, min_steps=25), 18, 10) == (20, 25)  # steps, not epochs
+    labels = ["sport", "food"]
+    first = context(tiny_model, labels, toy(labels, 40, seed=1))
+    strategy = build("replay", sections(replay={"ratio": 0.75}))
+    train(first, strategy, settings)
+    state = save(first, strategy, tmp_path / "v1") / "state"
+    new = toy(labels, 20, seed=2)  # 40 rows: 5 steps an epoch alone, 30 replayed beside them
+    stats = {}
+    for budget in ("added", "shared"):
+        events: list[dict] = []
+        strategy = build("replay", sections(replay={"ratio": 0.75, "budget": budget}))
+        stats[budget] = train(context(tiny_model, labels, new, state=state), strategy, settings, on_progress=events.append)
+        stats[budget]["validated"] = [e["epoch"] for e in events if e["event"] == "epoch"]
+    assert stats["added"]["train_samples"] == 2 * 70 and stats["added"]["steps"] == 2 * 9, stats
+    # 10 steps: the first epoch of the 70 rows whole (every new row seen), the second cut short
+    assert stats["shared"]["steps"] == 10 and stats["shared"]["train_samples"] <= 2 * 40 + 8, stats
+    assert stats["shared"]["epochs_run"] == 2 and stats["shared"]["validated"] == [1, 2], stats
