@@ -31,6 +31,18 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
+def _fill(given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """`given` with the keys of `defaults` it leaves out, section by section (`{"replay": {...}}` fills
+    the keys a given replay section lacks)."""
+    filled = dict(given)
+    for key, value in defaults.items():
+        if key not in filled:
+            filled[key] = value
+        elif isinstance(value, Mapping) and isinstance(filled[key], Mapping):
+            filled[key] = _fill(filled[key], value)
+    return filled
+
+
 def parse_duration(value: Any) -> Any:
     """"2s", "15m", "24h", "1.5d" or a number of seconds -> seconds as float."""
     if isinstance(value, bool):
@@ -388,7 +400,7 @@ class Config(Section):
             if "max_forgetting" not in gate and isinstance(metric, str):
                 gate["max_forgetting"] = info.max_forgetting(metric)
         if isinstance(strategy, Mapping):
-            strategy = {**info.training, **strategy}
+            strategy = _fill(strategy, info.training)
             if strategy.get("name", "") == "":
                 strategy["name"] = info.strategy
         return {**data, "gate": gate, "strategy": strategy}

@@ -36,7 +36,7 @@ def test_template_is_the_defaults_and_names_every_key() -> None:
         "failover": {"state"},
     }
     assert {k: set(v) for k, v in data.items()} == expected
-    assert set(data["strategy"]["replay"]) == {"buffer_rows", "policy", "ratio", "budget"}
+    assert set(data["strategy"]["replay"]) == {"buffer_rows", "policy"}  # ratio and budget: the task's own
     assert set(data["strategy"]["ewc"]) == {"lambda", "fisher_samples", "decay"}
     assert set(data["strategy"]["lora"]) == {"r", "alpha", "dropout", "target_modules", "lr"}
     assert set(data["strategy"]["lwf"]) == {"alpha", "temperature"}
@@ -61,6 +61,12 @@ def test_a_task_brings_its_own_strategy_metric_and_tolerance_where_they_are_left
     assert written.strategy.min_steps == ner.strategy.min_steps == 0
     assert config.parse(template).strategy.min_steps == lm.strategy.min_steps == 100
     assert config.parse({"model": {"task": "token_classification"}, "strategy": {"min_steps": 60}}).strategy.min_steps == 60
+    # and replayed sentences share the new ones' steps, section by section: a named key wins, the rest fill
+    assert (ner.strategy.replay.budget, ner.strategy.replay.ratio) == (written.strategy.replay.budget,
+                                                                      written.strategy.replay.ratio) == ("shared", 0.5)
+    assert (lm.strategy.replay.budget, lm.strategy.replay.ratio) == ("added", 0.75)
+    mine = config.parse({"model": {"task": "token_classification"}, "strategy": {"replay": {"ratio": 1.0}}}).strategy.replay
+    assert (mine.budget, mine.ratio, mine.buffer_rows) == ("shared", 1.0, 2000)
 
 
 def test_defaults_are_the_documented_ones() -> None:
