@@ -32,14 +32,17 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0
 
 
 def _fill(given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """`given` with the keys of `defaults` it leaves out, section by section (`{"replay": {...}}` fills
-    the keys a given replay section lacks)."""
+    """`given` with the keys of `defaults` it leaves out. A section of defaults (`{"replay": {"ratio",
+    "budget"}}`) is one setting, measured together: it fills a given section that names none of its
+    keys, and a section that names any of them keeps the built-in defaults for the rest."""
     filled = dict(given)
     for key, value in defaults.items():
-        if key not in filled:
+        if isinstance(value, Mapping):
+            mine = filled.get(key, {})
+            if isinstance(mine, Mapping) and not set(mine) & set(value):
+                filled[key] = {**value, **mine}
+        elif key not in filled:
             filled[key] = value
-        elif isinstance(value, Mapping) and isinstance(filled[key], Mapping):
-            filled[key] = _fill(filled[key], value)
     return filled
 
 
@@ -382,8 +385,8 @@ class Config(Section):
         """What a home of any task works with unnamed (TASKS): `gate.metric` "" or unset is the task's
         own (the first of its metrics), `strategy.name` "" or unset the task's own strategy,
         `gate.max_forgetting` unset the metric's own tolerance (in nats for answer_loss), and the
-        strategy settings the task sets (`training`: min_steps 0 for token_classification) where
-        unset. A named metric is checked against the task in `parse`."""
+        strategy settings the task sets (`training`: for token_classification min_steps 0, and replay
+        ratio 0.5 with budget "shared" as one setting) where unset. A named metric is checked against the task in `parse`."""
         if not isinstance(data, Mapping):
             return data
         model, gate, strategy = data.get("model", {}), data.get("gate", {}), data.get("strategy", {})

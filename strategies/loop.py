@@ -75,11 +75,11 @@ def planned_steps(cfg: LoopSettings, steps_per_epoch: int, budget_steps: int | N
     return base, max(base, cfg.min_steps)
 
 
-def fitted(cfg: LoopSettings, epochs_done: int, hits: float, scored: float) -> bool:
-    """Enough epochs for this update: at least `epochs`, and the rows it trains on were right at
-    least `fit_target` of the time during the last one (the task's hits, as the model saw them in
-    training)."""
-    return epochs_done >= cfg.epochs and (scored == 0 or hits / scored >= cfg.fit_target)
+def fitted(cfg: LoopSettings, budget_done: bool, hits: float, scored: float) -> bool:
+    """Enough training for this update: its budget done (`epochs`, or in a shared budget its `base`
+    steps), and the rows it trains on were right at least `fit_target` of the time during the last
+    epoch, or the part of it trained (the task's hits, as the model saw them in training)."""
+    return budget_done and (scored == 0 or hits / scored >= cfg.fit_target)
 
 
 class Interrupted(RuntimeError):
@@ -125,6 +125,7 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
     started = time.perf_counter()
     done_samples = progress["samples"]
     stopped_early = False
+    fitted_at_base = False  # a shared budget's `base` steps end within an epoch: its fit is judged there
     for epoch in range(progress["epoch"], epochs):
         model.train()
         # each epoch's batch order depends only on (seed, epoch), so a resumed run repeats it
@@ -132,7 +133,7 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
         for number, shares in enumerate(group.steps(batches)):
             if number < progress["batch"]:
                 continue  # done before the interruption
-            if progress["step"] >= total:
+            if progress["step"] >= total or fitted_at_base:
                 break  # a shared budget ends within an epoch
             indices = shares[group.rank]
             batch = {k: v.to(ctx.device) for k, v in encoded.collate(indices).items()}
@@ -158,6 +159,8 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
                             samples=progress["samples"] + sum(len(share) for share in shares),
                             tokens=progress["tokens"] + sum(lengths[i] for share in shares for i in share),
                             hits=progress["hits"] + hits, scored=progress["scored"] + scored)
+            if budget is not None and progress["step"] == base < total:
+                fitted_at_base = fitted(cfg, True, *group.sum(progress["hits"], progress["scored"]))
             if on_progress:
                 elapsed = time.perf_counter() - started
                 on_progress({"event": "step", "epoch": epoch + 1, "step": progress["step"], "steps": total,
@@ -184,7 +187,8 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
         if on_progress:
             on_progress({"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "fit": fit})
         progress.update(epoch=epoch + 1, batch=0, hits=0, scored=0, fit=fit)
-        stopped_early = stopped_early or fitted(cfg, epoch + 1, hits, scored)
+        done = epoch + 1 >= cfg.epochs if budget is None else progress["step"] >= base
+        stopped_early = stopped_early or fitted(cfg, done, hits, scored)
         if checkpoints is not None and group.main:
             checkpoints.save(model, optimizer, scheduler, progress, best_state)
         if stopped_early:

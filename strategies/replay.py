@@ -49,8 +49,7 @@ class Replay(Strategy):
             self._remember(ctx, set_aside)
 
     def examples(self, ctx: Context, examples: list[Row]) -> list[Row]:
-        if self.options.budget == "shared":
-            ctx.budget_rows = len(examples)
+        ctx.budget_rows = len(examples) if self.options.budget == "shared" else None
         if not self.buffer or self.ratio <= 0:
             return examples
         wanted = int(round(self.ratio * len(examples)))

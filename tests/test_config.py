@@ -61,12 +61,17 @@ def test_a_task_brings_its_own_strategy_metric_and_tolerance_where_they_are_left
     assert written.strategy.min_steps == ner.strategy.min_steps == 0
     assert config.parse(template).strategy.min_steps == lm.strategy.min_steps == 100
     assert config.parse({"model": {"task": "token_classification"}, "strategy": {"min_steps": 60}}).strategy.min_steps == 60
-    # and replayed sentences share the new ones' steps, section by section: a named key wins, the rest fill
+    # and replayed sentences share the new ones' steps: ratio and budget are one setting, measured
+    # together, so a home that names either (an earlier `lifelong init` wrote ratio = 0.75) keeps the rest built in
     assert (ner.strategy.replay.budget, ner.strategy.replay.ratio) == (written.strategy.replay.budget,
                                                                       written.strategy.replay.ratio) == ("shared", 0.5)
     assert (lm.strategy.replay.budget, lm.strategy.replay.ratio) == ("added", 0.75)
-    mine = config.parse({"model": {"task": "token_classification"}, "strategy": {"replay": {"ratio": 1.0}}}).strategy.replay
-    assert (mine.budget, mine.ratio, mine.buffer_rows) == ("shared", 1.0, 2000)
+    def replay(section: dict) -> tuple:
+        found = config.parse({"model": {"task": "token_classification"}, "strategy": {"replay": section}}).strategy.replay
+        return found.budget, found.ratio, found.buffer_rows
+    assert replay({"ratio": 0.75}) == ("added", 0.75, 2000)
+    assert replay({"budget": "shared"}) == ("shared", 0.75, 2000)
+    assert replay({"buffer_rows": 500}) == ("shared", 0.5, 500)
 
 
 def test_defaults_are_the_documented_ones() -> None:

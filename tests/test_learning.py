@@ -348,6 +348,11 @@ def test_a_shared_replay_budget_trains_epochs_of_the_new_rows_whatever_it_mixes_
         stats[budget] = train(context(tiny_model, labels, new, state=state), strategy, settings, on_progress=events.append)
         stats[budget]["validated"] = [e["epoch"] for e in events if e["event"] == "epoch"]
     assert stats["added"]["train_samples"] == 2 * 70 and stats["added"]["steps"] == 2 * 9, stats
-    # 10 steps: the first epoch of the 70 rows whole (every new row seen), the second cut short
+    # 10 steps: the first epoch of the 70 rows whole (every new row seen, as epochs >= 1 + ratio), the second cut short
     assert stats["shared"]["steps"] == 10 and stats["shared"]["train_samples"] <= 2 * 40 + 8, stats
     assert stats["shared"]["epochs_run"] == 2 and stats["shared"]["validated"] == [1, 2], stats
+    # min_steps past the budget: steps only while the rows are not fitted, judged where the budget ends
+    for target, steps in ((1e-9, 10), (1.0, 30)):
+        more = dataclasses.replace(settings, min_steps=30, fit_target=target)
+        strategy = build("replay", sections(replay={"ratio": 0.75, "budget": "shared"}))
+        assert train(context(tiny_model, labels, new, state=state), strategy, more)["steps"] == steps, target
