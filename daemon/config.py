@@ -7,14 +7,15 @@ raised as `ConfigError` naming the dotted key (or the env var it came from).
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from daemon.configbase import Duration, Section
 from daemon.envconfig import env_overrides, merge
+from daemon.strategyconfig import AVALANCHE_PARTS, StrategyConfig
 from registry.errors import ConfigError
 from strategies.tasks import TASKS
 
@@ -23,48 +24,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-# Avalanche's plugins (lifelong[avalanche], strategies/avalanche.py), each with its section [strategy."avalanche:NAME"]
-AVALANCHE_PARTS = ("avalanche:ewc", "avalanche:si", "avalanche:mas", "avalanche:rwalk", "avalanche:gem",
-                   "avalanche:agem", "avalanche:lwf")
-STRATEGY_PARTS = ("finetune", "replay", "ewc", "lora", "lwf") + AVALANCHE_PARTS
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
 
 def _fill(given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """`given` with the keys of `defaults` it leaves out. A section of defaults (`{"replay": {"ratio",
     "budget"}}`) is one setting, measured together: it fills a given section that names none of its
     keys, and a section that names any of them keeps the built-in defaults for the rest."""
-    filled = dict(given)
-    for key, value in defaults.items():
-        if isinstance(value, Mapping):
-            mine = filled.get(key, {})
-            if isinstance(mine, Mapping) and not set(mine) & set(value):
-                filled[key] = {**value, **mine}
-        elif key not in filled:
-            filled[key] = value
-    return filled
-
-
-def parse_duration(value: Any) -> Any:
-    """"2s", "15m", "24h", "1.5d" or a number of seconds -> seconds as float."""
-    if isinstance(value, bool):
-        return value  # let the float check refuse it
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(f"not a duration: {value!r} (use e.g. \"30s\", \"15m\", \"24h\")")
-        return float(match.group(1)) * _UNITS[match.group(2)]
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    unnamed = {key: value for key, value in defaults.items()
+               if (not isinstance(value, Mapping) and key not in given)
+               or (isinstance(value, Mapping) and isinstance(given.get(key, {}), Mapping)
+                   and not set(given.get(key, {})) & set(value))}
+    return merge(unnamed, given)
 
 
 class ModelConfig(Section):
@@ -135,136 +104,6 @@ class ScheduleConfig(Section):
         if value and len(value.split()) != 5:
             raise ValueError("cron must have 5 fields (minute hour day month weekday)")
         return value
-
-
-class ReplayConfig(Section):
-    buffer_rows: int = Field(default=2000, ge=0)
-    policy: Literal["class_balanced", "reservoir"] = "class_balanced"
-    ratio: float = Field(default=0.75, ge=0.0)  # 0.5 learned less; see the template
-    # "shared": an update costs `epochs` of its new rows whatever the ratio (replayed rows take a share)
-    budget: Literal["added", "shared"] = "added"
-
-
-class EwcConfig(Section):
-    lambda_: float = Field(default=1000.0, ge=0.0, alias="lambda")
-    fisher_samples: int = Field(default=512, ge=1)
-    decay: float = Field(default=0.9, ge=0.0, le=1.0)
-
-
-class LoraConfig(Section):
-    r: int = Field(default=8, ge=1)
-    alpha: float = Field(default=16, gt=0)
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
-    target_modules: str | list[str] = "auto"
-    # the rate of runs whose strategy includes lora (adapters and classifier head), which learn
-    # slowly at strategy.lr, the rate for training every weight
-    lr: float = Field(default=2e-3, gt=0.0, lt=1.0)
-
-
-class LwfConfig(Section):
-    alpha: float = Field(default=1.0, ge=0.0)
-    temperature: float = Field(default=2.0, gt=0.0)
-
-
-# Avalanche's options by their Avalanche names, with Avalanche's defaults where it has them; where it
-# has none: ewc_lambda 500 is our ewc's lambda 1000 (Avalanche adds lambda * penalty, ours lambda / 2 *
-# penalty), si_lambda, GEM's and A-GEM's sizes are those of Avalanche's examples (not measured here)
-class AvalancheEwcConfig(Section):
-    ewc_lambda: float = Field(default=500.0, ge=0.0)
-    mode: Literal["online", "separate"] = "online"
-    decay_factor: float = Field(default=0.9, ge=0.0, le=1.0)  # online mode only
-
-
-class AvalancheSiConfig(Section):
-    si_lambda: float = Field(default=0.0001, ge=0.0)
-    eps: float = Field(default=1e-7, gt=0.0)
-    excluded_parameters: list[str] = Field(default_factory=list)
-
-
-class AvalancheMasConfig(Section):
-    lambda_reg: float = Field(default=1.0, ge=0.0)
-    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
-
-
-class AvalancheRwalkConfig(Section):
-    ewc_lambda: float = Field(default=0.1, ge=0.0)
-    ewc_alpha: float = Field(default=0.9, ge=0.0, le=1.0)
-    delta_t: int = Field(default=10, ge=1)
-
-
-class AvalancheGemConfig(Section):
-    patterns_per_experience: int = Field(default=256, ge=1)
-    memory_strength: float = Field(default=0.5, ge=0.0)
-
-
-class AvalancheAgemConfig(Section):
-    patterns_per_experience: int = Field(default=256, ge=1)
-    sample_size: int = Field(default=64, ge=1)
-
-
-class AvalancheLwfConfig(Section):
-    alpha: float = Field(default=1.0, ge=0.0)
-    temperature: float = Field(default=2.0, gt=0.0)
-
-
-class StrategyConfig(Section):
-    name: str = "replay"  # lora+replay learned less; see the template
-    epochs: int = Field(default=2, ge=1)
-    min_steps: int = Field(default=100, ge=0)  # a hard small batch trains more epochs; see the template
-    fit_target: float = Field(default=0.9, gt=0.0, le=1.0)
-    batch_size: int = Field(default=16, ge=1)
-    lr: float | Literal["auto"] = 1e-4  # 5e-4 was unstable; see the template
-    early_stopping_patience: int = Field(default=2, ge=0)
-    weight_decay: float = Field(default=0.01, ge=0.0)
-    l1: float = Field(default=0.0, ge=0.0)  # L1 on the trained weights; 0 = off
-    class_weights: Literal["none", "balanced"] = "balanced"  # "none" did worse; see the template
-    replay: ReplayConfig = Field(default_factory=ReplayConfig)
-    ewc: EwcConfig = Field(default_factory=EwcConfig)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    lwf: LwfConfig = Field(default_factory=LwfConfig)
-    avalanche_ewc: AvalancheEwcConfig = Field(default_factory=AvalancheEwcConfig, alias="avalanche:ewc")
-    avalanche_si: AvalancheSiConfig = Field(default_factory=AvalancheSiConfig, alias="avalanche:si")
-    avalanche_mas: AvalancheMasConfig = Field(default_factory=AvalancheMasConfig, alias="avalanche:mas")
-    avalanche_rwalk: AvalancheRwalkConfig = Field(default_factory=AvalancheRwalkConfig, alias="avalanche:rwalk")
-    avalanche_gem: AvalancheGemConfig = Field(default_factory=AvalancheGemConfig, alias="avalanche:gem")
-    avalanche_agem: AvalancheAgemConfig = Field(default_factory=AvalancheAgemConfig, alias="avalanche:agem")
-    avalanche_lwf: AvalancheLwfConfig = Field(default_factory=AvalancheLwfConfig, alias="avalanche:lwf")
-
-    @field_validator("name")
-    @classmethod
-    def _known_parts(cls, value: str) -> str:
-        parts = [part.strip() for part in value.split("+")]
-        unknown = [part for part in parts if part not in STRATEGY_PARTS]
-        if unknown or not parts:
-            raise ValueError(f"unknown strategy {'+'.join(unknown)!r}; use {' | '.join(STRATEGY_PARTS)} joined by '+'")
-        if len(set(parts)) != len(parts):
-            raise ValueError("a strategy is named twice")
-        needs_extra = [part for part in parts if part in AVALANCHE_PARTS]
-        if needs_extra:
-            from registry.backends import _installed
-            from registry.errors import MissingExtra
-
-            if not _installed("avalanche"):  # exit 2, passed through as itself
-                raise MissingExtra("avalanche", f"strategy.name = \"{value}\" needs avalanche-lib")
-        return "+".join(parts)
-
-    @field_validator("lr")
-    @classmethod
-    def _positive_lr(cls, value: float | str) -> float | str:
-        if value != "auto" and not (0 < float(value) < 1):
-            raise ValueError("lr must be in (0, 1) or \"auto\"")
-        return value
-
-    @property
-    def parts(self) -> tuple[str, ...]:
-        return tuple(self.name.split("+"))
-
-    def sections(self) -> dict[str, dict[str, Any]]:
-        """Every strategy's section, each key present, as the child's strategies read them (their
-        options carry no defaults of their own). `lora.lr` stays here: it picks the loop's rate."""
-        with_options = {name for name, info in type(self).model_fields.items()
-                        if (info.alias or name) in STRATEGY_PARTS}  # finetune has none
-        return self.model_dump(by_alias=True, include=with_options, exclude={"lora": {"lr"}})
 
 
 class RayConfig(Section):

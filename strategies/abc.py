@@ -5,7 +5,7 @@ named in HOOKS; a public method with any other name is refused when the class is
 misspelt hook can never be silently skipped. Combinations (`lora+replay`) are a `Composite`.
 
 Each strategy reads its `strategy.<name>` section into a frozen `Options` dataclass whose fields have
-no defaults: the defaults live once, in the daemon's config (daemon/config.py), which hands the child
+no defaults: the defaults live once, in the daemon's config (daemon/strategyconfig.py), which hands the child
 every key; a missing or unknown key is a ConfigError naming it.
 """
 

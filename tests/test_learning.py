@@ -243,7 +243,7 @@ def test_every_strategy_trains_and_saves_its_state(tiny_model: Path, tmp_path: P
 def run_stream(model_dir: Path, tmp_path: Path, name: str, seed: int = 0, ewc_lambda: float | None = None) -> tuple[float, float]:
     """Two class-incremental batches; the final model's accuracy on batch 1's and batch 2's held-out rows
     (EWC at the config's default lambda unless `ewc_lambda` is given)."""
-    from daemon.config import EwcConfig
+    from daemon.strategyconfig import EwcConfig
 
     lam = EwcConfig().lambda_ if ewc_lambda is None else ewc_lambda
     config = sections(replay={"buffer_rows": 200, "ratio": 1.0}, ewc={"lambda": lam, "fisher_samples": 200})

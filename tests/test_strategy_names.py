@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 import strategies
-from daemon.config import STRATEGY_PARTS, StrategyConfig
+from daemon.strategyconfig import STRATEGY_PARTS, StrategyConfig
 from strategies.abc import REGISTRY, NoOptions, build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def registered() -> dict[str, type]:
 def test_every_place_that_lists_strategies_agrees_with_their_modules() -> None:
     found = registered()
     # the daemon's list (it never imports torch, so it cannot ask the strategies themselves)
-    assert set(STRATEGY_PARTS) == set(found), "daemon/config.py STRATEGY_PARTS"
+    assert set(STRATEGY_PARTS) == set(found), "daemon/strategyconfig.py STRATEGY_PARTS"
     for name, cls in found.items():
         module = "avalanche" if name.startswith("avalanche:") else name  # Avalanche's plugins share one module
         assert cls.__module__ == f"strategies.{module}", f"{name} must live in strategies/{module}.py"
@@ -34,7 +34,7 @@ def test_every_place_that_lists_strategies_agrees_with_their_modules() -> None:
     with_options = {name for name, cls in found.items() if cls.Options is not NoOptions}
     sections = {field.alias or name for name, field in StrategyConfig.model_fields.items()
                 if isinstance(field.annotation, type) and (field.alias or name) in found}
-    assert sections == with_options, "daemon/config.py StrategyConfig sections"
+    assert sections == with_options, "daemon/strategyconfig.py StrategyConfig sections"
     template = tomllib.loads((ROOT / "daemon" / "lifelong.toml").read_text())
     assert set(template["strategy"]) - set(StrategyConfig.model_fields) == set()
     # the init template spells out our own strategies' sections; the extra's (avalanche:*) are in docs/reference.md

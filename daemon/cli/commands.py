@@ -415,7 +415,7 @@ def sync_champion(home_dir: Path | None, every: str) -> None:
     """Point registry/champion at the registry's champion, fetched and verified (a serving host)."""
     import time
 
-    from daemon.config import parse_duration
+    from daemon.configbase import parse_duration
     from registry.errors import ArtifactStoreUnavailable, MetadataUnavailable, UsageError
 
     home = open_home(home_dir)
