@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from bench.report import machine, write_section
-from daemon.config import StrategyConfig
+from daemon.strategyconfig import StrategyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 WARM_UP = 20.0

@@ -240,7 +240,8 @@ def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, An
                   lr: float | None = None) -> dict[str, Any]:
     """`joint` or `retrain` through the training child (same loop, same evaluation), held-out rows split
     as the daemon does; `finetune` at the loop settings of the strategies (and `profile["set"]`)."""
-    from daemon.config import StrategyConfig, parse
+    from daemon.config import parse
+    from daemon.strategyconfig import StrategyConfig
     from daemon.ingest.splits import is_eval
     from daemon.update.launcher import ChildRun, train_spec, write_rows
     from strategies.spec import DataPaths

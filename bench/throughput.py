@@ -46,7 +46,7 @@ def load(model_name: str, labels: list[str], seed: int):  # type: ignore[no-unty
 
 
 def lora_wrap(model, tokenizer, labels, device):  # type: ignore[no-untyped-def]
-    from daemon.config import StrategyConfig
+    from daemon.strategyconfig import StrategyConfig
     from strategies import tasks
     from strategies.abc import Context
     from strategies.lora import Lora
@@ -58,7 +58,7 @@ def lora_wrap(model, tokenizer, labels, device):  # type: ignore[no-untyped-def]
 
 
 def run_ours(args, mode, train_rows, labels, device) -> tuple[float, object, object]:  # type: ignore[no-untyped-def]
-    from daemon.config import StrategyConfig
+    from daemon.strategyconfig import StrategyConfig
     from dataclasses import replace
 
     from strategies import tasks
@@ -177,7 +177,7 @@ def main() -> None:
         from bench import throughput_lm
 
         if args.lr is None:
-            from daemon.config import StrategyConfig
+            from daemon.strategyconfig import StrategyConfig
 
             args.lr = StrategyConfig().lora.lr
         done = throughput_lm.main(args)

@@ -73,7 +73,7 @@ def load(path: str, seed: int):  # type: ignore[no-untyped-def]
 
 
 def with_lora(model, tokenizer, device):  # type: ignore[no-untyped-def]
-    from daemon.config import StrategyConfig
+    from daemon.strategyconfig import StrategyConfig
     from strategies import tasks
     from strategies.abc import Context
     from strategies.lora import Lora
@@ -84,7 +84,8 @@ def with_lora(model, tokenizer, device):  # type: ignore[no-untyped-def]
 
 
 def run_ours(args, path: str, train_rows: list[dict], device) -> tuple[float, int, Any, Any]:  # type: ignore[no-untyped-def]
-    from daemon.config import StrategyConfig, parse
+    from daemon.config import parse
+    from daemon.strategyconfig import StrategyConfig
     from daemon.update.launcher import loop_settings
     from strategies import tasks
     from strategies.abc import Context, build

@@ -29,11 +29,15 @@ def _fill(given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, An
     """`given` with the keys of `defaults` it leaves out. A section of defaults (`{"replay": {"ratio",
     "budget"}}`) is one setting, measured together: it fills a given section that names none of its
     keys, and a section that names any of them keeps the built-in defaults for the rest."""
-    unnamed = {key: value for key, value in defaults.items()
-               if (not isinstance(value, Mapping) and key not in given)
-               or (isinstance(value, Mapping) and isinstance(given.get(key, {}), Mapping)
-                   and not set(given.get(key, {})) & set(value))}
-    return merge(unnamed, given)
+    filled = dict(given)
+    for key, value in defaults.items():
+        if isinstance(value, Mapping):
+            mine = filled.get(key, {})
+            if isinstance(mine, Mapping) and not set(mine) & set(value):
+                filled[key] = {**value, **mine}
+        elif key not in filled:
+            filled[key] = value
+    return filled
 
 
 class ModelConfig(Section):

@@ -1,5 +1,5 @@
-"""What every lifelong.toml section is built from: a frozen, keyword-only pydantic model that refuses
-unknown keys, and the field types the sections share."""
+"""What every lifelong.toml section is built from: a frozen, strict pydantic model (no type coercion)
+that refuses unknown keys, and the field types the sections share."""
 
 from __future__ import annotations
 

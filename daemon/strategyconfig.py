@@ -1,5 +1,6 @@
-"""The `[strategy]` section of lifelong.toml and its per-strategy sections: the one place the
-strategies' defaults live (the child's strategies take their options from here, whole)."""
+"""The `[strategy]` section of lifelong.toml and its per-strategy sections: where the strategies'
+defaults are defined in code (the lifelong.toml template repeats them, commented); the child's
+strategies take their options from here, whole."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def toy(labels: list[str], per_label: int, seed: int) -> list[tuple[str, str]]:
 
 def sections(**changed: dict) -> dict:
     """Every strategy's section as the daemon hands it to the child, with the keys in `changed` set."""
-    from daemon.config import StrategyConfig
+    from daemon.strategyconfig import StrategyConfig
 
     return StrategyConfig.model_validate(changed).sections()
 

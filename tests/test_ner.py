@@ -54,7 +54,7 @@ def settings(**changed: object):  # type: ignore[no-untyped-def]
 
 
 def sections(**changed: dict) -> dict:
-    from daemon.config import StrategyConfig
+    from daemon.strategyconfig import StrategyConfig
 
     return StrategyConfig.model_validate(changed).sections()
 
