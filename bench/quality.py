@@ -191,6 +191,7 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
 
     matrix: list[list[float | None]] = []
     samples = tokens = promoted = rejected = below_floor = 0
+    by_batch_samples: list[int] = []
     drops: list[float] = []
     verdicts: list[str | None] = []
     champion: dict[str, float | None] = {}
@@ -200,7 +201,8 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
     for batch in range(1, batches + 1):
         if batch in by_batch:
             record, decision = by_batch[batch]
-            samples += int(record.info.get("train", {}).get("train_samples", 0))
+            by_batch_samples.append(int(record.info.get("train", {}).get("train_samples", 0)))
+            samples += by_batch_samples[-1]
             tokens += int(record.info.get("train", {}).get("train_tokens", 0))
             metrics = (decision.metrics if decision else {}) or {}
             verdict = decision.decision if decision else None
@@ -213,10 +215,13 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
                 drops.append(metrics["forgetting_max"])
             who = "candidate" if verdict == "promoted" else "champion"
             champion = dict(((metrics.get(who) or {}).get("per_experience")) or champion)
+        else:
+            by_batch_samples.append(0)
         verdicts.append(by_batch[batch][1].decision if batch in by_batch and by_batch[batch][1] else None)
         matrix.append([champion.get(str(j)) for j in range(1, batches + 1)])
-    return {"matrix": matrix, "train_samples": samples, "train_tokens": tokens, "promoted": promoted, "rejected": rejected,
-            "candidate_drop_max": max(drops, default=None), "verdicts": verdicts, "promoted_below_floor": below_floor}
+    return {"matrix": matrix, "train_samples": samples, "train_tokens": tokens, "samples_by_batch": by_batch_samples,
+            "promoted": promoted, "rejected": rejected, "candidate_drop_max": max(drops, default=None), "verdicts": verdicts,
+            "promoted_below_floor": below_floor}
 
 
 def reference_rows(task: str, rows: list[dict]) -> list[tuple[tuple, str, list[str]]]:
@@ -318,8 +323,11 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
     best = [max((matrix[i][j] for i in range(j, len(matrix) - 1) if matrix[i][j] is not None), default=None) for j in earlier]
     drops = [b - final[j] for j, b in zip(earlier, best) if b is not None]
     verdicts = run.get("verdicts") or []
+    by_batch = run.get("samples_by_batch")
+    clean_samples = sum(n for j, n in enumerate(by_batch) if j not in poisoned) if poisoned and by_batch else None
     return {"acc": acc, "bwt": bwt, "forgetting_max": max(drops) if drops else None,
-            "train_samples": run["train_samples"], "train_tokens": run.get("train_tokens"), "wall_seconds": round(run["wall_seconds"], 1),
+            "train_samples": run["train_samples"], "train_samples_clean": clean_samples,
+            "train_tokens": run.get("train_tokens"), "wall_seconds": round(run["wall_seconds"], 1),
             "promoted": run["promoted"], "rejected": run["rejected"], "candidate_drop_max": run.get("candidate_drop_max"),
             "poison_rejected": (sum(verdicts[j] == "rejected" for j in poisoned if j < len(verdicts)) / len(poisoned)
                                 if poisoned and verdicts else None),
@@ -328,8 +336,8 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
 
 def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("acc", "bwt", "forgetting_max", "candidate_drop_max", "train_samples", "train_tokens", "wall_seconds", "promoted", "rejected",
-                "poison_rejected", "promoted_below_floor"):
+    for key in ("acc", "bwt", "forgetting_max", "candidate_drop_max", "train_samples", "train_samples_clean", "train_tokens",
+                "wall_seconds", "promoted", "rejected", "poison_rejected", "promoted_below_floor"):
         values = [f[key] for f in per_seed if f.get(key) is not None]
         if not values:
             out[key] = None

@@ -68,8 +68,14 @@ def verdicts(results: dict[str, Any], profile_name: str) -> list[str]:
         ok = d["bwt"] is not None and d["bwt"] >= limits[1]
         out.append(f"- default BWT {d['bwt'] if d['bwt'] is None else round(d['bwt'], 3)} "
                    f"({'met' if ok else 'MISSED'}, target >= {limits[1]})")
-    out.append(f"- default training samples {share:.0%} of retrain's ({'met' if share <= limits[2] else 'MISSED'}, "
-               f"target <= {limits[2]:.0%})")
+    if results["stream"] == "mixed":  # retrain never sees the poisoned batches the daemon trains on, then rejects
+        clean = d.get("train_samples_clean")
+        on_clean = f", {clean / retrain['train_samples']:.0%} on the clean batches" if clean is not None else ""
+        out.append(f"- default training samples {share:.0%} of retrain's{on_clean} (no target on this stream: each small "
+                   f"batch trains until it fits its rows or reaches strategy.min_steps, a poisoned one included)")
+    else:
+        out.append(f"- default training samples {share:.0%} of retrain's ({'met' if share <= limits[2] else 'MISSED'}, "
+                   f"target <= {limits[2]:.0%})")
     if d.get("poison_rejected") is not None:
         out.append(f"- default rejected {d['poison_rejected']:.0%} of the poisoned batches "
                    f"({'met' if d['poison_rejected'] == 1 else 'MISSED'}, target 100%)")
