@@ -190,7 +190,7 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
     from registry.registry import Registry
 
     matrix: list[list[float | None]] = []
-    samples = tokens = promoted = rejected = below_floor = 0
+    tokens = promoted = rejected = below_floor = 0
     by_batch_samples: list[int] = []
     drops: list[float] = []
     verdicts: list[str | None] = []
@@ -202,7 +202,6 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
         if batch in by_batch:
             record, decision = by_batch[batch]
             by_batch_samples.append(int(record.info.get("train", {}).get("train_samples", 0)))
-            samples += by_batch_samples[-1]
             tokens += int(record.info.get("train", {}).get("train_tokens", 0))
             metrics = (decision.metrics if decision else {}) or {}
             verdict = decision.decision if decision else None
@@ -219,7 +218,7 @@ def read_back(home: Path, batches: int) -> dict[str, Any]:
             by_batch_samples.append(0)
         verdicts.append(by_batch[batch][1].decision if batch in by_batch and by_batch[batch][1] else None)
         matrix.append([champion.get(str(j)) for j in range(1, batches + 1)])
-    return {"matrix": matrix, "train_samples": samples, "train_tokens": tokens, "samples_by_batch": by_batch_samples,
+    return {"matrix": matrix, "train_samples": sum(by_batch_samples), "train_tokens": tokens, "samples_by_batch": by_batch_samples,
             "promoted": promoted, "rejected": rejected, "candidate_drop_max": max(drops, default=None), "verdicts": verdicts,
             "promoted_below_floor": below_floor}
 
@@ -246,8 +245,8 @@ def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, An
     """`joint` or `retrain` through the training child (same loop, same evaluation), held-out rows split
     as the daemon does; `finetune` at the loop settings of the strategies (and `profile["set"]`)."""
     from daemon.config import parse
-    from daemon.strategyconfig import StrategyConfig
     from daemon.ingest.splits import is_eval
+    from daemon.strategyconfig import StrategyConfig
     from daemon.update.launcher import ChildRun, train_spec, write_rows
     from strategies.spec import DataPaths
     from strategies.tasks import TASKS, bio
