@@ -38,6 +38,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -50,6 +51,15 @@ from bench.streams import Part, build, write
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("finetune", "replay", "ewc", "lora", "lwf", "lora+replay", "ewc+replay")
+# the daemons and training children this run started and has not yet seen stop: a SIGTERM or Ctrl-C
+# to the bench stops them too (the children run in sessions of their own, beyond the terminal's reach)
+RUNNING: set[subprocess.Popen] = set()
+
+
+def _stop_running(signum: int, frame: object) -> None:
+    for process in list(RUNNING):
+        process.terminate()
+    raise SystemExit(128 + signum)
 
 
 def default_for(stream: str) -> str:
@@ -153,16 +163,17 @@ def drive(home: Path, env: dict[str, str], files: list[Path], label: str, log: P
     inbox and followed by `lifelong update --now --wait`; the outcomes in order. The daemon is stopped after."""
     daemon = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    RUNNING.add(daemon)
     started = time.monotonic()
     outcomes = []
     try:
-        _wait(lambda: (home / "state" / "daemon.json").is_file(), start_timeout, "daemon start")
+        _wait(lambda: (home / "state" / "daemon.json").is_file(), start_timeout, "daemon start", daemon)
         for path in files:
             tmp = home / "inbox" / f".{path.name}"
             shutil.copy(path, tmp)
             tmp.rename(home / "inbox" / path.name)
             _wait(lambda: (home / "archive" / path.name).exists() or (home / "quarantine" / path.name).exists(),
-                  120, f"{path.name} ingested")
+                  120, f"{path.name} ingested", daemon)
             done = lifelong("update", "--now", "--wait", "--json", env=env, timeout=update_timeout)
             if done.returncode != 0:
                 raise RuntimeError(f"{label}: update after {path.name} failed: {done.stderr[-2000:]}")
@@ -173,6 +184,7 @@ def drive(home: Path, env: dict[str, str], files: list[Path], label: str, log: P
     finally:
         daemon.terminate()
         daemon.wait(timeout=300)
+        RUNNING.discard(daemon)
     return outcomes
 
 
@@ -282,7 +294,12 @@ def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, An
                          eval_rows={k: eval_rows[k] for k in evals}, set_aside=None, set_aside_rows=0, set_aside_batches=[])
         train_spec(config, run, batch=stage, labels=bio.tag_labels(labels) if tagged else labels,
                    data=data).write(run / "spec.json")
-        results = ChildRun(run / "spec.json").start().wait()
+        child = ChildRun(run / "spec.json").start()
+        RUNNING.add(child.process)
+        try:
+            results = child.wait()
+        finally:
+            RUNNING.discard(child.process)
         samples += int(results["train"]["train_samples"])
         tokens += int(results["train"].get("train_tokens", 0))
         scores = results["scores"]["candidate"]
@@ -389,6 +406,8 @@ def main() -> None:
     if args.report:
         report(args)
         return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop_running)
     # what reads the homes back at the end is imported now: an edit to the tree during an hours-long
     # run must not meet half-old modules in this process (the daemons it starts read the tree anew)
     importlib.import_module("registry.registry")
@@ -476,9 +495,13 @@ def report(args: argparse.Namespace) -> None:
     publish(results, {n: v[0]["matrix"] for n, v in results["per_seed"].items()}, args.out, write=not args.no_write)
 
 
-def _wait(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def _wait(check, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Until `check()` holds; an error once `timeout` seconds pass, or at once when `process` (the
+    daemon that should make it hold) has exited."""
     deadline = time.monotonic() + timeout
     while not check():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the daemon exited ({process.returncode}) while waiting for {what}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(0.1)
