@@ -56,10 +56,15 @@ STRATEGIES = ("finetune", "replay", "ewc", "lora", "lwf", "lora+replay", "ewc+re
 RUNNING: set[subprocess.Popen] = set()
 
 
-def _stop_running(signum: int, frame: object) -> None:
-    for process in list(RUNNING):
-        process.terminate()
-    raise SystemExit(128 + signum)
+def stop_them_on_signals() -> None:
+    """A SIGTERM or SIGINT to this process terminates every process in RUNNING, then exits (143, 130)."""
+    def stop(signum: int, frame: object) -> None:
+        for process in list(RUNNING):
+            process.terminate()
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
 
 
 def default_for(stream: str) -> str:
@@ -406,8 +411,7 @@ def main() -> None:
     if args.report:
         report(args)
         return
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _stop_running)
+    stop_them_on_signals()
     # what reads the homes back at the end is imported now: an edit to the tree during an hours-long
     # run must not meet half-old modules in this process (the daemons it starts read the tree anew)
     importlib.import_module("registry.registry")

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.quality import drive, env_for, lifelong, prune, read_back, run_reference
+from bench.quality import drive, env_for, lifelong, prune, read_back, run_reference, stop_them_on_signals
 from bench.report import machine, matrix_grid, write_section
 from bench.streams import build, write
 
@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         results["default"] = args.default
         results["settings"].setdefault("seeds", PROFILES[results["profile"]]["seeds"])
         return publish(results, args.out, args.section)
+    stop_them_on_signals()
     profile = {**PROFILES[args.profile], "set": args.set}
     work = args.out / "runs"
     work.mkdir(parents=True, exist_ok=True)

@@ -92,3 +92,42 @@ def test_the_joint_reference_trains_a_chat_stream_and_reports_answer_loss_and_to
     assert set(run["final_scores"]) == {"1", "2"} and "exact_match" in run["final_scores"]["1"]
     # two epochs of batch size 4 over the training rows: every answer token and its prompt counted, no padding
     assert run["train_samples"] > 0 and run["train_tokens"] >= 3 * run["train_samples"]
+
+
+def test_a_signal_to_the_bench_stops_the_processes_it_started() -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # a stand-in for a bench run: one long-lived process in RUNNING (a daemon or training child, in a
+    # session of its own as they are), its pid printed, then waiting on it as drive() does
+    script = ("import subprocess, sys\n"
+              "from bench import quality\n"
+              "quality.stop_them_on_signals()\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True)\n"
+              "quality.RUNNING.add(child)\n"
+              "print(child.pid, flush=True)\n"
+              "child.wait()\n")
+    root = Path(__file__).resolve().parents[1]
+    bench = subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True)
+    child = int(bench.stdout.readline())  # type: ignore[union-attr]
+    bench.send_signal(signal.SIGTERM)
+    assert bench.wait(timeout=30) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the bench's child outlived it"
+        time.sleep(0.1)
+
+
+def test_a_wait_on_a_daemon_that_exited_fails_at_once() -> None:
+    import subprocess
+    import sys
+
+    from bench.quality import _wait
+
+    gone = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    gone.wait()
+    # not the TimeoutError an hour's wait would end in
+    with pytest.raises(RuntimeError, match=r"the daemon exited \(3\) while waiting for its start"):
+        _wait(lambda: False, 3600, "its start", gone)
