@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from daemon.configbase import Section
 
@@ -90,7 +90,7 @@ class StrategyConfig(Section):
     name: str = "replay"  # lora+replay learned less; see the template
     epochs: int = Field(default=2, ge=1)
     min_steps: int = Field(default=100, ge=0)  # a hard small batch trains more epochs; see the template
-    fit_target: float = Field(default=0.9, gt=0.0, le=1.0)
+    lift_target: float = Field(default=0.2, ge=0.0, le=1.0)  # learned enough to stop at `epochs`; see the template
     batch_size: int = Field(default=16, ge=1)
     lr: float | Literal["auto"] = 1e-4  # 5e-4 was unstable; see the template
     early_stopping_patience: int = Field(default=2, ge=0)
@@ -108,6 +108,15 @@ class StrategyConfig(Section):
     avalanche_gem: AvalancheGemConfig = Field(default_factory=AvalancheGemConfig, alias="avalanche:gem")
     avalanche_agem: AvalancheAgemConfig = Field(default_factory=AvalancheAgemConfig, alias="avalanche:agem")
     avalanche_lwf: AvalancheLwfConfig = Field(default_factory=AvalancheLwfConfig, alias="avalanche:lwf")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, data: object) -> object:
+        if isinstance(data, dict) and "fit_target" in data:
+            raise ValueError("strategy.fit_target was replaced by strategy.lift_target (a batch is learned when "
+                             "the model scores lift_target of the way from its floor to all of the batch's rows "
+                             "right; default 0.2): drop fit_target")
+        return data
 
     @field_validator("name")
     @classmethod

@@ -53,21 +53,21 @@ def split_validation(examples: list[Row], fraction: float, rng: random.Random) -
 
 def planned_epochs(cfg: LoopSettings, steps_per_epoch: int) -> int:
     """The most epochs an update may take: `epochs`, or as many as reach `min_steps` optimizer steps
-    when `epochs` take fewer. Past `epochs` training goes on only while the rows are not yet fitted
-    (`fitted`), and early stopping on the validation slice ends it sooner: a small batch that is hard
-    to learn (a new domain, fresh head rows) gets the steps it needs, one that is learned at once
-    stops at `epochs`, and a large batch reaches min_steps within `epochs` and costs what it did."""
+    when `epochs` take fewer. Past `epochs` training goes on one epoch at a time only while the batch
+    is not yet learned (`learned`): a small batch the model has not learned (a new domain, fresh head
+    rows) gets the steps it needs, one it learned stops at `epochs`, and a large batch reaches
+    min_steps within `epochs` and costs what it did."""
     if steps_per_epoch <= 0 or cfg.min_steps <= cfg.epochs * steps_per_epoch:
         return cfg.epochs
     return math.ceil(cfg.min_steps / steps_per_epoch)
 
 
 def planned_steps(cfg: LoopSettings, steps_per_epoch: int, budget_steps: int | None = None) -> tuple[int, int]:
-    """(base, total): `base`, the optimizer steps of `epochs` over which the learning rate decays, and
-    `total`, the most the update may take (past `base` only while not yet fitted, see `planned_epochs`).
-    `budget_steps`, when a strategy shares the new rows' budget (replay.budget = "shared"), is what an
-    epoch of the new rows alone takes: `epochs` of it are the update's steps however many rows it
-    mixed in, and `min_steps` counts steps, not whole epochs."""
+    """(base, total): `base`, the optimizer steps of `epochs`, and `total`, the most the update may
+    take (past `base` only while the batch is not learned, see `planned_epochs`). `budget_steps`,
+    when a strategy shares the new rows' budget (replay.budget = "shared"), is what an epoch of the
+    new rows alone takes: `epochs` of it are the update's steps however many rows it mixed in, and
+    `min_steps` counts steps, not whole epochs."""
     if budget_steps is None:
         base = max(1, steps_per_epoch * cfg.epochs)
         return base, max(base, steps_per_epoch * planned_epochs(cfg, steps_per_epoch))
@@ -75,11 +75,15 @@ def planned_steps(cfg: LoopSettings, steps_per_epoch: int, budget_steps: int | N
     return base, max(base, cfg.min_steps)
 
 
-def fitted(cfg: LoopSettings, budget_done: bool, hits: float, scored: float) -> bool:
-    """Enough training for this update: its budget done (`epochs`, or in a shared budget its `base`
-    steps), and the rows it trains on were right at least `fit_target` of the time during the last
-    epoch, or the part of it trained (the task's hits, as the model saw them in training)."""
-    return budget_done and (scored == 0 or hits / scored >= cfg.fit_target)
+def learned(cfg: LoopSettings, accuracy: float, floor: float) -> bool:
+    """The batch is learned: the model gets its own rows right at least `lift_target` of the way from
+    the floor (what always saying the rows' most common target scores) to all of them."""
+    return accuracy >= floor + cfg.lift_target * (1 - floor)
+
+
+def stalled(rounds: list[float], patience: int) -> bool:
+    """`patience` rounds past `epochs` (0: never) have not raised the accuracy: more do not help."""
+    return bool(patience) and len(rounds) > patience and max(rounds[-patience:]) <= max(rounds[:-patience])
 
 
 class Interrupted(RuntimeError):
@@ -106,26 +110,30 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
     steps_per_epoch = math.ceil(math.ceil(len(encoded) / cfg.batch_size) / group.world)
     budget = None if ctx.budget_rows is None else math.ceil(math.ceil(ctx.budget_rows / cfg.batch_size) / group.world)
     base, total = planned_steps(cfg, steps_per_epoch, budget)
-    epochs = math.ceil(total / steps_per_epoch) if steps_per_epoch else cfg.epochs
-    scheduler = _schedule(optimizer, int(cfg.warmup_ratio * base), base, total)
+    # past `base`, a round at a time while the batch is not learned: an epoch, or in a shared budget
+    # the steps of an epoch of the new rows alone
+    cycle = max(1, steps_per_epoch if budget is None else min(steps_per_epoch, budget))
+    # the most epochs it may take: a round that ends within an epoch ends that epoch
+    epochs = math.ceil(base / steps_per_epoch) + math.ceil((total - base) / cycle) if steps_per_epoch else cfg.epochs
+    scheduler = _schedule(optimizer, cfg.warmup_ratio, base, cycle)
     weights = task.class_weights(encoded, len(ctx.labels), ctx.device) if cfg.class_weights == "balanced" else None
     autocast = _autocast(ctx.device, cfg.precision)
     lengths = encoded.lengths
 
+    # `until`: the steps this update takes unless a round more is needed; `rounds`: the accuracy on
+    # the new rows where each round ended
     progress = {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "tokens": 0, "best_score": -math.inf, "stale": 0,
-                "hits": 0, "scored": 0}
+                "hits": 0, "scored": 0, "until": base, "rounds": [], "floor": None}
     best_state = None
     if checkpoints is not None:
         resumed = checkpoints.load(model, optimizer, scheduler)
         if resumed is not None:
             progress, best_state = resumed
-            progress = {"hits": 0, "scored": 0, "tokens": 0, **progress}
+            progress = {"hits": 0, "scored": 0, "tokens": 0, "until": base, "rounds": [], "floor": None, **progress}
             if on_progress:
                 on_progress({"event": "resumed", "epoch": progress["epoch"] + 1, "step": progress["step"]})
     started = time.perf_counter()
     done_samples = progress["samples"]
-    stopped_early = False
-    fitted_at_base = False  # a shared budget's `base` steps end within an epoch: its fit is judged there
     for epoch in range(progress["epoch"], epochs):
         model.train()
         # each epoch's batch order depends only on (seed, epoch), so a resumed run repeats it
@@ -133,8 +141,8 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
         for number, shares in enumerate(group.steps(batches)):
             if number < progress["batch"]:
                 continue  # done before the interruption
-            if progress["step"] >= total or fitted_at_base:
-                break  # a shared budget ends within an epoch
+            if progress["step"] >= progress["until"]:
+                break  # a shared budget, or a round past it, ends within an epoch
             indices = shares[group.rank]
             batch = {k: v.to(ctx.device) for k, v in encoded.collate(indices).items()}
             with autocast:
@@ -159,8 +167,6 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
                             samples=progress["samples"] + sum(len(share) for share in shares),
                             tokens=progress["tokens"] + sum(lengths[i] for share in shares for i in share),
                             hits=progress["hits"] + hits, scored=progress["scored"] + scored)
-            if budget is not None and progress["step"] == base < total:
-                fitted_at_base = fitted(cfg, True, *group.sum(progress["hits"], progress["scored"]))
             if on_progress:
                 elapsed = time.perf_counter() - started
                 on_progress({"event": "step", "epoch": epoch + 1, "step": progress["step"], "steps": total,
@@ -171,15 +177,17 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
                     checkpoints.save(model, optimizer, scheduler, dict(progress, epoch=epoch), best_state)
                 group.barrier()
                 raise Interrupted(f"stopped at step {progress['step']}; checkpoint written")
+        stopped_early = False
+        extra = progress["until"] > base  # past `base` the rounds are kept as trained
         if validation:
             # validation loss, not accuracy: it keeps telling epochs apart once accuracy saturates
             score = -_loss(model, ctx, validation)
             if on_progress:
                 on_progress({"event": "validation", "epoch": epoch + 1, "loss": -score})
-            if score >= progress["best_score"]:
+            if not extra and score >= progress["best_score"]:
                 progress.update(best_score=score, stale=0)
                 best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-            else:
+            elif not extra:
                 progress["stale"] += 1
                 stopped_early = bool(cfg.early_stopping_patience) and progress["stale"] >= cfg.early_stopping_patience
         hits, scored = group.sum(progress["hits"], progress["scored"])
@@ -187,27 +195,44 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
         if on_progress:
             on_progress({"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "fit": fit})
         progress.update(epoch=epoch + 1, batch=0, hits=0, scored=0, fit=fit)
-        done = epoch + 1 >= cfg.epochs if budget is None else progress["step"] >= base
-        stopped_early = stopped_early or fitted(cfg, done, hits, scored)
+        finished = stopped_early or progress["step"] >= total
+        if not finished and progress["step"] >= progress["until"]:
+            if not extra and best_state is not None:  # `base` ends here: its best weights go on
+                _restore(model, best_state)
+                best_state = None
+            accuracy, floor = _accuracy(model, ctx, ctx.new)
+            progress["rounds"].append(round(accuracy, 4))
+            progress["floor"] = round(floor, 4)
+            if on_progress:
+                on_progress({"event": "learned", "epoch": epoch + 1, "accuracy": accuracy, "floor": floor})
+            # every rank judges the same rows; one that finds the batch learned ends it for all
+            finished, = group.any(learned(cfg, accuracy, floor) or stalled(progress["rounds"], cfg.early_stopping_patience))
+            if not finished:
+                progress["until"] = min(total, progress["until"] + cycle)
         if checkpoints is not None and group.main:
             checkpoints.save(model, optimizer, scheduler, progress, best_state)
-        if stopped_early:
+        if finished:
             break
     if best_state is not None:
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name in best_state:
-                    param.copy_(best_state[name])
+        _restore(model, best_state)
     seconds = time.perf_counter() - started
     model.eval()
     strategy.after_update(ctx)
     samples = progress["samples"] - done_samples
     parallel = {"processes": group.world, "replicas_in_sync": group.in_sync(model)} if group.active else {}
+    rounds = {"learned": {"floor": progress["floor"], "accuracy": progress["rounds"]}} if progress["rounds"] else {}
     return {**parallel, "steps": progress["step"], "train_samples": progress["samples"],
             "train_tokens": progress["tokens"], "seconds": round(seconds, 3),
             "samples_per_second": round(samples / seconds, 2) if seconds else None,
-            "validation_loss": -progress["best_score"] if validation and best_state is not None else None,
-            "epochs_planned": epochs, "epochs_run": progress["epoch"], "fit": progress.get("fit")}
+            "validation_loss": -progress["best_score"] if validation and progress["best_score"] > -math.inf else None,
+            "epochs_planned": epochs, "epochs_run": progress["epoch"], "fit": progress.get("fit"), **rounds}
+
+
+def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in state:
+                param.copy_(state[name])
 
 
 class Checkpoints:
@@ -288,16 +313,18 @@ def _optimizer(model: torch.nn.Module, cfg: LoopSettings) -> torch.optim.Optimiz
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
 
 
-def _schedule(optimizer: torch.optim.Optimizer, warmup: int, base: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup, then linear decay to zero over the `base` steps of `epochs`; the steps past them
-    that an unfitted small batch may take (up to `total`) restart at the full rate and decay to zero
+def _schedule(optimizer: torch.optim.Optimizer, warmup_ratio: float, base: int, cycle: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then linear decay to zero over the `base` steps of `epochs`; each round of
+    `cycle` steps past them, taken while a small batch is not learned, warms up and decays to zero
     again. An update that stops at `epochs` so follows exactly the schedule it always had."""
-    def factor(step: int) -> float:
+    def shape(step: int, length: int) -> float:
+        warmup = int(warmup_ratio * length)
         if step < warmup:
             return (step + 1) / (warmup + 1)
-        if step < base or total <= base:
-            return max(0.0, (base - step) / max(1, base - warmup))
-        return max(0.0, (total - step) / (total - base))
+        return max(0.0, (length - step) / max(1, length - warmup))
+
+    def factor(step: int) -> float:
+        return shape(step, base) if step < base else shape((step - base) % cycle, cycle)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -319,3 +346,27 @@ def _loss(model: torch.nn.Module, ctx: Context, examples: list[Row]) -> float:
         total += ctx.task.loss(logits, batch, reduction="sum").item()
     model.train(was_training)
     return total / len(examples)
+
+
+@torch.no_grad()
+def _accuracy(model: torch.nn.Module, ctx: Context, examples: list[Row]) -> tuple[float, float]:
+    """(accuracy, floor) on `examples`: the share of their targets the model gets right, and the
+    share of the most common one (with a single target value, a uniform guess over the outputs)."""
+    was_training = model.training
+    model.eval()
+    encoded = ctx.task.encode(examples, ctx.tokenizer, ctx.labels, ctx.max_length)
+    right, wanted, classes = 0, [], 1
+    for indices in sequential_batches(encoded.lengths, 64):
+        batch = {k: v.to(ctx.device) for k, v in encoded.collate(indices).items()}
+        logits = ctx.task.forward(model, batch).float()
+        predicted, targets = ctx.task.targets(logits, batch)
+        right += int((predicted == targets).sum())
+        wanted.append(targets.cpu())
+        classes = logits.size(-1)
+    model.train(was_training)
+    counts = torch.bincount(torch.cat(wanted)) if wanted else torch.zeros(0)
+    count = int(counts.sum())
+    if not count:
+        return 1.0, 0.0
+    floor = int(counts.max()) / count if int((counts > 0).sum()) > 1 else 1 / classes
+    return right / count, floor

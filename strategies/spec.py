@@ -66,8 +66,8 @@ class LoopSettings:
     """Everything the training loop reads (strategies/loop.py); the values come from the daemon's config."""
 
     epochs: int
-    min_steps: int  # past `epochs`, train up to this many steps while the rows are not fitted
-    fit_target: float  # the share of its training rows the model must get right to stop at `epochs`
+    min_steps: int  # past `epochs`, train up to this many steps while the batch is not learned
+    lift_target: float  # how far above its floor the model must score on the new rows to stop at `epochs`
     batch_size: int
     lr: float | Literal["auto"]  # "auto": the child searches a grid first
     weight_decay: float

@@ -77,7 +77,7 @@ def settings(**changed: object):  # type: ignore[no-untyped-def]
 
     base = loop_settings(parse({"model": {"task": "causal_lm"}, "strategy": {"min_steps": 0}}))
     return dataclasses.replace(base, **{"epochs": 20, "lr": 1e-2, "batch_size": 8, "class_weights": "none",
-                                        "fit_target": 1.0, **changed})  # type: ignore[arg-type]
+                                        "lift_target": 1.0, **changed})  # type: ignore[arg-type]
 
 
 def sections(**changed: dict) -> dict:

@@ -25,7 +25,7 @@ def test_template_is_the_defaults_and_names_every_key() -> None:
                   "max_row_bytes", "max_text_chars", "max_labels", "max_label_chars"},
         "schedule": {"interval", "cron", "min_new_rows", "max_wait", "max_attempts"},
         # min_steps too: left out, the task's own (0 for token_classification)
-        "strategy": {"name", "epochs", "fit_target", "batch_size", "lr", "early_stopping_patience",
+        "strategy": {"name", "epochs", "lift_target", "batch_size", "lr", "early_stopping_patience",
                      "weight_decay", "l1", "class_weights", "replay", "ewc", "lora", "lwf"},
         "train": {"device", "precision", "num_processes", "seed", "standby_seconds", "executor", "ray", "kubernetes"},
         # max_forgetting is written commented out: left out, it is the metric's own (nats for answer_loss)

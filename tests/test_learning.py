@@ -309,23 +309,35 @@ def test_l1_shrinks_the_trained_weights(tiny_model: Path) -> None:
     assert sizes[1e-3] < sizes[0.0] * 0.99, sizes
 
 
-def test_a_small_batch_trains_past_epochs_until_fitted_and_a_learned_one_stops_at_epochs(tiny_model: Path) -> None:
-    from strategies.loop import planned_epochs
+def test_a_small_batch_trains_past_epochs_until_learned_and_a_learned_one_stops_at_epochs(tiny_model: Path) -> None:
+    from strategies.loop import learned, planned_epochs, stalled
 
-    settings = loop(epochs=2, lr=3e-3, batch_size=8, min_steps=60, fit_target=0.9, val_fraction=0.0)
+    settings = loop(epochs=2, lr=3e-3, batch_size=8, min_steps=60, lift_target=0.5, val_fraction=0.0,
+                    early_stopping_patience=0)
     assert planned_epochs(settings, 5) == 12 and planned_epochs(settings, 40) == 2  # a large batch: as before
     assert planned_epochs(dataclasses.replace(settings, min_steps=0), 5) == 2
+    # learned: half the way from the floor (0.5 on two balanced labels) to all right
+    assert learned(settings, 0.75, 0.5) and not learned(settings, 0.74, 0.5)
+    assert stalled([0.4, 0.5, 0.5, 0.45], 2) and not stalled([0.4, 0.5, 0.45, 0.55], 2) and not stalled([0.4, 0.4, 0.4], 0)
     labels = ["sport", "food"]
-    # a hard batch for 2 epochs of 5 steps: random-init weights fit these 40 rows only after more
+    # a hard batch for 2 epochs of 5 steps: random-init weights learn these 40 rows only after more
     hard = toy(labels, 20, seed=8)
     events: list[dict] = []
     stats = train(context(tiny_model, labels, hard), build("finetune", {}), settings, on_progress=events.append)
-    fits = [e["fit"] for e in events if e["event"] == "epoch"]
-    assert stats["epochs_planned"] == 12 and 2 < stats["epochs_run"] <= 12, (stats, fits)
-    assert all(f < 0.9 for f in fits[1:-1]) and (fits[-1] >= 0.9 or stats["epochs_run"] == 12), fits
+    judged = [e for e in events if e["event"] == "learned"]
+    assert stats["epochs_planned"] == 12 and 2 < stats["epochs_run"] <= 12, (stats, judged)
+    # judged where `epochs` end and after each epoch past them; not learned until the last, or the cap
+    assert [e["epoch"] for e in judged] == list(range(2, stats["epochs_run"] + 1)), judged
+    assert all(not learned(settings, e["accuracy"], e["floor"]) for e in judged[:-1]), judged
+    assert learned(settings, judged[-1]["accuracy"], judged[-1]["floor"]) or stats["epochs_run"] == 12, judged
+    assert stats["learned"]["accuracy"] == [round(e["accuracy"], 4) for e in judged] and stats["learned"]["floor"] == 0.5
     # a target any model meets: the update stops at `epochs`, whatever min_steps allows
-    easy = dataclasses.replace(settings, fit_target=1e-9)
+    easy = dataclasses.replace(settings, lift_target=0.0)
     assert train(context(tiny_model, labels, hard), build("finetune", {}), easy)["epochs_run"] == 2
+    # one the model cannot meet: epochs past `epochs` that do not raise the score stop it before the cap
+    stuck = dataclasses.replace(settings, lift_target=1.0, lr=1e-9, early_stopping_patience=2)
+    stats = train(context(tiny_model, labels, hard), build("finetune", {}), stuck)
+    assert stats["epochs_run"] < 12 and stalled(stats["learned"]["accuracy"], 2), stats
 
 
 def test_a_shared_replay_budget_trains_epochs_of_the_new_rows_whatever_it_mixes_in(tiny_model: Path, tmp_path: Path) -> None:
@@ -351,8 +363,9 @@ def test_a_shared_replay_budget_trains_epochs_of_the_new_rows_whatever_it_mixes_
     # 10 steps: the first epoch of the 70 rows whole (every new row seen, as epochs >= 1 + ratio), the second cut short
     assert stats["shared"]["steps"] == 10 and stats["shared"]["train_samples"] <= 2 * 40 + 8, stats
     assert stats["shared"]["epochs_run"] == 2 and stats["shared"]["validated"] == [1, 2], stats
-    # min_steps past the budget: steps only while the rows are not fitted, judged where the budget ends
-    for target, steps in ((1e-9, 10), (1.0, 30)):
-        more = dataclasses.replace(settings, min_steps=30, fit_target=target)
+    # min_steps past the budget: rounds of 5 steps (an epoch of the new rows) while the batch is not
+    # learned, judged where the budget ends
+    for target, steps in ((0.0, 10), (1.0, 30)):
+        more = dataclasses.replace(settings, min_steps=30, lift_target=target, early_stopping_patience=0)
         strategy = build("replay", sections(replay={"ratio": 0.75, "budget": "shared"}))
         assert train(context(tiny_model, labels, new, state=state), strategy, more)["steps"] == steps, target

@@ -45,7 +45,7 @@ def loop_settings(config: Config) -> LoopSettings:
     strategy = config.strategy
     lr = strategy.lora.lr if "lora" in strategy.parts and strategy.lr != "auto" else strategy.lr
     return LoopSettings(epochs=strategy.epochs, min_steps=strategy.min_steps,
-                        fit_target=strategy.fit_target, batch_size=strategy.batch_size, lr=lr,
+                        lift_target=strategy.lift_target, batch_size=strategy.batch_size, lr=lr,
                         weight_decay=strategy.weight_decay, l1=strategy.l1, warmup_ratio=WARMUP_RATIO,
                         max_grad_norm=MAX_GRAD_NORM, early_stopping_patience=strategy.early_stopping_patience,
                         class_weights=strategy.class_weights, val_fraction=VAL_FRACTION,

@@ -24,7 +24,7 @@ from strategies.tasks import TASKS
 Row = dict[str, Any]
 Prediction = dict[str, Any]  # JSON-able: what `lifelong predict` shows for one row
 
-HOOKS = ("load", "encode", "forward", "loss", "hits", "outputs", "class_weights", "predict", "score", "correct",
+HOOKS = ("load", "encode", "forward", "loss", "hits", "targets", "outputs", "class_weights", "predict", "score", "correct",
          "balance_key", "adapter_targets", "adapter_saved_modules", "pseudo_label", "judged")
 DEFAULTED = ("pseudo_label", "judged")  # hooks whose base version is right for a task that has nothing to add
 REGISTRY: dict[str, type["Task"]] = {}
@@ -86,6 +86,12 @@ class Task:
 
     def hits(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
         """How many of the batch's targets the outputs got right, of how many (the loop's fit)."""
+        raise NotImplementedError
+
+    def targets(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted, wanted): every target of the batch the loss scores, flattened, beside the
+        outputs' most likely value there (the loop's check that a batch was learned, against the
+        share of its most common target: strategies/loop.py `learned`)."""
         raise NotImplementedError
 
     def outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], known: int) -> torch.Tensor:

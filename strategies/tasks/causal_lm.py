@@ -106,6 +106,11 @@ class CausalLM(Task):
         mask = targets != IGNORE
         return int((logits[:, :-1].argmax(-1)[mask] == targets[mask]).sum()), int(mask.sum())
 
+    def targets(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = batch["labels"][:, 1:]
+        mask = targets != IGNORE
+        return logits[:, :-1].argmax(-1)[mask], targets[mask]
+
     def outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], known: int) -> torch.Tensor:
         """Next-token logits at the prompt positions (those whose next token is not an answer token)."""
         mask = (batch["labels"][:, 1:] == IGNORE) & (batch["attention_mask"][:, 1:] == 1)

@@ -58,6 +58,9 @@ class SequenceClassification(Task):
     def hits(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
         return int((logits.argmax(-1) == batch["labels"]).sum()), len(batch["labels"])
 
+    def targets(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits.argmax(-1), batch["labels"]
+
     def outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], known: int) -> torch.Tensor:
         return logits[:, :known]
 
