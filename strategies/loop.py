@@ -120,20 +120,23 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
     autocast = _autocast(ctx.device, cfg.precision)
     lengths = encoded.lengths
 
-    # `until`: the steps this update takes unless a round more is needed; `rounds`: the accuracy on
-    # the new rows where each round ended
+    # `rounds`: the accuracy on the new rows where `base` ended and each round past it; each but the
+    # last that ended training added a round
     progress = {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "tokens": 0, "best_score": -math.inf, "stale": 0,
-                "hits": 0, "scored": 0, "until": base, "rounds": [], "floor": None}
+                "hits": 0, "scored": 0, "rounds": [], "floor": None}
     best_state = None
     if checkpoints is not None:
         resumed = checkpoints.load(model, optimizer, scheduler)
         if resumed is not None:
             progress, best_state = resumed
-            progress = {"hits": 0, "scored": 0, "tokens": 0, "until": base, "rounds": [], "floor": None, **progress}
+            progress = {"hits": 0, "scored": 0, "tokens": 0, "rounds": [], "floor": None, **progress}
             if on_progress:
                 on_progress({"event": "resumed", "epoch": progress["epoch"] + 1, "step": progress["step"]})
     started = time.perf_counter()
     done_samples = progress["samples"]
+    def until() -> int:  # the steps this update takes unless a round more is needed
+        return min(total, base + cycle * len(progress["rounds"])) if progress["rounds"] else base
+
     for epoch in range(progress["epoch"], epochs):
         model.train()
         # each epoch's batch order depends only on (seed, epoch), so a resumed run repeats it
@@ -141,7 +144,7 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
         for number, shares in enumerate(group.steps(batches)):
             if number < progress["batch"]:
                 continue  # done before the interruption
-            if progress["step"] >= progress["until"]:
+            if progress["step"] >= until():
                 break  # a shared budget, or a round past it, ends within an epoch
             indices = shares[group.rank]
             batch = {k: v.to(ctx.device) for k, v in encoded.collate(indices).items()}
@@ -178,7 +181,7 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
                 group.barrier()
                 raise Interrupted(f"stopped at step {progress['step']}; checkpoint written")
         stopped_early = False
-        extra = progress["until"] > base  # past `base` the rounds are kept as trained
+        extra = bool(progress["rounds"])  # past `base` the rounds are kept as trained
         if validation:
             # validation loss, not accuracy: it keeps telling epochs apart once accuracy saturates
             score = -_loss(model, ctx, validation)
@@ -196,7 +199,7 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
             on_progress({"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "fit": fit})
         progress.update(epoch=epoch + 1, batch=0, hits=0, scored=0, fit=fit)
         finished = stopped_early or progress["step"] >= total
-        if not finished and progress["step"] >= progress["until"]:
+        if not finished and progress["step"] >= until():
             if not extra and best_state is not None:  # `base` ends here: its best weights go on
                 _restore(model, best_state)
                 best_state = None
@@ -207,8 +210,6 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
                 on_progress({"event": "learned", "epoch": epoch + 1, "accuracy": accuracy, "floor": floor})
             # every rank judges the same rows; one that finds the batch learned ends it for all
             finished, = group.any(learned(cfg, accuracy, floor) or stalled(progress["rounds"], cfg.early_stopping_patience))
-            if not finished:
-                progress["until"] = min(total, progress["until"] + cycle)
         if checkpoints is not None and group.main:
             checkpoints.save(model, optimizer, scheduler, progress, best_state)
         if finished:
