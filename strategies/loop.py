@@ -181,7 +181,7 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
                 group.barrier()
                 raise Interrupted(f"stopped at step {progress['step']}; checkpoint written")
         stopped_early = False
-        extra = bool(progress["rounds"])  # past `base` the rounds are kept as trained
+        extra = bool(progress["rounds"])  # past `base`, judged on the batch's rows, not the validation loss
         if validation:
             # validation loss, not accuracy: it keeps telling epochs apart once accuracy saturates
             score = -_loss(model, ctx, validation)
@@ -198,18 +198,20 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
         if on_progress:
             on_progress({"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "fit": fit})
         progress.update(epoch=epoch + 1, batch=0, hits=0, scored=0, fit=fit)
-        finished = stopped_early or progress["step"] >= total
+        finished = stopped_early or progress["step"] >= total == base  # no round past `base` allowed
         if not finished and progress["step"] >= until():
             if not extra and best_state is not None:  # `base` ends here: its best weights go on
                 _restore(model, best_state)
-                best_state = None
             accuracy, floor = _accuracy(model, ctx, ctx.new)
+            if round(accuracy, 4) > max(progress["rounds"], default=-1.0):  # the best round's weights are kept
+                best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             progress["rounds"].append(round(accuracy, 4))
             progress["floor"] = round(floor, 4)
             if on_progress:
                 on_progress({"event": "learned", "epoch": epoch + 1, "accuracy": accuracy, "floor": floor})
             # every rank judges the same rows; one that finds the batch learned ends it for all
-            finished, = group.any(learned(cfg, accuracy, floor) or stalled(progress["rounds"], cfg.early_stopping_patience))
+            finished, = group.any(learned(cfg, accuracy, floor) or stalled(progress["rounds"], cfg.early_stopping_patience)
+                                  or progress["step"] >= total)
         if checkpoints is not None and group.main:
             checkpoints.save(model, optimizer, scheduler, progress, best_state)
         if finished:
