@@ -81,11 +81,6 @@ def learned(cfg: LoopSettings, accuracy: float, floor: float) -> bool:
     return accuracy >= floor + cfg.lift_target * (1 - floor)
 
 
-def stalled(rounds: list[float], patience: int) -> bool:
-    """`patience` rounds past `epochs` (0: never) have not raised the accuracy: more do not help."""
-    return bool(patience) and len(rounds) > patience and max(rounds[-patience:]) <= max(rounds[:-patience])
-
-
 class Interrupted(RuntimeError):
     """Training stopped on request (SIGTERM) after writing a checkpoint; the next attempt resumes."""
 
@@ -210,8 +205,9 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
             if on_progress:
                 on_progress({"event": "learned", "epoch": epoch + 1, "accuracy": accuracy, "floor": floor})
             # every rank judges the same rows; one that finds the batch learned ends it for all
-            finished, = group.any(learned(cfg, accuracy, floor) or stalled(progress["rounds"], cfg.early_stopping_patience)
-                                  or progress["step"] >= total)
+            # no patience here: on a batch of a new source, the score often dips for a round or two
+            # (class_weights pulls the model off the majority label) before it rises past the target
+            finished, = group.any(learned(cfg, accuracy, floor) or progress["step"] >= total)
         if checkpoints is not None and group.main:
             checkpoints.save(model, optimizer, scheduler, progress, best_state)
         if finished:

@@ -310,15 +310,13 @@ def test_l1_shrinks_the_trained_weights(tiny_model: Path) -> None:
 
 
 def test_a_small_batch_trains_past_epochs_until_learned_and_a_learned_one_stops_at_epochs(tiny_model: Path) -> None:
-    from strategies.loop import _accuracy, learned, planned_epochs, stalled
+    from strategies.loop import _accuracy, learned, planned_epochs
 
-    settings = loop(epochs=2, lr=3e-3, batch_size=8, min_steps=60, lift_target=0.5, val_fraction=0.0,
-                    early_stopping_patience=0)
+    settings = loop(epochs=2, lr=3e-3, batch_size=8, min_steps=60, lift_target=0.5, val_fraction=0.0)
     assert planned_epochs(settings, 5) == 12 and planned_epochs(settings, 40) == 2  # a large batch: as before
     assert planned_epochs(dataclasses.replace(settings, min_steps=0), 5) == 2
     # learned: half the way from the floor (0.5 on two balanced labels) to all right
     assert learned(settings, 0.75, 0.5) and not learned(settings, 0.74, 0.5)
-    assert stalled([0.4, 0.5, 0.5, 0.45], 2) and not stalled([0.4, 0.5, 0.45, 0.55], 2) and not stalled([0.4, 0.4, 0.4], 0)
     labels = ["sport", "food"]
     # a hard batch for 2 epochs of 5 steps: random-init weights learn these 40 rows only after more
     hard = toy(labels, 20, seed=8)
@@ -337,13 +335,13 @@ def test_a_small_batch_trains_past_epochs_until_learned_and_a_learned_one_stops_
     # a target any model meets: the update stops at `epochs`, whatever min_steps allows
     easy = dataclasses.replace(settings, lift_target=0.0)
     assert train(context(tiny_model, labels, hard), build("finetune", {}), easy)["epochs_run"] == 2
-    # one the model cannot meet: a round past `epochs` that does not raise the score stops it before
-    # the cap, and the weights kept are the best round's, not the last's (this rate overshoots)
-    stuck = dataclasses.replace(settings, lift_target=1.0, lr=1e-2, early_stopping_patience=1)
+    # one the model cannot meet: rounds up to the cap, and the weights kept are the best round's,
+    # not the last's (this rate overshoots)
+    stuck = dataclasses.replace(settings, lift_target=1.0, lr=1e-2, min_steps=15)
     ctx = context(tiny_model, labels, hard)
     stats = train(ctx, build("finetune", {}), stuck)
     rounds = stats["learned"]["accuracy"]
-    assert stats["epochs_run"] < 12 and stalled(rounds, 1) and rounds[-1] < max(rounds), stats
+    assert stats["steps"] == 15 and len(rounds) == 2 and rounds[-1] < max(rounds), stats
     assert round(_accuracy(ctx.model, ctx, ctx.new)[0], 4) == max(rounds), stats
 
 
@@ -373,6 +371,6 @@ def test_a_shared_replay_budget_trains_epochs_of_the_new_rows_whatever_it_mixes_
     # min_steps past the budget: rounds of 5 steps (an epoch of the new rows) while the batch is not
     # learned, judged where the budget ends
     for target, steps in ((0.0, 10), (1.0, 30)):
-        more = dataclasses.replace(settings, min_steps=30, lift_target=target, early_stopping_patience=0)
+        more = dataclasses.replace(settings, min_steps=30, lift_target=target)
         strategy = build("replay", sections(replay={"ratio": 0.75, "budget": "shared"}))
         assert train(context(tiny_model, labels, new, state=state), strategy, more)["steps"] == steps, target
