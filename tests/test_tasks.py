@@ -91,3 +91,25 @@ def test_sequence_classification_scores_by_hand() -> None:
     assert figures["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
     assert figures["unknown_labels"] == {"c": 1} and figures["per_label"]["c"]["support"] == 1
     assert [task.correct(r, p) for r, p in zip(rows, predicted)] == [True, False, True, True, False]
+
+
+def test_each_task_names_the_targets_it_is_judged_on_beside_the_predictions() -> None:
+    """`targets`: what the loop's check that a batch was learned compares (strategies/loop.py)."""
+    from strategies.data import IGNORE
+
+    sequence = tasks.load("sequence_classification")
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0], [0.0, 1.0, 0.0]])
+    predicted, wanted = sequence.targets(logits, {"labels": torch.tensor([0, 1, 1])})
+    assert predicted.tolist() == [0, 2, 1] and wanted.tolist() == [0, 1, 1]
+    # tags: every word's, O (0) included, padding and continuation pieces (IGNORE) left out
+    tokens = tasks.load("token_classification")
+    logits = F.one_hot(torch.tensor([[0, 1, 0, 0], [2, 0, 0, 0]]), 3).float()
+    labels = torch.tensor([[0, 1, IGNORE, 2], [2, 0, IGNORE, IGNORE]])
+    predicted, wanted = tokens.targets(logits, {"labels": labels})
+    assert predicted.tolist() == [0, 1, 0, 2, 0] and wanted.tolist() == [0, 1, 2, 2, 0]
+    # answer tokens only, each against the model's next-token prediction one position before it
+    chat = tasks.load("causal_lm")
+    logits = F.one_hot(torch.tensor([[5, 7, 9, 4]]), 10).float()
+    labels = torch.tensor([[IGNORE, IGNORE, 9, 3]])
+    predicted, wanted = chat.targets(logits, {"labels": labels})
+    assert predicted.tolist() == [7, 9] and wanted.tolist() == [9, 3]
