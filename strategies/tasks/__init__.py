@@ -46,8 +46,9 @@ TASKS: dict[str, TaskInfo] = {
                                         metrics={"accuracy": "higher", "macro_f1": "higher"}, labelled=True),
     # labels are BIO tags (strategies/tasks/bio.py); the daemon's catalog holds the entity types
     # a held-out set's size for the gate is its true entities (`entities`): what entity F1 resolves.
-    # No extra steps for a batch not yet learned (min_steps 0): on the WNUT stream they cost half as
-    # many samples again and made F1 swing from seed to seed, for no gain beyond that spread; replayed
+    # No extra steps for a batch not yet learned (min_steps 0): on the WNUT stream (measured when they
+    # followed the training rows' fit) they cost half as many samples again and made F1 swing from
+    # seed to seed, for no gain beyond that spread; replayed
     # sentences share the new ones' steps (budget "shared", half a sentence per new one): 38% of
     # retraining's samples there, against 57% when they add to them, F1 within the seeds' spread
     # (BENCHMARKS.md, "Training budget on NER")
