@@ -46,6 +46,9 @@ class Context:
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     old_label_count: int = 0  # labels the model knew before this update (a prefix of `labels`): LwF distils those
     set_aside: list[Row] = field(default_factory=list)  # rows for the replay pool only
+    # the rows the loop checks a small batch was learned on (strategies/loop.py): the batch's held-out
+    # rows; None: its new rows
+    learned_on: list[Row] | None = None
     lora: bool = False  # set by the lora strategy once it has wrapped `model` in adapters
     batch_size: int = 16  # the loop's mini-batch size, set by the loop before `prepare`
     # set by replay with budget = "shared": the new rows an epoch's steps are counted from, so the

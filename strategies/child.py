@@ -103,6 +103,10 @@ def _run(spec: TrainSpec, stop: threading.Event, group, on_checkpoint=None) -> d
         loop = replace(loop, lr=search_lr(fresh_context, lambda: build(spec.strategy.name, spec.strategy.options),
                                           replace(loop, lr=1e-3), rows))
     ctx = fresh_context(rows)
+    # whether a small batch was learned is judged where it counts, on rows the model never trains
+    # on: the batch's held-out rows (the gate scores them too); without any, its new rows
+    held_out = spec.data.eval.get(str(spec.batch))
+    ctx.learned_on = (read_rows(held_out) or None) if held_out else None
     tokenizer = ctx.tokenizer
     strategy = build(spec.strategy.name, spec.strategy.options)
     checkpoints = Checkpoints(Path(spec.checkpoint), stop.is_set, on_checkpoint) if spec.checkpoint else None

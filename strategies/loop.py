@@ -197,7 +197,7 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
         if not finished and progress["step"] >= until():
             if not extra and best_state is not None:  # `base` ends here: its best weights go on
                 _restore(model, best_state)
-            accuracy, floor = _accuracy(model, ctx, ctx.new)
+            accuracy, floor = _accuracy(model, ctx, ctx.learned_on or ctx.new)
             if round(accuracy, 4) > max(progress["rounds"], default=-1.0):  # the best round's weights are kept
                 best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             progress["rounds"].append(round(accuracy, 4))
