@@ -180,3 +180,16 @@ def test_the_child_refuses_an_invalid_spec_naming_the_key(tmp_path: Path, tiny_m
     assert done.returncode == 1 and failed["event"] == "failed" and failed["kind"] == Failure.INVALID_SPEC
     assert failed["error"].startswith(f"SpecError: invalid train spec: {key}: {says}"), failed
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_a_small_batch_is_judged_learned_on_its_held_out_rows(tmp_path: Path, tiny_model: Path) -> None:
+    """Past `epochs`, the check that the batch was learned scores the batch's held-out rows (the
+    model never trains on them), not the rows it trained on: the floor is theirs."""
+    spec = make_spec(tmp_path, tiny_model, strategy="finetune", rows=20)
+    # held-out rows three to one (floor 0.75) where the training rows are one to one (floor 0.5)
+    write_rows(tmp_path / "data" / "eval-1.arrow", toy(["sport"], 15, seed=3) + toy(["food"], 5, seed=4))
+    loaded = TrainSpec.load(spec)
+    edit(spec, loop=replace(loaded.loop, min_steps=30, lift_target=0.0),
+         data=replace(loaded.data, eval_rows={"1": 20}))
+    results = ChildRun(spec, lambda event: None).start().wait()
+    assert results["train"]["learned"]["floor"] == 0.75, results["train"]
