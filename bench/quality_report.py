@@ -72,7 +72,7 @@ def verdicts(results: dict[str, Any], profile_name: str) -> list[str]:
         clean = d.get("train_samples_clean")
         on_clean = f", {clean / retrain['train_samples']:.0%} on the clean batches" if clean is not None else ""
         out.append(f"- default training samples {share:.0%} of retrain's{on_clean} (no target on this stream: each small "
-                   f"batch trains until it fits its rows or reaches strategy.min_steps, a poisoned one included)")
+                   f"batch trains until it is learned or reaches strategy.min_steps, a poisoned one included)")
     else:
         out.append(f"- default training samples {share:.0%} of retrain's ({'met' if share <= limits[2] else 'MISSED'}, "
                    f"target <= {limits[2]:.0%})")
