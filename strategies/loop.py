@@ -115,8 +115,8 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
     autocast = _autocast(ctx.device, cfg.precision)
     lengths = encoded.lengths
 
-    # `rounds`: the accuracy on the new rows where `base` ended and each round past it; each but the
-    # last that ended training added a round
+    # `rounds`: the accuracy on the batch's held-out rows (strategies/abc.py Context.learned_on) where
+    # `base` ended and after each round past it; each but the one that ended training added a round
     progress = {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "tokens": 0, "best_score": -math.inf, "stale": 0,
                 "hits": 0, "scored": 0, "rounds": [], "floor": None}
     best_state = None
@@ -129,6 +129,7 @@ def train(ctx: Context, strategy: Strategy, cfg: LoopSettings, on_progress: Prog
                 on_progress({"event": "resumed", "epoch": progress["epoch"] + 1, "step": progress["step"]})
     started = time.perf_counter()
     done_samples = progress["samples"]
+
     def until() -> int:  # the steps this update takes unless a round more is needed
         return min(total, base + cycle * len(progress["rounds"])) if progress["rounds"] else base
 
@@ -333,36 +334,34 @@ def _autocast(device: torch.device, precision: str):  # type: ignore[no-untyped-
 
 
 @torch.no_grad()
-def _loss(model: torch.nn.Module, ctx: Context, examples: list[Row]) -> float:
-    """The mean loss per row (unweighted) on `examples`."""
+def _evaluated(model: torch.nn.Module, ctx: Context, examples: list[Row]):  # type: ignore[no-untyped-def]
+    """(batch, logits) over `examples` in evaluation mode, 64 rows at a time."""
     was_training = model.training
     model.eval()
     encoded = ctx.task.encode(examples, ctx.tokenizer, ctx.labels, ctx.max_length)
-    total = 0.0
-    for indices in sequential_batches(encoded.lengths, 64):
-        batch = {k: v.to(ctx.device) for k, v in encoded.collate(indices).items()}
-        logits = ctx.task.forward(model, batch).float()
-        total += ctx.task.loss(logits, batch, reduction="sum").item()
-    model.train(was_training)
+    try:
+        for indices in sequential_batches(encoded.lengths, 64):
+            batch = {k: v.to(ctx.device) for k, v in encoded.collate(indices).items()}
+            yield batch, ctx.task.forward(model, batch).float()
+    finally:
+        model.train(was_training)
+
+
+def _loss(model: torch.nn.Module, ctx: Context, examples: list[Row]) -> float:
+    """The mean loss per row (unweighted) on `examples`."""
+    total = sum(ctx.task.loss(logits, batch, reduction="sum").item() for batch, logits in _evaluated(model, ctx, examples))
     return total / len(examples)
 
 
-@torch.no_grad()
 def _accuracy(model: torch.nn.Module, ctx: Context, examples: list[Row]) -> tuple[float, float]:
     """(accuracy, floor) on `examples`: the share of their targets the model gets right, and the
     share of the most common one (with a single target value, a uniform guess over the outputs)."""
-    was_training = model.training
-    model.eval()
-    encoded = ctx.task.encode(examples, ctx.tokenizer, ctx.labels, ctx.max_length)
     right, wanted, classes = 0, [], 1
-    for indices in sequential_batches(encoded.lengths, 64):
-        batch = {k: v.to(ctx.device) for k, v in encoded.collate(indices).items()}
-        logits = ctx.task.forward(model, batch).float()
+    for batch, logits in _evaluated(model, ctx, examples):
         predicted, targets = ctx.task.targets(logits, batch)
         right += int((predicted == targets).sum())
         wanted.append(targets.cpu())
         classes = logits.size(-1)
-    model.train(was_training)
     counts = torch.bincount(torch.cat(wanted)) if wanted else torch.zeros(0)
     count = int(counts.sum())
     if not count:

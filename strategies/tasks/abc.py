@@ -26,7 +26,7 @@ Prediction = dict[str, Any]  # JSON-able: what `lifelong predict` shows for one 
 
 HOOKS = ("load", "encode", "forward", "loss", "hits", "targets", "outputs", "class_weights", "predict", "score", "correct",
          "balance_key", "adapter_targets", "adapter_saved_modules", "pseudo_label", "judged")
-DEFAULTED = ("pseudo_label", "judged")  # hooks whose base version is right for a task that has nothing to add
+DEFAULTED = ("hits", "pseudo_label", "judged")  # hooks whose base version is right for a task that has nothing to add
 REGISTRY: dict[str, type["Task"]] = {}
 
 
@@ -85,8 +85,10 @@ class Task:
         raise NotImplementedError
 
     def hits(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
-        """How many of the batch's targets the outputs got right, of how many (the loop's fit)."""
-        raise NotImplementedError
+        """How many of the batch's targets the outputs got right, of how many (the loop's fit). By
+        default every one of `targets`."""
+        predicted, wanted = self.targets(logits, batch)
+        return int((predicted == wanted).sum()), len(wanted)
 
     def targets(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(predicted, wanted): every target of the batch the loss scores, flattened, beside the

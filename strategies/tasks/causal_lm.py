@@ -100,13 +100,8 @@ class CausalLM(Task):
         return F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
                                reduction=reduction)
 
-    def hits(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
-        """Answer tokens (the end token included) that are the model's most likely next token."""
-        targets = batch["labels"][:, 1:]
-        mask = targets != IGNORE
-        return int((logits[:, :-1].argmax(-1)[mask] == targets[mask]).sum()), int(mask.sum())
-
     def targets(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Answer tokens (the end token included), each against the model's most likely next token."""
         targets = batch["labels"][:, 1:]
         mask = targets != IGNORE
         return logits[:, :-1].argmax(-1)[mask], targets[mask]

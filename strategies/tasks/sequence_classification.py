@@ -55,9 +55,6 @@ class SequenceClassification(Task):
              reduction: str = "mean") -> torch.Tensor:
         return F.cross_entropy(logits.float(), batch["labels"], weight=weights, reduction=reduction)
 
-    def hits(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
-        return int((logits.argmax(-1) == batch["labels"]).sum()), len(batch["labels"])
-
     def targets(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return logits.argmax(-1), batch["labels"]
 
