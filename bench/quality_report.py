@@ -66,7 +66,7 @@ def verdicts(results: dict[str, Any], profile_name: str) -> list[str]:
                    f"({'met' if worst <= 0.03 else 'MISSED'}, target <= 0.03)")
     elif results["stream"] == "bbc" or profile_name == "quick":
         ok = d["bwt"] is not None and d["bwt"] >= limits[1]
-        out.append(f"- default BWT {d['bwt'] if d['bwt'] is None else round(d['bwt'], 3)} "
+        out.append(f"- default BWT {'n/a' if d['bwt'] is None else format(d['bwt'], '.3f')} "
                    f"({'met' if ok else 'MISSED'}, target >= {limits[1]})")
     if results["stream"] == "mixed":  # retrain never sees the poisoned batches the daemon trains on, then rejects
         clean = d.get("train_samples_clean")
