@@ -1,6 +1,6 @@
 """Learning quality of `causal_lm` on the chat stream through the real daemon (`bench.quality --stream chat`).
 
-    python -m bench.quality_chat --profile quick|tiny --out DIR [--strategies lora+replay,...,joint,retrain] [--model embedded:smollm2]
+    python -m bench.quality_chat --profile quick|quick8|tiny --out DIR [--strategies lora+replay,...,joint,retrain] [--model embedded:smollm2]
     python -m bench.quality_chat --profile quick --out DIR --report   (render DIR/results.json again)
 
 Each strategy's daemon gets the chat stream's files (bench/streams.py `chat`: chatterbot-corpus
@@ -39,6 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"seeds": [0], "per_group": 16, "max_length": 96, "eval_fraction": 0.3, "epochs": 1, "batch_size": 8},
     "quick": {"seeds": [0], "per_group": 64, "max_length": 96, "eval_fraction": 0.3, "epochs": 2, "batch_size": 8},
+    # the same rows as quick, each group in two files: eight updates, so replay's share of retraining's
+    # tokens can come under 40% (1 + 7 x 1.75 = 13.25 file-passes against 1 + 2 + ... + 8 = 36)
+    "quick8": {"seeds": [0], "per_group": 64, "splits": 2, "max_length": 96, "eval_fraction": 0.3, "epochs": 2,
+               "batch_size": 8},
 }
 
 
@@ -173,22 +177,23 @@ def publish(results: dict[str, Any], out: Path, section: str | None) -> None:
     img.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(png, img)
     settings = results["settings"]
-    rows = sum(len(p.rows) for p in build("chat", settings["seeds"][0], settings["per_group"]))
+    parts = build("chat", settings["seeds"][0], settings["per_group"], splits=settings.get("splits", 1))
+    rows, files = sum(len(p.rows) for p in parts), len(parts)
+    groups = "trivia, knowledge, small talk, computing" + (f", each in {files // 4} files" if files > 4 else "")
     write_section(section, "\n".join([
         f"## Learning quality: chat ({results['profile']})", "",
         f"Command: `{results['command']}`  ",
         *(f"and `{v['command']}` ({v['wall_seconds'] / 60:.0f} min), its rows merged into this table  "
           for v in results.get("variants", [])), "",
         f"Machine: {results['machine']}. Model {results['model']} (`model.task = \"causal_lm\"`); "
-        f"{rows} chatterbot-corpus question/answer pairs in 4 files, one update each (trivia, knowledge, small talk, "
-        f"computing); seed {settings['seeds'][0]}; max_length {settings['max_length']}, eval_fraction "
+        f"{rows} chatterbot-corpus question/answer pairs in {files} files, one update each ({groups}); seed {settings['seeds'][0]}; max_length {settings['max_length']}, eval_fraction "
         f"{settings['eval_fraction']}, epochs {settings['epochs']}, batch_size {settings['batch_size']}, "
         "`strategy.min_steps=0`; " + "".join(f"`{x}`; " for x in settings.get("set", []))
         + "everything else at the config defaults (gate included: `max_forgetting` 0.05 nats). "
         "`joint` and `retrain` train every weight (`finetune`) at the same loop settings. "
         f"Whole run {results['wall_seconds'] / 60:.0f} min.", "",
         "Scores are answer loss (mean cross-entropy per answer token, end token included; lower is better) on each "
-        "batch's held-out rows: final answer loss is the last champion's mean over the four batches, the largest rise "
+        f"batch's held-out rows: final answer loss is the last champion's mean over the {files} batches, the largest rise "
         "is an earlier batch's loss at the end less just after it was learned (above zero: forgotten), trivia exact "
         "match is the last champion's greedy answers equal to the reference on batch 1's held-out rows.", "",
         table(results), "", *verdicts(results), "",
@@ -230,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     per_strategy: dict[str, Any] = {}
     command = "python -m bench.quality --stream chat " + " ".join(argv if argv is not None else sys.argv[1:])
     for seed in profile["seeds"]:
-        parts = build("chat", seed, profile["per_group"])
+        parts = build("chat", seed, profile["per_group"], splits=profile.get("splits", 1))
         files = write(parts, work / f"stream-seed{seed}")
         for name in args.strategies.split(","):
             print(f"{name} (seed {seed})", flush=True)

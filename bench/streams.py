@@ -144,11 +144,15 @@ def _split(rows: list[dict], parts: int) -> list[list[dict]]:
     return [rows[i:i + size] for i in range(0, len(rows), size)]
 
 
-def build(stream: str, seed: int = 0, per_group: int | None = None, poison: tuple[str, ...] | None = None) -> list[Part]:
+def build(stream: str, seed: int = 0, per_group: int | None = None, poison: tuple[str, ...] | None = None,
+          splits: int = 1) -> list[Part]:
     """The stream's inbox files in arrival order. `per_group` subsamples each group (the quick profile);
-    `poison`: the poisoned files that end a mixed stream (default: `flipped`; () for none)."""
+    `poison`: the poisoned files that end a mixed stream (default: `flipped`; () for none); `splits`:
+    the files each group of the chat stream comes in (the other streams' are fixed)."""
     if poison and stream != "mixed":
         raise ValueError(f"the {stream} stream has no poisoned batches; only mixed has")
+    if splits != 1 and stream != "chat":
+        raise ValueError(f"the {stream} stream's files per group are fixed; only chat takes splits")
     rng = random.Random(seed)
     parts: list[Part] = []
     if stream == "bbc":
@@ -170,7 +174,7 @@ def build(stream: str, seed: int = 0, per_group: int | None = None, poison: tupl
     elif stream == "ner":
         return build_ner(seed, per_group)
     elif stream == "chat":
-        return build_chat(seed, per_group)
+        return build_chat(seed, per_group, splits)
     else:
         raise ValueError(f"unknown stream {stream!r}: {', '.join(STREAMS + NER_STREAMS + CHAT_STREAMS)}")
     return parts
@@ -304,8 +308,8 @@ def chatterbot_pairs() -> dict[str, list[tuple[str, str]]]:
     return pairs
 
 
-def build_chat(seed: int = 0, per_group: int | None = None) -> list[Part]:
-    """One file of {"prompt", "completion"} rows per group of CHAT_GROUPS, trivia first. A prompt
+def build_chat(seed: int = 0, per_group: int | None = None, splits: int = 1) -> list[Part]:
+    """`splits` files of {"prompt", "completion"} rows per group of CHAT_GROUPS, trivia first. A prompt
     asked twice keeps its first answer (tech_support repeats questions; two answers to one prompt
     would be noise to every strategy alike)."""
     rng = random.Random(seed)
@@ -323,7 +327,12 @@ def build_chat(seed: int = 0, per_group: int | None = None) -> list[Part]:
                     seen.add(prompt)
                     rows.append({"prompt": prompt, "completion": completion})
         rng.shuffle(rows)
-        parts.append(Part(f"chat-{g + 1}-{name}.jsonl", name, rows[:per_group] if per_group else rows))
+        rows = rows[:per_group] if per_group else rows
+        if splits == 1:
+            parts.append(Part(f"chat-{g + 1}-{name}.jsonl", name, rows))
+        else:
+            parts += [Part(f"chat-{g + 1}{chr(97 + i)}-{name}.jsonl", name, chunk)
+                      for i, chunk in enumerate(_split(rows, splits))]
     return parts
 
 

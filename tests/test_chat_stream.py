@@ -3,6 +3,8 @@ pairs, read from the package's YAML files, in four topic groups with trivia firs
 
 from __future__ import annotations
 
+import pytest
+
 from bench import streams
 
 
@@ -72,3 +74,15 @@ def test_the_chat_report_judges_the_default_against_joint_and_retrain_and_render
     table = (tmp_path / "table.md").read_text()
     assert "| **lora+replay** (default) | 2.520 | 0.040 | 0.50 | 60 | 3,000 | 30% | 2 / 0 | 10 |" in table
     assert (tmp_path / "matrices.png").stat().st_size > 1000
+
+
+def test_splits_give_each_group_in_equal_files_with_the_same_rows() -> None:
+    """quick8's stream: the same rows as four files, each group in two files in arrival order."""
+    four = streams.build("chat", seed=0, per_group=64)
+    eight = streams.build("chat", seed=0, per_group=64, splits=2)
+    assert [p.name for p in eight[:3]] == ["chat-1a-trivia.jsonl", "chat-1b-trivia.jsonl", "chat-2a-knowledge.jsonl"]
+    assert [p.group for p in eight] == [g for g in streams.CHAT_NAMES for _ in range(2)]
+    assert [len(p.rows) for p in eight] == [32] * 8
+    assert [row for p in eight for row in p.rows] == [row for p in four for row in p.rows]
+    with pytest.raises(ValueError, match="only chat takes splits"):
+        streams.build("bbc", seed=0, splits=2)
