@@ -179,6 +179,8 @@ def publish(results: dict[str, Any], out: Path, section: str | None) -> None:
     settings = results["settings"]
     parts = build("chat", settings["seeds"][0], settings["per_group"], splits=settings.get("splits", 1))
     rows, files = sum(len(p.rows) for p in parts), len(parts)
+    # the bench's pins, then the run's `--set` (the later of a key wins); the batch size is listed above
+    pinned = dict(x.split("=", 1) for x in settings_of(settings)["set"] if not x.startswith("strategy.batch_size="))
     groups = "trivia, knowledge, small talk, computing" + (f", each in {files // 4} files" if files > 4 else "")
     write_section(section, "\n".join([
         f"## Learning quality: chat ({results['profile']})", "",
@@ -188,7 +190,7 @@ def publish(results: dict[str, Any], out: Path, section: str | None) -> None:
         f"Machine: {results['machine']}. Model {results['model']} (`model.task = \"causal_lm\"`); "
         f"{rows} chatterbot-corpus question/answer pairs in {files} files, one update each ({groups}); seed {settings['seeds'][0]}; max_length {settings['max_length']}, eval_fraction "
         f"{settings['eval_fraction']}, epochs {settings['epochs']}, batch_size {settings['batch_size']}, "
-        "`strategy.min_steps=0`; " + "".join(f"`{x}`; " for x in settings.get("set", []))
+        + "".join(f"`{k}={v}`; " for k, v in pinned.items())
         + "everything else at the config defaults (gate included: `max_forgetting` 0.05 nats). "
         "`joint` and `retrain` train every weight (`finetune`) at the same loop settings. "
         f"Whole run {results['wall_seconds'] / 60:.0f} min.", "",
