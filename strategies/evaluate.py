@@ -3,8 +3,8 @@
 For each set: each model's figures (the task's `score`: its metrics and the figures TASKS names) and
 the rows that changed between them (lost: the champion got them right and the candidate wrong;
 gained: the reverse; for a lower-is-better metric that is also a per-row figure of the predictions,
-such as `answer_loss`, the rows whose own value rose or fell, under that metric's name), which the
-gate's sign test reads. The candidate's predictions are kept with the version (out/predictions.json, each
+such as `answer_loss`, the rows whose own value rose or fell and each row's change, under that
+metric's name), which the gate's paired tests read. The candidate's predictions are kept with the version (out/predictions.json, each
 set's keyed by a digest of the task, its rows and max_length): when this candidate is champion, the
 next update reuses them for every set they cover instead of scoring it again. The champion is scored
 as it serves, with its own head (its labels are a prefix of the candidate's), so kept and fresh
@@ -27,6 +27,7 @@ from strategies.tasks.abc import Prediction, Row, Task
 
 ReadRows = Callable[[str], list[Row]]
 TIE = 1e-6  # per-row values closer than this have not changed (numerical noise between two forwards)
+KEPT_ROWS = 1000  # per-row changes are kept for sets of at most this many rows (the gate's small sets)
 
 
 def side_by_side(spec: TrainSpec, task: Task, candidate: torch.nn.Module, tokenizer: Any, device: torch.device,
@@ -65,13 +66,27 @@ def side_by_side(spec: TrainSpec, task: Task, candidate: torch.nn.Module, tokeni
                                        "gained": sum(b and not a for a, b in pairs)}
             for metric, direction in task.metrics.items():
                 if direction == "lower":  # a per-row figure (answer_loss): rows whose own value rose, fell
-                    moved = [(a.get(metric), b.get(metric)) for a, b in zip(found["champion"], found["candidate"])]
-                    moved = [(a, b) for a, b in moved if a is not None and b is not None]
-                    results["paired"][name][metric] = {"lost": sum(b > a + TIE for a, b in moved),
-                                                       "gained": sum(b < a - TIE for a, b in moved)}
+                    results["paired"][name][metric] = paired_rows(task.name, metric, found["champion"],
+                                                                  found["candidate"])
     (out / "predictions.json").write_text(json.dumps(predictions))
     results["eval_seconds"] = round(time.perf_counter() - started, 3)
     return results
+
+
+def paired_rows(task: str, metric: str, before: list[Prediction], after: list[Prediction]) -> dict[str, Any]:
+    """A lower-is-better per-row figure, champion (`before`) against candidate (`after`) row by row:
+    {"lost": rows whose figure rose, "gained": rows whose figure fell, "changes": each row's change,
+    weighed as the set's figure weighs it and scaled so that their mean is the set's change} (the
+    gate's paired tests); "changes" only for sets of at most KEPT_ROWS rows (larger sets are gated
+    alone on their figure)."""
+    weight = TASKS[task].weights.get(metric)
+    moved = [(a.get(metric), b.get(metric), b.get(weight, 1) if weight else 1) for a, b in zip(before, after)]
+    moved = [(a, b, w) for a, b, w in moved if a is not None and b is not None and w]
+    found: dict[str, Any] = {"lost": sum(b > a + TIE for a, b, _ in moved), "gained": sum(b < a - TIE for a, b, _ in moved)}
+    total = sum(w for _, _, w in moved)
+    if moved and total and len(moved) <= KEPT_ROWS:
+        found["changes"] = [round(len(moved) * w * (b - a) / total, 6) for a, b, w in moved]
+    return found
 
 
 def _digest(task: str, rows: list[Row], max_length: int) -> str:

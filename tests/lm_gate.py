@@ -11,6 +11,7 @@ import torch
 from daemon.config import parse
 from daemon.update.gate import GateResult, Scores, decide
 from strategies import tasks
+from strategies.evaluate import paired_rows
 
 TASK = tasks.load("causal_lm")
 CPU = torch.device("cpu")
@@ -30,8 +31,7 @@ def judge(candidate: torch.nn.Module, champion: torch.nn.Module, tokenizer: Any,
     for name, batch in batches.items():
         (a, found_a), (b, found_b) = scored(champion, tokenizer, batch), scored(candidate, tokenizer, batch)
         theirs[name], mine[name], rows[name] = a["answer_loss"], b["answer_loss"], len(batch)
-        pairs = [(x["answer_loss"], y["answer_loss"]) for x, y in zip(found_a, found_b)]
-        paired[name] = {"answer_loss": {"lost": sum(y > x for x, y in pairs), "gained": sum(y < x for x, y in pairs)}}
+        paired[name] = {"answer_loss": paired_rows("causal_lm", "answer_loss", found_a, found_b)}
         for who, figures in (("champion", a), ("candidate", b)):
             for key in ("generated", "stopped"):
                 stops[who][key] = stops[who].get(key, 0) + figures[key]

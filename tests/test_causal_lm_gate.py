@@ -1,11 +1,16 @@
 """The gate in a lower-is-better metric (causal_lm's answer_loss, in nats): forgetting is a rise, the
-gain a fall, small sets pooled by rows with the sign test on paired per-row losses, the first model
-judged against the base model, and the generation check."""
+gain a fall, small sets pooled by rows with the sign-flip test on paired per-row losses (the sign
+test where only their directions are known), the first model judged against the base model, and the
+generation check."""
 
 from __future__ import annotations
 
+import random
+
 from daemon.config import GateConfig
-from daemon.update.gate import Scores, decide, recheck, worse
+from daemon.update.gate import Scores, decide, recheck, sign_flip_test, sign_test, worse
+from strategies import tasks
+from strategies.evaluate import paired_rows
 
 LOSS = GateConfig(metric="answer_loss")
 
@@ -89,3 +94,51 @@ def test_a_model_that_stops_its_answers_less_often_is_rejected() -> None:
                 "stops": {"candidate": {"generated": 5, "stopped": 0}, "champion": {"generated": 5, "stopped": 5}}}
     again = recheck(recorded, "1", LOSS)  # `lifelong promote` re-checks the recorded decision the same way
     assert not again.passed and any("no longer stops" in r for r in again.reasons), again.reasons
+
+
+def test_the_sign_flip_test_weighs_sizes_and_is_the_sign_test_when_every_row_moved_alike() -> None:
+    assert sign_flip_test([0.5, 0.1, -0.2]) == 3 / 8  # of the 8 signs, +0.8, +0.6 and +0.4 reach the observed +0.4
+    assert sign_flip_test([0.6] * 8 + [-0.07] * 8) == 2 ** 8 / 2 ** 16  # every large rise must keep its sign
+    assert sign_flip_test([-0.6] * 8 + [0.07] * 8) > 0.99
+    rng = random.Random(3)
+    for _ in range(20):
+        n, size = rng.randint(1, 16), rng.uniform(0.01, 2.0)
+        lost = rng.randint(0, n)
+        assert abs(sign_flip_test([size] * lost + [-size] * (n - lost)) - sign_test(lost, n - lost)) < 1e-12
+    changes = [rng.gauss(0.05, 0.3) for _ in range(400)]  # above EXACT_ROWS: the normal approximation
+    assert 0.0 < sign_flip_test(changes) < 1.0
+    assert abs(sign_flip_test(changes) + sign_flip_test([-x for x in changes]) - 1.0) < 1e-9
+
+
+def test_the_childs_per_row_changes_weigh_rows_as_the_set_loss_does() -> None:
+    task = tasks.load("causal_lm")
+    before = [{"answer_loss": 1.0, "answer_tokens": 2}, {"answer_loss": 2.0, "answer_tokens": 6},
+              {"answer_loss": 0.5, "answer_tokens": 4}]
+    after = [{"answer_loss": 1.5, "answer_tokens": 2}, {"answer_loss": 1.9, "answer_tokens": 6},
+             {"answer_loss": 0.5, "answer_tokens": 4}]
+    rows = [{"prompt": "q", "completion": "a"}] * 3
+    rise = task.score(rows, after, [])["answer_loss"] - task.score(rows, before, [])["answer_loss"]
+    found = paired_rows("causal_lm", "answer_loss", before, after)
+    assert (found["lost"], found["gained"]) == (1, 1)  # the third row did not move
+    assert abs(sum(found["changes"]) / len(found["changes"]) - rise) < 1e-6
+    assert found["changes"][0] > 0 > found["changes"][1] and found["changes"][2] == 0
+
+
+def test_the_pools_band_is_judged_on_the_rows_sizes_where_the_child_kept_them() -> None:
+    """Two small sets whose rows split evenly by count: a rise in the band is noise to the sign test.
+    With each row's change, four rows rising far in each set is forgetting; a rise carried by one row
+    of each set stays noise."""
+    rows = {"1": 8, "2": 8, "3": 200}
+    champion = Scores(per_experience={"1": 1.0, "2": 1.0, "3": 2.0})
+    candidate = Scores(per_experience={"1": 1.08, "2": 1.08, "3": 1.0})  # pooled 0.08: in the band (0.05, 0.1]
+    config = GateConfig(metric="answer_loss", max_forgetting=0.05)
+    even = [0.23, 0.23, 0.23, 0.23, -0.07, -0.07, -0.07, -0.07]  # mean 0.08: four rows rose far, four fell a little
+    spread = {e: {"answer_loss": {"lost": 4, "gained": 4, "changes": even}} for e in ("1", "2")}
+    counted = {e: {"answer_loss": {"lost": 4, "gained": 4}} for e in ("1", "2")}
+    assert decide(new="3", candidate=candidate, champion=champion, rows=rows, config=config, paired=counted).passed
+    forgot = decide(new="3", candidate=candidate, champion=champion, rows=rows, config=config, paired=spread)
+    assert not forgot.passed and any("sign-flip test p=0.0" in r for r in forgot.failures), forgot.reasons
+    one = [0.88, -0.04, -0.04, -0.04, -0.04, -0.04, -0.04, 0.0]  # mean 0.08 again, carried by one row
+    single = {e: {"answer_loss": {"lost": 1, "gained": 6, "changes": one}} for e in ("1", "2")}
+    noise = decide(new="3", candidate=candidate, champion=champion, rows=rows, config=config, paired=single)
+    assert noise.passed and any("sign-flip test p=" in r and "within noise" in r for r in noise.reasons), noise.reasons

@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from daemon.ingest.store import Store
 from daemon.home import open_registry
 from tests.conftest import ROOT, cli, lifelong_cmd, open_home, write_config
@@ -53,6 +55,9 @@ def kill(proc: subprocess.Popen[bytes]) -> float:
     return time.monotonic()
 
 
+# in `make test-slow` (35 s of make test's budget): the takeover itself is also checked here by
+# test_an_active_whose_lease_session_is_cut_steps_down_and_a_standby_takes_it
+@pytest.mark.slow
 def test_a_standby_takes_over_within_30s_and_no_row_is_lost_or_trained_twice(
         tmp_path: Path, tiny_model: Path, postgres_server, seaweedfs_server) -> None:  # noqa: F811
     shared = tmp_path / "shared"  # the volume every daemon mounts: the inbox and the row store

@@ -38,8 +38,9 @@ def check_consistent(root: Path, urls: tuple[str, str] = ("", "")) -> tuple[str 
         return champion, len(registry.audit())
 
 
-# postgresql+local in `make test-slow` (make test's budget): its two halves run here on the other pairs
-@pytest.mark.parametrize("backends", [pytest.param(b, marks=pytest.mark.slow) if b == "postgresql+local" else b
+# the remote pairs in `make test-slow` (make test's budget; 40 s each with their clients' imports): the
+# local pair runs here, and test_parallel_promotes_and_rollbacks_are_serialised runs every pair
+@pytest.mark.parametrize("backends", [b if b == "sqlite+local" else pytest.param(b, marks=pytest.mark.slow)
                                       for b in BACKENDS])
 def test_sigkill_while_writing_versions_and_switching(tmp_path: Path, tiny_model: Path, backends: str,
                                                       request: pytest.FixtureRequest) -> None:

@@ -30,6 +30,9 @@ class TaskInfo:
     strategy: str = "replay"  # `strategy.name` left "" or out
     tolerances: dict[str, float] = field(default_factory=dict)  # `gate.max_forgetting` left out, per metric
     training: dict[str, Any] = field(default_factory=dict)  # `strategy.*` settings left out, by section (StrategyConfig's otherwise)
+    # a lower-is-better metric that is a per-row figure weighed in the set's figure: the per-row figure
+    # of the weights (answer_loss is per answer token: a row weighs its answer tokens)
+    weights: dict[str, str] = field(default_factory=dict)
 
     @property
     def default_metric(self) -> str:
@@ -62,7 +65,8 @@ TASKS: dict[str, TaskInfo] = {
     "causal_lm": TaskInfo(name="causal_lm", columns=("prompt", "completion"),
                           metrics={"answer_loss": "lower", "exact_match": "higher"}, labelled=False,
                           figures=("perplexity", "exact_match_rows", "generated", "stopped", "looping"),
-                          strategy="lora+replay", tolerances={"answer_loss": 0.05}),
+                          strategy="lora+replay", tolerances={"answer_loss": 0.05},
+                          weights={"answer_loss": "answer_tokens"}),
 }
 
 
