@@ -258,9 +258,10 @@ def reference_rows(task: str, rows: list[dict]) -> list[tuple[tuple, str, list[s
 
 
 def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, Any], model: str, work: Path,
-                  lr: float | None = None) -> dict[str, Any]:
+                  lr: float | None = None, strategy: str = "finetune") -> dict[str, Any]:
     """`joint` or `retrain` through the training child (same loop, same evaluation), held-out rows split
-    as the daemon does; `finetune` at the loop settings of the strategies (and `profile["set"]`)."""
+    as the daemon does; `strategy` (`finetune`: every weight) at the loop settings of the strategies
+    (and `profile["set"]`)."""
     from daemon.config import parse
     from daemon.ingest.splits import is_eval
     from daemon.strategyconfig import StrategyConfig
@@ -274,10 +275,10 @@ def run_reference(name: str, parts: list[Part], seed: int, profile: dict[str, An
     overrides = setting_tree(profile.get("set", []))
     config = parse({**overrides, "model": {"base": model, "max_length": profile["max_length"], "task": task},
                     "train": {"seed": seed},
-                    "strategy": {**overrides.get("strategy", {}), "name": "finetune", "epochs": profile["epochs"],
+                    "strategy": {**overrides.get("strategy", {}), "name": strategy, "epochs": profile["epochs"],
                                  "lr": lr or StrategyConfig().lr}})
 
-    folder = work / f"{name}-seed{seed}"
+    folder = work / f"{name}{'' if strategy == 'finetune' else '-' + strategy.replace('+', '-')}-seed{seed}"
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "data").mkdir(parents=True)
     train_sets, eval_paths, eval_rows, labels = [], {}, {}, []

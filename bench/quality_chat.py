@@ -13,7 +13,8 @@ champion's exact match on batch 1 (trivia, short answers); `train_samples`; `tra
 token the training loop processed, padding excluded); `wall_seconds`. The references run through the
 same training child as in bench/quality.py (`run_reference`): `joint`, one model trained once on every
 batch, and `retrain`, one retrained from the base on all data so far at every batch, both with
-`finetune` at the strategies' loop settings; their scores are the child's on the same held-out rows.
+`finetune` at the strategies' loop settings, and `joint-lora`, `joint` trained with `lora` (the
+default's method); their scores are the child's on the same held-out rows.
 The verdicts are those of the default (`--default`, causal_lm's own strategy unless named). The
 table, a plot (`matrices.png`: each contender's answer loss on every batch after each update) and
 the verdicts go to DIR and, with `--section`, into BENCHMARKS.md (plot copied to docs/img/).
@@ -93,10 +94,17 @@ def final_scores(home: Path, batches: int, env: dict[str, str]) -> dict[str, dic
     return scores
 
 
+# the references: bench/quality.py's, trained with `finetune`; `joint-lora` is `joint` trained as the
+# default trains (LoRA on the same projections, at `lora.lr`): what the method learns from every
+# batch at once, so that the default's distance to `joint` splits into the method's and the stream's
+REFERENCES = {"joint": ("joint", "finetune"), "retrain": ("retrain", "finetune"), "joint-lora": ("joint", "lora")}
+
+
 def reference(name: str, parts: list, seed: int, profile: dict[str, Any], model_dir: str, work: Path) -> dict[str, Any]:
-    """`joint` or `retrain` (bench/quality.py's references) on the chat stream, in this module's figures."""
+    """A reference of REFERENCES (bench/quality.py's) on the chat stream, in this module's figures."""
     started = time.monotonic()
-    run = run_reference(name, parts, seed, settings_of(profile), model_dir, work)
+    kind, strategy = REFERENCES[name]
+    run = run_reference(kind, parts, seed, settings_of(profile), model_dir, work, strategy=strategy)
     return {"loss": run["matrix"], "train_samples": run["train_samples"], "train_tokens": run["train_tokens"],
             "promoted": None, "rejected": None, "verdicts": [], "final": run["final_scores"],
             "wall_seconds": time.monotonic() - started}
@@ -192,7 +200,9 @@ def publish(results: dict[str, Any], out: Path, section: str | None) -> None:
         f"{settings['eval_fraction']}, epochs {settings['epochs']}, batch_size {settings['batch_size']}, "
         + "".join(f"`{k}={v}`; " for k, v in pinned.items())
         + "everything else at the config defaults (gate included: `max_forgetting` 0.05 nats). "
-        "`joint` and `retrain` train every weight (`finetune`) at the same loop settings. "
+        "`joint` and `retrain` train every weight (`finetune`) at the same loop settings"
+        + ("; `joint-lora` is `joint` trained with `lora`, the default's method. " if "joint-lora" in results["strategies"]
+           else ". ") +
         f"Whole run {results['wall_seconds'] / 60:.0f} min.", "",
         "Scores are answer loss (mean cross-entropy per answer token, end token included; lower is better) on each "
         f"batch's held-out rows: final answer loss is the last champion's mean over the {files} batches, the largest rise "
@@ -241,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         files = write(parts, work / f"stream-seed{seed}")
         for name in args.strategies.split(","):
             print(f"{name} (seed {seed})", flush=True)
-            if name in ("joint", "retrain"):
+            if name in REFERENCES:
                 run = reference(name, parts, seed, profile, model_dir, work)
             else:
                 run = run_strategy(name, files, seed, profile, args.model, work, models)

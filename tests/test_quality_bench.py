@@ -92,6 +92,11 @@ def test_the_joint_reference_trains_a_chat_stream_and_reports_answer_loss_and_to
     assert set(run["final_scores"]) == {"1", "2"} and "exact_match" in run["final_scores"]["1"]
     # two epochs of batch size 4 over the training rows: every answer token and its prompt counted, no padding
     assert run["train_samples"] > 0 and run["train_tokens"] >= 3 * run["train_samples"]
+    # the chat table's joint-lora: the same reference trained with LoRA, in a folder of its own
+    lora = run_reference("joint", parts, 0, profile, str(model), tmp_path / "runs", strategy="lora")
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == {"joint-seed0", "joint-lora-seed0"}
+    assert lora["train_tokens"] == run["train_tokens"]  # the same rows through the same loop
+    assert lora["final_scores"]["1"]["answer_loss"] != run["final_scores"]["1"]["answer_loss"]
 
 
 def test_a_signal_to_the_bench_stops_the_processes_it_started() -> None:
