@@ -6,11 +6,18 @@ token classification the tokens the batch marks `O`. Before training, what the n
 unlabelled is filled from the champion's predictions (the task's `pseudo_label`): a batch labelling
 only new entity types marks the old ones `O`, and a hard `O` there would outweigh any distillation
 (at alpha 1 the two pull a token half each way); a classifier's rows are left as they are.
+
+The teacher is the model the update starts from. Combined with `lora`, that is the adapted model with
+its adapters switched off (they start at zero, and the weights under them are never trained), run in
+evaluation mode: no second copy of the model, which for a language model is most of the memory an
+update takes. Otherwise it is a frozen copy made before training.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -37,19 +44,38 @@ class LwF(Strategy):
         self.known = ctx.old_label_count
         # a task without labels (causal_lm) distils the model it starts from (champion or base) over
         # its whole vocabulary, on the positions its `outputs` names (the prompts, replayed ones too)
-        distil = self.known or not TASKS[ctx.task.name].labelled
-        self.teacher = copy.deepcopy(ctx.model).eval() if distil else None
-        if self.teacher is not None:
+        self.distil = bool(self.known or not TASKS[ctx.task.name].labelled)
+        self.teacher, self.adapted = None, None
+        if self.distil and ctx.lora:
+            self.adapted = ctx.model  # the champion under adapters that start at zero (lora prepares first)
+        elif self.distil:
+            self.teacher = copy.deepcopy(ctx.model).eval()
             for param in self.teacher.parameters():
                 param.requires_grad_(False)
-            ctx.new = ctx.task.pseudo_label(self.teacher, ctx.tokenizer, ctx.new, ctx.labels[: self.known], ctx.device,
-                                            ctx.max_length)
+        if self.distil:
+            with self._champion() as teacher:
+                ctx.new = ctx.task.pseudo_label(teacher, ctx.tokenizer, ctx.new, ctx.labels[: self.known], ctx.device,
+                                                ctx.max_length)
+
+    @contextmanager
+    def _champion(self) -> Iterator[torch.nn.Module]:
+        """The teacher, in evaluation mode: the frozen copy, or the adapted model with its adapters off."""
+        if self.adapted is None:
+            yield self.teacher  # type: ignore[misc]
+            return
+        model, was = self.adapted, self.adapted.training
+        model.eval()
+        try:
+            with model.disable_adapter():
+                yield model
+        finally:
+            model.train(was)
 
     def loss(self, ctx: Context, batch: dict[str, torch.Tensor], logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-        if self.teacher is None:
+        if not self.distil:
             return loss
-        with torch.no_grad():
-            teacher = ctx.task.outputs(ctx.task.forward(self.teacher, batch).float(), batch, self.known)
+        with torch.no_grad(), self._champion() as model:
+            teacher = ctx.task.outputs(ctx.task.forward(model, batch).float(), batch, self.known)
         student = ctx.task.outputs(logits, batch, self.known)
         if not student.shape[0]:
             return loss  # no position to distil in this batch (a batch of sentences tagged all through)
@@ -59,4 +85,4 @@ class LwF(Strategy):
         return loss + self.alpha * distill
 
     def after_update(self, ctx: Context) -> None:
-        self.teacher = None  # free the copy
+        self.teacher, self.adapted = None, None  # free the copy

@@ -269,3 +269,31 @@ def test_the_loop_counts_the_tokens_it_trained_on_without_padding(plain: Path) -
     per_epoch = sum(len(ids) for ids in TASK.encode(rows, tokenizer, [], 128).ids)
     assert stats["train_samples"] == 3 * len(rows)
     assert stats["train_tokens"] == 3 * per_epoch
+
+
+def test_lora_with_lwf_distils_from_the_champion_under_its_adapters_without_a_copy(champion: tuple[Path, dict, dict]) -> None:
+    """The teacher of lora+lwf is the adapted model with its adapters off, in evaluation mode: the
+    champion's own outputs however far the adapters have moved, and no second model in memory."""
+    source = champion[0]
+    model, tokenizer = TASK.load(str(source), [])
+    batch = TASK.encode(SECOND, tokenizer, [], 64).collate(list(range(len(SECOND))))
+    with torch.no_grad():
+        before = TASK.forward(model.eval(), batch)
+    ctx = Context(task=TASK, model=model, tokenizer=tokenizer, labels=[], device=CPU, new=SECOND)
+    strategy = build("lora+lwf", sections())
+    strategy.prepare(ctx)
+    lwf = next(part for part in strategy.parts if part.name == "lwf")  # type: ignore[attr-defined]
+    assert lwf.teacher is None and lwf.adapted is ctx.model  # no copy: the adapted model itself
+    with torch.no_grad():
+        for name, param in ctx.model.named_parameters():
+            if "lora_B" in name:  # the student moves away from where it started
+                param.add_(torch.randn_like(param) * 0.5)
+    ctx.model.train()
+    with torch.no_grad(), lwf._champion() as teacher:
+        assert torch.allclose(TASK.forward(teacher, batch), before, atol=1e-4)
+    assert ctx.model.training  # back in training mode, adapters on
+    student = TASK.forward(ctx.model, batch)
+    assert not torch.allclose(student, before, atol=1e-2)
+    assert float(lwf.loss(ctx, batch, student, torch.zeros(())).detach()) > 0
+    trained = fit(source, SECOND, "lora+lwf", epochs=3)  # and the whole loop trains through it
+    assert any(p.requires_grad for n, p in trained.model.named_parameters() if "lora_" in n)

@@ -218,7 +218,8 @@ def test_replay_buffers_are_bounded_balanced_and_persisted(tmp_path: Path) -> No
     assert load_buffer(tmp_path) == (kept, seen)
 
 
-@pytest.mark.parametrize("name", ["finetune", "replay", "ewc", "lora", "lwf", "lora+replay", "ewc+replay", "lwf+ewc"])
+@pytest.mark.parametrize("name", ["finetune", "replay", "ewc", "lora", "lwf", "lora+replay", "ewc+replay", "lwf+ewc",
+                                  "lora+lwf"])
 def test_every_strategy_trains_and_saves_its_state(tiny_model: Path, tmp_path: Path, name: str) -> None:
     config = sections(replay={"buffer_rows": 30}, ewc={"fisher_samples": 16}, lora={"r": 4})
     first = toy(["sport", "food"], 20, seed=3)
