@@ -27,12 +27,15 @@ from strategies.tasks.abc import Prediction, Row, Task
 
 ReadRows = Callable[[str], list[Row]]
 TIE = 1e-6  # per-row values closer than this have not changed (numerical noise between two forwards)
-KEPT_ROWS = 1000  # per-row changes are kept for sets of at most this many rows (the gate's small sets)
+# per-row changes are kept for sets of at most this many rows: the gate's small sets (below
+# gate.min_eval_rows, 100 by default); a pool holding a larger one takes the sign test
+KEPT_ROWS = 1000
 
 
 def side_by_side(spec: TrainSpec, task: Task, candidate: torch.nn.Module, tokenizer: Any, device: torch.device,
                  read_rows: ReadRows, out: Path) -> dict[str, Any]:
-    """{"scores": {who: {set: figures}}, "paired": {set: {lost, gained}}, "eval_reused": [set], "eval_seconds"}."""
+    """{"scores": {who: {set: figures}}, "paired": {set: {lost, gained, metric: paired_rows}}, "eval_reused": [set],
+    "eval_seconds"}."""
     labels = spec.labels
     kept = _kept_predictions(spec.champion_predictions)
     champion = None

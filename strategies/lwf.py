@@ -8,9 +8,10 @@ only new entity types marks the old ones `O`, and a hard `O` there would outweig
 (at alpha 1 the two pull a token half each way); a classifier's rows are left as they are.
 
 The teacher is the model the update starts from. Combined with `lora`, that is the adapted model with
-its adapters switched off (they start at zero, and the weights under them are never trained), run in
-evaluation mode: no second copy of the model, which for a language model is most of the memory an
-update takes. Otherwise it is a frozen copy made before training.
+its adapters switched off, run in evaluation mode: the weights under the adapters, and the original of
+each module peft trains a copy of (a grown head), are the champion's and never train. No second copy
+of the model, which for a language model is most of the memory an update takes. Otherwise the
+teacher is a frozen copy made before training.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class LwF(Strategy):
         self.distil = bool(self.known or not TASKS[ctx.task.name].labelled)
         self.teacher, self.adapted = None, None
         if self.distil and ctx.lora:
-            self.adapted = ctx.model  # the champion under adapters that start at zero (lora prepares first)
+            self.adapted = ctx.model  # the champion under its adapters (lora prepares first)
         elif self.distil:
             self.teacher = copy.deepcopy(ctx.model).eval()
             for param in self.teacher.parameters():

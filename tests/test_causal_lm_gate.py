@@ -105,9 +105,18 @@ def test_the_sign_flip_test_weighs_sizes_and_is_the_sign_test_when_every_row_mov
         n, size = rng.randint(1, 16), rng.uniform(0.01, 2.0)
         lost = rng.randint(0, n)
         assert abs(sign_flip_test([size] * lost + [-size] * (n - lost)) - sign_test(lost, n - lost)) < 1e-12
-    changes = [rng.gauss(0.05, 0.3) for _ in range(400)]  # above EXACT_ROWS: the normal approximation
-    assert 0.0 < sign_flip_test(changes) < 1.0
-    assert abs(sign_flip_test(changes) + sign_flip_test([-x for x in changes]) - 1.0) < 1e-9
+    # above EXACT_ROWS, random signs: near the exact value (2^17 signs enumerated here), also where a
+    # few rows carry the sum (three rising far among seventeen: exact 0.125)
+    for changes in ([1.0, 1.0, 1.0] + [0.0] * 14, [rng.gauss(0.1, 0.5) for _ in range(17)]):
+        sums = [0.0]
+        for size in (abs(x) for x in changes):
+            sums = [s + size for s in sums] + [s - size for s in sums]
+        exact = sum(s >= sum(changes) - 1e-9 for s in sums) / len(sums)
+        assert abs(sign_flip_test(changes) - exact) < 0.01, (sign_flip_test(changes), exact)
+    assert sign_flip_test([1.0, 1.0, 1.0] + [0.0] * 14) > 0.1
+    many = [rng.gauss(0.05, 0.3) for _ in range(1000)]
+    assert sign_flip_test(many) == sign_flip_test(list(many))  # the same changes, the same p
+    assert 0.0 < sign_flip_test(many) < 1.0 and sign_flip_test([0.2] * 1000) == 1 / 20_001
 
 
 def test_the_childs_per_row_changes_weigh_rows_as_the_set_loss_does() -> None:

@@ -24,7 +24,7 @@ def progress(root: Path) -> dict:
 
 def test_sigterm_during_training_checkpoints_exits_0_and_resumes(home_root: Path, tiny_model: Path) -> None:
     configure(home_root, tiny_model)
-    write_config(home_root, strategy={"epochs": 12})  # long enough to be caught mid-training (about 100 steps)
+    write_config(home_root, strategy={"epochs": 40})  # long enough to be caught mid-training
     drop(home_root, "b1.jsonl", toy(["sport", "food"], 150, seed=1))
     proc = spawn("run", "--home", str(home_root))
     wait_for(lambda: progress(home_root).get("event") == "step", timeout=60)  # the first model starts at once

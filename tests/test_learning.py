@@ -375,3 +375,36 @@ def test_a_shared_replay_budget_trains_epochs_of_the_new_rows_whatever_it_mixes_
         more = dataclasses.replace(settings, min_steps=30, lift_target=target)
         strategy = build("replay", sections(replay={"ratio": 0.75, "budget": "shared"}))
         assert train(context(tiny_model, labels, new, state=state), strategy, more)["steps"] == steps, target
+
+
+def test_lora_with_lwf_distils_the_champions_old_labels_from_under_its_adapters_and_saved_head(
+        tiny_model: Path, tmp_path: Path) -> None:
+    """With `lora`, LwF's teacher is the adapted model with its adapters off: on a grown head (peft's
+    modules_to_save) that is the head as the champion left it, however far the trained copies moved."""
+    ctx = context(tiny_model, ["sport", "food"], toy(["sport", "food"], 10, seed=3))
+    strategy = build("finetune", sections())
+    train(ctx, strategy, loop(epochs=1, lr=1e-3))
+    out = save(ctx, strategy, tmp_path / "v1")
+    labels = ["sport", "food", "music", "tech"]
+    grown = context(out / "model", labels, toy(["music", "tech"], 6, seed=4))
+    assert grown.old_label_count == 2
+    batch = TASK.encode(grown.new, grown.tokenizer, labels, 64).collate(list(range(len(grown.new))))
+    with torch.no_grad():
+        before = TASK.forward(grown.model.eval(), batch)[:, :2]
+    both = build("lora+lwf", sections(lora={"r": 4}))
+    both.prepare(grown)
+    lwf = next(part for part in both.parts if part.name == "lwf")  # type: ignore[attr-defined]
+    assert lwf.teacher is None and lwf.adapted is grown.model
+    with torch.no_grad():
+        moved = [name for name, param in grown.model.named_parameters() if param.requires_grad]
+        for name, param in grown.model.named_parameters():
+            if param.requires_grad:  # the adapters and the head's trained copy
+                param.add_(torch.randn_like(param) * 0.5)
+    assert any("modules_to_save" in name for name in moved) and any("lora_B" in name for name in moved)
+    grown.model.train()
+    with torch.no_grad(), lwf._champion() as teacher:
+        assert torch.allclose(TASK.forward(teacher, batch)[:, :2], before, atol=1e-5)
+    assert grown.model.training
+    student = TASK.forward(grown.model, batch)
+    assert not torch.allclose(student[:, :2], before, atol=1e-3)
+    assert float(lwf.loss(grown, batch, student, torch.zeros(())).detach()) > 0
