@@ -305,8 +305,8 @@ def _pooled(small: list[str], candidate: Scores, champion: Scores, sizes: dict[s
     for e in small:  # forgetting confined to one small set, hidden in the pool by gains elsewhere
         c = changed[e]
         drop = drops[e] if scored else (c.lost - c.gained) / sizes[e]
-        p, alpha = sign_flip_test(rowwise[e]) if e in rowwise else sign_test(c.lost, c.gained), SIGNIFICANCE / len(small)
-        test = "sign-flip test" if e in rowwise else "sign test"
+        alpha = SIGNIFICANCE / len(small)
+        p, test = _tested(rowwise.get(e), c) if drop > config.max_forgetting else (1.0, "")  # read only past it
         if drop > config.max_forgetting and p < alpha:
             ok = False
             reasons.append(f"forgetting on batch {e}: {drop:.3f} > {config.max_forgetting} ({c.lost} rows lost, "
@@ -332,10 +332,10 @@ def _pooled(small: list[str], candidate: Scores, champion: Scores, sizes: dict[s
         drop = round((sum(drops[e] * sizes[e] for e in small) if scored else lost - gained) / pooled, 12)
         tolerance = max(config.max_forgetting, round(1 / pooled, 12))  # a pool cannot resolve less than one row
     ceiling = round(tolerance * (1 + NOISE_BAND), 12)
-    every = len(rowwise) == len(small)  # every set's rows' changes kept: the pool's, with their sizes
-    p = sign_flip_test([x for e in small for x in rowwise[e]]) if every else sign_test(lost, gained)
-    test = "sign-flip test" if every else "sign test"
     within = drop <= tolerance
+    every = len(rowwise) == len(small)  # every set's rows' changes kept: the pool's, with their sizes
+    p, test = (1.0, "") if within else _tested([x for e in small for x in rowwise[e]] if every else None,
+                                               Changed(lost, gained))
     band = not within and drop <= ceiling
     noise = band and p >= SIGNIFICANCE
     ok &= within or noise
@@ -352,6 +352,14 @@ def _pooled(small: list[str], candidate: Scores, champion: Scores, sizes: dict[s
     if not (within or noise):
         failures.append(reasons[-1])
     return ok
+
+
+def _tested(changes: list[float] | None, changed: Changed) -> tuple[float, str]:
+    """The p-value that rows moved this way by chance, and the test's name: the sign-flip test on each
+    row's change where the child kept them, the sign test on the changed rows' counts otherwise."""
+    if changes:
+        return sign_flip_test(changes), "sign-flip test"
+    return sign_test(changed.lost, changed.gained), "sign test"
 
 
 def _of(size: int, unit: str) -> str:
