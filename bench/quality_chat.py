@@ -55,9 +55,10 @@ def settings_of(profile: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_strategy(strategy: str, files: list[Path], seed: int, profile: dict[str, Any], model: str,
-                 work: Path, models: Path) -> dict[str, Any]:
+                 work: Path, models: Path, keep_home: bool = False) -> dict[str, Any]:
     """Drive a real daemon through the stream. `models`: one converted copy of the embedded model
-    shared by every home (linked in, so each home does not convert it again)."""
+    shared by every home (linked in, so each home does not convert it again); `keep_home` keeps
+    every version's weights (rejected candidates included) for a look afterwards."""
     home = work / f"{strategy.replace('+', '-')}-seed{seed}"
     shutil.rmtree(home, ignore_errors=True)
     env = env_for(home, strategy, seed, settings_of(profile), model)
@@ -71,7 +72,8 @@ def run_strategy(strategy: str, files: list[Path], seed: int, profile: dict[str,
     measured = read_back(home, len(files))
     measured = {"loss": measured.pop("matrix"), **measured}
     final = final_scores(home, len(files), env)
-    prune(home)
+    if not keep_home:
+        prune(home)
     return {"wall_seconds": wall, **measured, "final": final}
 
 
@@ -121,6 +123,20 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
             "wall_seconds": round(run["wall_seconds"], 1), "promoted": run["promoted"], "rejected": run["rejected"]}
 
 
+BY_SEED = ("loss", "rise_max", "trivia_em", "promoted", "rejected")
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A contender's figures over its seeds: the mean of each, every seed's own beside it (`by_seed`),
+    the first seed's matrix and final scores (the plot's)."""
+    out = {**runs[0], "seeds": [r.get("seed", 0) for r in runs], "by_seed": {k: [r[k] for r in runs] for k in BY_SEED}}
+    for key in ("loss", "rise_max", "trivia_em", "train_samples", "train_tokens", "wall_seconds"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        mean = sum(values) / len(values) if values else None
+        out[key] = round(mean) if mean is not None and key in ("train_samples", "train_tokens") else mean
+    return out
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -133,9 +149,15 @@ def table(results: dict[str, Any]) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, f in rows.items():
         share = f"{f['train_tokens'] / retrain:.0%}" if retrain and f.get("train_tokens") else "-"
-        decided = "-" if f["promoted"] is None else f"{f['promoted']} / {f['rejected']}"
+        seeds = f.get("by_seed") or {k: [f[k]] for k in BY_SEED}
+
+        def cell(key: str, digits: int = 3) -> str:  # the mean, then each seed's figure where there are several
+            each = seeds[key]
+            return _fmt(f[key], digits) + (f" ({' / '.join(_fmt(v, digits) for v in each)})" if len(each) > 1 else "")
+
+        decided = "-" if f["promoted"] is None else ", ".join(f"{p} / {r}" for p, r in zip(seeds["promoted"], seeds["rejected"]))
         label = f"**{name}** (default)" if name == results.get("default") else name
-        lines.append(f"| {label} | {_fmt(f['loss'])} | {_fmt(f['rise_max'])} | {_fmt(f['trivia_em'], 2)} | "
+        lines.append(f"| {label} | {cell('loss')} | {cell('rise_max')} | {cell('trivia_em', 2)} | "
                      f"{f['train_samples']:,} | {f.get('train_tokens') or 0:,} | {share} | {decided} | {f['wall_seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -220,6 +242,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="embedded:smollm2")
     parser.add_argument("--default", default=None, help="the strategy the verdicts judge (default: causal_lm's own)")
     parser.add_argument("--section", default=None, help="the BENCHMARKS.md section to write (and docs/img prefix)")
+    parser.add_argument("--seeds", help="comma-separated seeds instead of the profile's (the table gives each "
+                                        "contender's mean and every seed's figure)")
+    parser.add_argument("--keep-homes", action="store_true",
+                        help="keep every version's weights in DIR/runs (by default dropped once read back)")
     parser.add_argument("--report", action="store_true", help="run nothing: render DIR/results.json again")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a config override for every contender and reference (as bench/quality.py's)")
@@ -232,9 +258,13 @@ def main(argv: list[str] | None = None) -> None:
         results = json.loads((args.out / "results.json").read_text())
         results["default"] = args.default
         results["settings"].setdefault("seeds", PROFILES[results["profile"]]["seeds"])
+        if "per_seed" in results:
+            results["strategies"] = {n: aggregate(runs) for n, runs in results["per_seed"].items()}
         return publish(results, args.out, args.section)
     stop_them_on_signals()
     profile = {**PROFILES[args.profile], "set": args.set}
+    if args.seeds:
+        profile["seeds"] = [int(seed) for seed in args.seeds.split(",")]
     work = args.out / "runs"
     work.mkdir(parents=True, exist_ok=True)
     models = args.out / "models"
@@ -244,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
 
         model_dir = local_base(args.model, models)
     started = time.monotonic()
-    per_strategy: dict[str, Any] = {}
+    per_seed: dict[str, list[dict[str, Any]]] = {}
     command = "python -m bench.quality --stream chat " + " ".join(argv if argv is not None else sys.argv[1:])
     for seed in profile["seeds"]:
         parts = build("chat", seed, profile["per_group"], splits=profile.get("splits", 1))
@@ -254,12 +284,13 @@ def main(argv: list[str] | None = None) -> None:
             if name in REFERENCES:
                 run = reference(name, parts, seed, profile, model_dir, work)
             else:
-                run = run_strategy(name, files, seed, profile, args.model, work, models)
-            per_strategy[name] = {**figures(run), "loss_matrix": run["loss"], "final": run["final"],
-                                  "verdicts": run["verdicts"]}
+                run = run_strategy(name, files, seed, profile, args.model, work, models, keep_home=args.keep_homes)
+            per_seed.setdefault(name, []).append({"seed": seed, **figures(run), "loss_matrix": run["loss"],
+                                                  "final": run["final"], "verdicts": run["verdicts"]})
             # written after every contender: a long run stopped part-way keeps what it measured
             results = {"stream": "chat", "profile": args.profile, "settings": profile, "model": args.model,
-                       "default": args.default, "strategies": per_strategy,
+                       "default": args.default, "per_seed": per_seed,
+                       "strategies": {n: aggregate(runs) for n, runs in per_seed.items()},
                        "wall_seconds": round(time.monotonic() - started, 1), "command": command,
                        "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
             (args.out / "results.json").write_text(json.dumps(results, indent=2))
