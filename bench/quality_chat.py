@@ -186,6 +186,18 @@ def verdicts(results: dict[str, Any]) -> list[str]:
             f"({verdict(share is not None and share <= 0.40)}, target <= 40%)"]
 
 
+def seeds_text(results: dict[str, Any]) -> str:
+    """Which seeds the table's contenders ran (a seed draws the stream's rows, their split and the
+    training order)."""
+    ran = {name: tuple(f.get("seeds") or results["settings"]["seeds"][:1]) for name, f in results["strategies"].items()}
+    first = min(ran.values(), key=len)
+    if len(set(ran.values())) == 1:
+        return f"seed{'s' if len(first) > 1 else ''} {', '.join(map(str, first))}"
+    more = sorted({s for seeds in ran.values() for s in seeds})
+    return (f"seed {', '.join(map(str, first))}, and seeds {', '.join(map(str, more))} for the contenders with "
+            "several figures in a cell (their mean first, then each seed's; the plot shows the first seed)")
+
+
 def plot(results: dict[str, Any], out: Path) -> Path:
     rows = results["strategies"]
     matrices = {n: rows[n]["loss_matrix"] for n in rows}
@@ -209,8 +221,9 @@ def publish(results: dict[str, Any], out: Path, section: str | None) -> None:
     settings = results["settings"]
     parts = build("chat", settings["seeds"][0], settings["per_group"], splits=settings.get("splits", 1))
     rows, files = sum(len(p.rows) for p in parts), len(parts)
-    # the bench's pins, then the run's `--set` (the later of a key wins); the batch size is listed above
-    pinned = dict(x.split("=", 1) for x in settings_of(settings)["set"] if not x.startswith("strategy.batch_size="))
+    # the bench's pins, then the run's `--set` (the later of a key wins); the batch size is given beside the epochs
+    pinned = dict(x.split("=", 1) for x in settings_of(settings)["set"])
+    batch_size = pinned.pop("strategy.batch_size")
     groups = "trivia, knowledge, small talk, computing" + (f", each in {files // 4} files" if files > 4 else "")
     write_section(section, "\n".join([
         f"## Learning quality: chat ({results['profile']})", "",
@@ -218,8 +231,8 @@ def publish(results: dict[str, Any], out: Path, section: str | None) -> None:
         *(f"and `{v['command']}` ({v['wall_seconds'] / 60:.0f} min), its rows merged into this table  "
           for v in results.get("variants", [])), "",
         f"Machine: {results['machine']}. Model {results['model']} (`model.task = \"causal_lm\"`); "
-        f"{rows} chatterbot-corpus question/answer pairs in {files} files, one update each ({groups}); seed {settings['seeds'][0]}; max_length {settings['max_length']}, eval_fraction "
-        f"{settings['eval_fraction']}, epochs {settings['epochs']}, batch_size {settings['batch_size']}, "
+        f"{rows} chatterbot-corpus question/answer pairs in {files} files, one update each ({groups}); {seeds_text(results)}; max_length {settings['max_length']}, eval_fraction "
+        f"{settings['eval_fraction']}, epochs {settings['epochs']}, batch_size {batch_size}, "
         + "".join(f"`{k}={v}`; " for k, v in pinned.items())
         + "everything else at the config defaults (gate included: `max_forgetting` 0.05 nats). "
         "`joint` and `retrain` train every weight (`finetune`) at the same loop settings"
