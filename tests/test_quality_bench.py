@@ -136,3 +136,44 @@ def test_a_wait_on_a_daemon_that_exited_fails_at_once() -> None:
     # not the TimeoutError an hour's wait would end in
     with pytest.raises(RuntimeError, match=r"the daemon exited \(3\) while waiting for its start"):
         _wait(lambda: False, 3600, "its start", gone)
+
+
+def test_the_chat_token_split_reads_the_gates_answer_loss_and_adds_up(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.chat_tokens import split, token_losses
+    from strategies.tasks.causal_lm import CausalLM
+    from tests.test_causal_lm import FIRST, tiny_causal_lm
+
+    model_dir = tiny_causal_lm(tmp_path / "model")
+    rows = [*FIRST[:5], {"prompt": [{"role": "user", "content": "tell me everything"}], "completion": "and so on " * 40}]
+    found = token_losses(model_dir, {1: rows}, 48)[1]
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    scored = CausalLM().predict(model, tokenizer, rows, [], torch.device("cpu"), 48)
+    for row, prediction in zip(found, scored):  # the same per-token losses the gate's answer loss averages
+        known = [x for x in row if x is not None]
+        assert len(known) == prediction["answer_tokens"]
+        assert sum(known) / len(known) == pytest.approx(prediction["answer_loss"], rel=1e-5)
+    assert None not in found[0] and found[-1][-1] is None  # max_length cut the last answer before its end
+    # two rows, one cut before its end: 3 answer tokens, the end token down 1 nat, the others up 1 in all
+    parts = split([[1.0, 2.0], [3.0, None]], [[1.5, 1.0], [3.5, None]])
+    assert parts["tokens"] == 3 and parts["ended"] == 1 and parts["end_worse"] == 0
+    assert parts["end"] == pytest.approx(-1 / 3) and parts["content"] == pytest.approx(1 / 3) and parts["change"] == 0
+    assert (parts["end_before"], parts["end_after"]) == (2.0, 1.0)
+
+
+def test_the_chat_table_gives_each_contenders_mean_and_every_seeds_figure() -> None:
+    from bench.quality_chat import aggregate, table
+
+    def run(seed: int, loss: float, promoted: int) -> dict:
+        return {"seed": seed, "loss": loss, "rise_max": 0.0, "trivia_em": 0.5, "train_samples": 10 + seed,
+                "train_tokens": 100, "wall_seconds": 60.0, "promoted": promoted, "rejected": 8 - promoted,
+                "loss_matrix": [[loss]], "final": {}, "verdicts": []}
+
+    both = aggregate([run(0, 2.5, 2), run(1, 2.7, 4)])
+    assert both["seeds"] == [0, 1] and both["loss"] == pytest.approx(2.6) and both["train_samples"] == 10
+    assert both["loss_matrix"] == [[2.5]]  # the first seed's, plotted
+    rendered = table({"strategies": {"lora+replay": both, "joint": aggregate([run(0, 2.4, 0)])}, "default": "lora+replay"})
+    assert "| **lora+replay** (default) | 2.600 (2.500 / 2.700) |" in rendered and "2 / 6, 4 / 4" in rendered
+    assert "| joint | 2.400 | 0.000 |" in rendered  # one seed: its figure alone

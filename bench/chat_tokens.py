@@ -1,0 +1,149 @@
+"""Where a chat candidate's answer loss on earlier batches moved: the end token or the answer's own tokens.
+
+    python -m bench.chat_tokens HOME [--batches 1,2] [--section NAME]
+
+HOME is a home the chat bench kept (`python -m bench.quality --stream chat --keep-homes`: every
+version's weights, rejected candidates included). For every version after the first, against the
+model it started from (its parent), on each earlier batch's held-out rows (the daemon's own split):
+the change in answer loss, in nats per answer token as the gate reads it, split into what the end
+token contributes and what the answer's other tokens do; the end token's mean loss before and after;
+how many rows' end token got worse (a row whose answer `model.max_length` cut has no end token). A short answer's end token is a large share of its tokens, so a
+model that stops ending short answers shows here as a rise on the short-answer batches.
+The table goes to stdout and, with `--section`, into BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.report import write_section
+
+
+def token_losses(model_dir: Path, rows: dict[int, list[dict[str, Any]]], max_length: int) -> dict[int, list[list[float | None]]]:
+    """Each row's cross-entropy on each of its answer tokens, the end token last (None in its place
+    where `max_length` cut the answer before its end), by batch."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from strategies.data import IGNORE
+    from strategies.tasks.causal_lm import EVAL_BATCH, CausalLM
+
+    task = CausalLM()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    found: dict[int, list[list[float | None]]] = {}
+    with torch.no_grad():
+        for batch, batch_rows in rows.items():
+            encoded = task.encode(batch_rows, tokenizer, [], max_length)
+            found[batch] = []
+            for start in range(0, len(encoded), EVAL_BATCH):
+                inputs = encoded.collate(range(start, min(start + EVAL_BATCH, len(encoded))))
+                logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1]
+                targets = inputs["labels"][:, 1:]
+                each = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+                for i in range(len(targets)):
+                    kept = targets[i] != IGNORE
+                    ends = bool(targets[i][kept][-1] == tokenizer.eos_token_id)  # not when max_length cut the answer
+                    found[batch].append(each[i][kept].tolist() + ([] if ends else [None]))
+    return found
+
+
+def split(before: list[list[float | None]], after: list[list[float | None]]) -> dict[str, Any]:
+    """The change from `before` to `after` on one batch's rows, per answer token, and its two parts."""
+    ended = [(b[-1], a[-1]) for b, a in zip(before, after) if b[-1] is not None]
+    tokens = sum(len(row) for row in before) - (len(before) - len(ended))
+    end = sum(a - b for b, a in ended)
+    content = sum(sum(a[:-1]) - sum(b[:-1]) for b, a in zip(before, after))
+    return {"rows": len(before), "ended": len(ended), "tokens": tokens, "change": (end + content) / tokens,
+            "end": end / tokens, "content": content / tokens,
+            "end_before": sum(b for b, _ in ended) / len(ended) if ended else None,
+            "end_after": sum(a for _, a in ended) / len(ended) if ended else None,
+            "end_worse": sum(a > b for b, a in ended)}
+
+
+def measure(home: Path, batches: list[int] | None = None) -> list[dict[str, Any]]:
+    from daemon.ingest.store import Store
+    from registry.registry import Registry
+
+    with Registry(home / "registry", recover=False) as registry:
+        records = registry.versions()
+        max_length = int(records[0].info["config"]["model"]["max_length"])  # as the versions were scored
+        decisions = {r.version: registry.decision_record(r.version) for r in records}
+        batch_of = {r.version: int(r.info["data"]["experience"]) for r in records}
+        wanted = sorted(set(batches or range(1, max(batch_of.values()))))
+        with Store(home / "state" / "rows.sqlite", readonly=True) as store:
+            rows = {j: [{"prompt": p, "completion": c} for p, c in store.iter_rows(j, "eval", ("prompt", "completion"))]
+                    for j in wanted}
+        losses: dict[str, dict[int, list[list[float | None]]]] = {}
+
+        def of(version: str) -> dict[int, list[list[float | None]]]:
+            if version not in losses:
+                losses[version] = token_losses(registry.model_dir(version), rows, max_length)
+            return losses[version]
+
+        found = []
+        for record in records:
+            earlier = [j for j in wanted if j < batch_of[record.version]]
+            if record.parent not in batch_of or not earlier:
+                continue
+            decision = decisions[record.version]
+            before, after = of(record.parent), of(record.version)
+            found.append({"version": record.version, "batch": batch_of[record.version], "parent": record.parent,
+                          "decision": decision.decision if decision else None,
+                          "earlier": {j: split(before[j], after[j]) for j in earlier if rows[j]}})
+    return found
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def table(found: list[dict[str, Any]]) -> str:
+    lines = ["| candidate (batch, decision) | against | earlier batch | rows / answer tokens | change | from the end token | "
+             "from the other tokens | end token's loss | rows whose end token got worse |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for f in found:
+        for j, s in f["earlier"].items():
+            lines.append(f"| {f['version']} ({f['batch']}, {f['decision']}) | {f['parent']} | {j} | {s['rows']} / {s['tokens']} | "
+                         f"{s['change']:+.3f} | {s['end']:+.3f} | {s['content']:+.3f} | {_fmt(s['end_before'])} -> {_fmt(s['end_after'])} | "
+                         f"{s['end_worse']} of {s['ended']} |")
+    return "\n".join(lines)
+
+
+def totals(found: list[dict[str, Any]]) -> dict[str, float]:
+    """Over every candidate and earlier batch where the loss rose: the share of the rise the end token made."""
+    rose = [s for f in found for s in f["earlier"].values() if s["change"] > 0]
+    change = sum(s["change"] * s["tokens"] for s in rose)
+    end = sum(s["end"] * s["tokens"] for s in rose)
+    return {"cases": len(rose), "end_share": end / change if change else 0.0}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("home", type=Path)
+    parser.add_argument("--batches", default=None, help="comma-separated earlier batches (default: every one)")
+    parser.add_argument("--section", default=None, help="the BENCHMARKS.md section to write")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    found = measure(args.home, [int(b) for b in args.batches.split(",")] if args.batches else None)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return
+    share = totals(found)
+    body = "\n".join([table(found), "",
+                      f"Where an earlier batch's loss rose ({share['cases']} cases), the end token made "
+                      f"{share['end_share']:.0%} of the rise."])
+    print(body)
+    if args.section:
+        command = "python -m bench.chat_tokens " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_section(args.section, "\n".join([f"## Chat: where forgetting falls (`{args.home.name}`)", "",
+                                               f"Command: `{command}`", "", body]))
+
+
+if __name__ == "__main__":
+    main()
