@@ -144,20 +144,22 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def table(results: dict[str, Any]) -> str:
     rows = results["strategies"]
     retrain = (rows.get("retrain") or {}).get("train_tokens")
-    lines = ["| strategy | final answer loss (mean) | largest rise on an earlier batch | trivia exact match | "
+    lines = ["| strategy | seeds | final answer loss (mean) | largest rise on an earlier batch | trivia exact match | "
              "train samples | train tokens | vs retrain | promoted / rejected | wall s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, f in rows.items():
         share = f"{f['train_tokens'] / retrain:.0%}" if retrain and f.get("train_tokens") else "-"
         seeds = f.get("by_seed") or {k: [f[k]] for k in BY_SEED}
 
         def cell(key: str, digits: int = 3) -> str:  # the mean, then each seed's figure where there are several
             each = seeds[key]
-            return _fmt(f[key], digits) + (f" ({' / '.join(_fmt(v, digits) for v in each)})" if len(each) > 1 else "")
+            several = len(each) > 1 and any(v is not None for v in each)
+            return _fmt(f[key], digits) + (f" ({' / '.join(_fmt(v, digits) for v in each)})" if several else "")
 
         decided = "-" if f["promoted"] is None else ", ".join(f"{p} / {r}" for p, r in zip(seeds["promoted"], seeds["rejected"]))
         label = f"**{name}** (default)" if name == results.get("default") else name
-        lines.append(f"| {label} | {cell('loss')} | {cell('rise_max')} | {cell('trivia_em', 2)} | "
+        ran = ", ".join(str(seed) for seed in f.get("seeds") or results.get("settings", {}).get("seeds", [0])[:1])
+        lines.append(f"| {label} | {ran} | {cell('loss')} | {cell('rise_max')} | {cell('trivia_em', 2)} | "
                      f"{f['train_samples']:,} | {f.get('train_tokens') or 0:,} | {share} | {decided} | {f['wall_seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -184,18 +186,6 @@ def verdicts(results: dict[str, Any]) -> list[str]:
             f"({verdict(em_gap <= 0.05)}, target within 0.05)",
             f"- default training tokens {'-' if share is None else f'{share:.0%}'} of retrain's "
             f"({verdict(share is not None and share <= 0.40)}, target <= 40%)"]
-
-
-def seeds_text(results: dict[str, Any]) -> str:
-    """Which seeds the table's contenders ran (a seed draws the stream's rows, their split and the
-    training order)."""
-    ran = {name: tuple(f.get("seeds") or results["settings"]["seeds"][:1]) for name, f in results["strategies"].items()}
-    first = min(ran.values(), key=len)
-    if len(set(ran.values())) == 1:
-        return f"seed{'s' if len(first) > 1 else ''} {', '.join(map(str, first))}"
-    more = sorted({s for seeds in ran.values() for s in seeds})
-    return (f"seed {', '.join(map(str, first))}, and seeds {', '.join(map(str, more))} for the contenders with "
-            "several figures in a cell (their mean first, then each seed's; the plot shows the first seed)")
 
 
 def plot(results: dict[str, Any], out: Path) -> Path:
@@ -231,7 +221,7 @@ def publish(results: dict[str, Any], out: Path, section: str | None) -> None:
         *(f"and `{v['command']}` ({v['wall_seconds'] / 60:.0f} min), its rows merged into this table  "
           for v in results.get("variants", [])), "",
         f"Machine: {results['machine']}. Model {results['model']} (`model.task = \"causal_lm\"`); "
-        f"{rows} chatterbot-corpus question/answer pairs in {files} files, one update each ({groups}); {seeds_text(results)}; max_length {settings['max_length']}, eval_fraction "
+        f"{rows} chatterbot-corpus question/answer pairs in {files} files, one update each ({groups}); the seeds the table gives (a seed draws the stream's rows, their split and the training order; where a row ran several, each cell gives their mean, then each seed's figure, and the plot shows the first seed); max_length {settings['max_length']}, eval_fraction "
         f"{settings['eval_fraction']}, epochs {settings['epochs']}, batch_size {batch_size}, "
         + "".join(f"`{k}={v}`; " for k, v in pinned.items())
         + "everything else at the config defaults (gate included: `max_forgetting` 0.05 nats). "

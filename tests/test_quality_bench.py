@@ -175,5 +175,5 @@ def test_the_chat_table_gives_each_contenders_mean_and_every_seeds_figure() -> N
     assert both["seeds"] == [0, 1] and both["loss"] == pytest.approx(2.6) and both["train_samples"] == 10
     assert both["loss_matrix"] == [[2.5]]  # the first seed's, plotted
     rendered = table({"strategies": {"lora+replay": both, "joint": aggregate([run(0, 2.4, 0)])}, "default": "lora+replay"})
-    assert "| **lora+replay** (default) | 2.600 (2.500 / 2.700) |" in rendered and "2 / 6, 4 / 4" in rendered
-    assert "| joint | 2.400 | 0.000 |" in rendered  # one seed: its figure alone
+    assert "| **lora+replay** (default) | 0, 1 | 2.600 (2.500 / 2.700) |" in rendered and "2 / 6, 4 / 4" in rendered
+    assert "| joint | 0 | 2.400 | 0.000 |" in rendered  # one seed: its figure alone
