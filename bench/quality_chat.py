@@ -1,6 +1,6 @@
 """Learning quality of `causal_lm` on the chat stream through the real daemon (`bench.quality --stream chat`).
 
-    python -m bench.quality_chat --profile quick|quick8|tiny --out DIR [--strategies lora+replay,...,joint,retrain] [--model embedded:smollm2]
+    python -m bench.quality_chat --profile quick|quick8|tiny --out DIR [--strategies lora+lwf+replay,...,joint,retrain] [--model embedded:smollm2]
     python -m bench.quality_chat --profile quick --out DIR --report   (render DIR/results.json again)
 
 Each strategy's daemon gets the chat stream's files (bench/streams.py `chat`: chatterbot-corpus
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=tuple(PROFILES), default="tiny")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--strategies", default="lora+replay")
+    parser.add_argument("--strategies", default=None, help="comma-separated contenders (default: causal_lm's own strategy)")
     parser.add_argument("--model", default="embedded:smollm2")
     parser.add_argument("--default", default=None, help="the strategy the verdicts judge (default: causal_lm's own)")
     parser.add_argument("--section", default=None, help="the BENCHMARKS.md section to write (and docs/img prefix)")
@@ -253,10 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a config override for every contender and reference (as bench/quality.py's)")
     args = parser.parse_args(argv)
-    if args.default is None:
-        from strategies.tasks import TASKS
+    from strategies.tasks import TASKS
 
-        args.default = TASKS["causal_lm"].strategy
+    args.default = args.default or TASKS["causal_lm"].strategy
+    args.strategies = args.strategies or TASKS["causal_lm"].strategy
     if args.report:
         results = json.loads((args.out / "results.json").read_text())
         results["default"] = args.default

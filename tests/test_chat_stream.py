@@ -70,9 +70,9 @@ def test_the_chat_report_judges_the_default_against_joint_and_retrain_and_render
     assert "trivia exact match 0.50 vs joint 0.50 (met" in lines[2]
     assert "training tokens 30% of retrain's (met" in lines[3]
     (tmp_path / "results.json").write_text(json.dumps(results))
-    quality_chat.main(["--profile", "tiny", "--out", str(tmp_path), "--report"])
+    quality_chat.main(["--profile", "tiny", "--out", str(tmp_path), "--report", "--default", "lora+replay"])
     table = (tmp_path / "table.md").read_text()
-    assert "| **lora+replay** (default) | 2.520 | 0.040 | 0.50 | 60 | 3,000 | 30% | 2 / 0 | 10 |" in table
+    assert "| **lora+replay** (default) | 0 | 2.520 | 0.040 | 0.50 | 60 | 3,000 | 30% | 2 / 0 | 10 |" in table
     assert (tmp_path / "matrices.png").stat().st_size > 1000
 
 

@@ -47,7 +47,7 @@ def test_template_is_the_defaults_and_names_every_key() -> None:
 def test_a_task_brings_its_own_strategy_metric_and_tolerance_where_they_are_left_out() -> None:
     template = tomllib.loads(config.template())
     lm = config.parse({**template, "model": {**template["model"], "task": "causal_lm"}})
-    assert (lm.strategy.name, lm.gate.metric, lm.gate.max_forgetting) == ("lora+replay", "answer_loss", 0.05)
+    assert (lm.strategy.name, lm.gate.metric, lm.gate.max_forgetting) == ("lora+lwf+replay", "answer_loss", 0.05)
     ner = config.parse({"model": {"task": "token_classification"}})
     assert (ner.strategy.name, ner.gate.metric, ner.gate.max_forgetting) == ("replay", "entity_f1", 0.02)
     # a named metric brings its own tolerance (exact match is a share of rows); named values win
