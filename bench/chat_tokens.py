@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.report import write_section
+from bench.report import machine, write_section
 
 
 def token_losses(model_dir: Path, rows: dict[int, list[dict[str, Any]]], max_length: int) -> dict[int, list[list[float | None]]]:
@@ -66,13 +66,16 @@ def split(before: list[list[float | None]], after: list[list[float | None]]) -> 
             "end_worse": sum(a > b for b, a in ended)}
 
 
-def measure(home: Path, batches: list[int] | None = None) -> list[dict[str, Any]]:
+def measure(home: Path, batches: list[int] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every candidate's `split` on each earlier batch, and the run's strategy and seed."""
     from daemon.ingest.store import Store
     from registry.registry import Registry
 
     with Registry(home / "registry", recover=False) as registry:
         records = registry.versions()
-        max_length = int(records[0].info["config"]["model"]["max_length"])  # as the versions were scored
+        config = records[0].info["config"]
+        max_length = int(config["model"]["max_length"])  # as the versions were scored
+        run = {"strategy": records[0].strategy, "seed": config["train"]["seed"]}
         decisions = {r.version: registry.decision_record(r.version) for r in records}
         batch_of = {r.version: int(r.info["data"]["experience"]) for r in records}
         wanted = sorted(set(batches or range(1, max(batch_of.values()))))
@@ -96,7 +99,7 @@ def measure(home: Path, batches: list[int] | None = None) -> list[dict[str, Any]
             found.append({"version": record.version, "batch": batch_of[record.version], "parent": record.parent,
                           "decision": decision.decision if decision else None,
                           "earlier": {j: split(before[j], after[j]) for j in earlier if rows[j]}})
-    return found
+    return found, run
 
 
 def _fmt(value: float | None) -> str:
@@ -130,9 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--section", default=None, help="the BENCHMARKS.md section to write")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    found = measure(args.home, [int(b) for b in args.batches.split(",")] if args.batches else None)
+    found, run = measure(args.home, [int(b) for b in args.batches.split(",")] if args.batches else None)
     if args.json:
-        print(json.dumps(found, indent=2))
+        print(json.dumps({**run, "candidates": found}, indent=2))
         return
     share = totals(found)
     body = "\n".join([table(found), "",
@@ -141,8 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     print(body)
     if args.section:
         command = "python -m bench.chat_tokens " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_section(args.section, "\n".join([f"## Chat: where forgetting falls (`{args.home.name}`)", "",
-                                               f"Command: `{command}`", "", body]))
+        write_section(args.section, "\n".join([
+            "## Chat: where forgetting falls (`bench/chat_tokens.py`)", "", f"Command: `{command}`", "",
+            f"Machine: {machine()}. The home of a chat bench run kept with `--keep-homes`: `{run['strategy']}`, seed "
+            f"{run['seed']}. Each candidate against the model it started from, on each earlier batch's held-out rows; "
+            "changes in nats per answer token (the gate's answer loss), split into the end token's part and the other "
+            "tokens'.", "", body]))
 
 
 if __name__ == "__main__":
