@@ -3,13 +3,15 @@
     python -m bench.chat_tokens HOME [--batches 1,2] [--section NAME]
 
 HOME is a home the chat bench kept (`python -m bench.quality --stream chat --keep-homes`: every
-version's weights, rejected candidates included). For every version after the first, against the
-model it started from (its parent), on each earlier batch's held-out rows (the daemon's own split):
-the change in answer loss, in nats per answer token as the gate reads it, split into what the end
-token contributes and what the answer's other tokens do; the end token's mean loss before and after;
-how many rows' end token got worse (a row whose answer `model.max_length` cut has no end token). A short answer's end token is a large share of its tokens, so a
-model that stops ending short answers shows here as a rise on the short-answer batches.
-The table goes to stdout and, with `--section`, into BENCHMARKS.md.
+version's weights, rejected candidates included); it is read, never written (an adapter version is
+merged into a scratch folder). For every version after the first, against the model it started
+from (its parent), on each earlier batch's held-out rows (the daemon's own split): the change in
+answer loss, in nats per answer token as the gate reads it, split into what the end token
+contributes and what the answer's other tokens do; the end token's mean loss before and after; how
+many rows' end token got worse (a row whose answer `model.max_length` cut has no end token). A short
+answer's end token is a large share of its tokens, so a model that stops ending short answers shows
+here as a rise on the short-answer batches. The table goes to stdout and, with `--section`, into
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench.report import machine, write_section
 
@@ -72,7 +75,8 @@ def measure(home: Path, batches: list[int] | None = None) -> tuple[list[dict[str
     from registry.registry import Registry
 
     with Registry(home / "registry", recover=False) as registry:
-        records = registry.versions()
+        # the versions of the stream's batches (a version without one, an imported model, is no candidate)
+        records = [r for r in registry.versions() if "experience" in r.info.get("data", {})]
         config = records[0].info["config"]
         max_length = int(config["model"]["max_length"])  # as the versions were scored
         run = {"strategy": records[0].strategy, "seed": config["train"]["seed"]}
@@ -83,10 +87,12 @@ def measure(home: Path, batches: list[int] | None = None) -> tuple[list[dict[str
             rows = {j: [{"prompt": p, "completion": c} for p, c in store.iter_rows(j, "eval", ("prompt", "completion"))]
                     for j in wanted}
         losses: dict[str, dict[int, list[list[float | None]]]] = {}
+        scratch = tempfile.TemporaryDirectory(prefix="chat-tokens-")
+        model_dir = merged(registry, Path(scratch.name))
 
         def of(version: str) -> dict[int, list[list[float | None]]]:
             if version not in losses:
-                losses[version] = token_losses(registry.model_dir(version), rows, max_length)
+                losses[version] = token_losses(model_dir(version), {j: r for j, r in rows.items() if r}, max_length)
             return losses[version]
 
         found = []
@@ -99,7 +105,27 @@ def measure(home: Path, batches: list[int] | None = None) -> tuple[list[dict[str
             found.append({"version": record.version, "batch": batch_of[record.version], "parent": record.parent,
                           "decision": decision.decision if decision else None,
                           "earlier": {j: split(before[j], after[j]) for j in earlier if rows[j]}})
+    scratch.cleanup()
     return found, run
+
+
+def merged(registry: Any, scratch: Path) -> Callable[[str], Path]:
+    """A version's complete model directory: a full version's own, an adapter version merged into
+    its parent's in `scratch` (the home's registry, whose merged copies the daemon evicts, is left
+    as it is)."""
+    from strategies.materialize import materialize
+
+    def model_dir(version: str) -> Path:
+        record = registry.get(version)
+        path = registry.artifacts.fetch(version)
+        if record.kind == "full":
+            return path / "model"
+        out = scratch / version
+        if not out.is_dir():
+            materialize(path, model_dir(record.parent), out)
+        return out
+
+    return model_dir
 
 
 def _fmt(value: float | None) -> str:

@@ -166,14 +166,18 @@ def test_the_chat_token_split_reads_the_gates_answer_loss_and_adds_up(tmp_path: 
 def test_the_chat_table_gives_each_contenders_mean_and_every_seeds_figure() -> None:
     from bench.quality_chat import aggregate, table
 
-    def run(seed: int, loss: float, promoted: int) -> dict:
-        return {"seed": seed, "loss": loss, "rise_max": 0.0, "trivia_em": 0.5, "train_samples": 10 + seed,
-                "train_tokens": 100, "wall_seconds": 60.0, "promoted": promoted, "rejected": 8 - promoted,
+    def run(seed: int, loss: float, promoted: int, rise: float | None = 0.0, em: float | None = 0.5) -> dict:
+        return {"seed": seed, "loss": loss, "rise_max": rise, "trivia_em": em, "train_samples": 10 + 3 * seed,
+                "train_tokens": 100 + 100 * seed, "wall_seconds": 60.0, "promoted": promoted, "rejected": 8 - promoted,
                 "loss_matrix": [[loss]], "final": {}, "verdicts": []}
 
-    both = aggregate([run(0, 2.5, 2), run(1, 2.7, 4)])
-    assert both["seeds"] == [0, 1] and both["loss"] == pytest.approx(2.6) and both["train_samples"] == 10
+    both = aggregate([run(0, 2.5, 2, rise=0.1, em=None), run(1, 2.7, 4, rise=0.3, em=0.5)])
+    assert both["seeds"] == [0, 1] and both["loss"] == pytest.approx(2.6)
+    assert (both["train_samples"], both["train_tokens"]) == (12, 150)  # means, as whole counts (11.5 to even)
+    assert both["rise_max"] == 0.3  # the largest of any seed: the target bounds every batch's rise
+    assert both["trivia_em"] == 0.5  # a seed without the figure is left out of the mean
     assert both["loss_matrix"] == [[2.5]]  # the first seed's, plotted
     rendered = table({"strategies": {"lora+replay": both, "joint": aggregate([run(0, 2.4, 0)])}, "default": "lora+replay"})
-    assert "| **lora+replay** (default) | 0, 1 | 2.600 (2.500 / 2.700) |" in rendered and "2 / 6, 4 / 4" in rendered
+    assert "| **lora+replay** (default) | 0, 1 | 2.600 (2.500 / 2.700) | 0.300 (0.100 / 0.300) | 0.50 (- / 0.50) |" in rendered
+    assert "2 / 6, 4 / 4" in rendered
     assert "| joint | 0 | 2.400 | 0.000 |" in rendered  # one seed: its figure alone

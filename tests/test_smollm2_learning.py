@@ -2,8 +2,9 @@
 
 The first batch is learned with LoRA and merged into the champion. On the second, fine-tuning every
 weight at a high rate learns the new facts and forgets the old ones, and the gate rejects it;
-`lora+replay` (causal_lm's default, `lora+lwf+replay`, without its distillation) learns the new facts and keeps most of the old. The
-facts are invented (a code per vault), so nothing of them is in the pretrained weights.
+`lora+replay` (causal_lm's default, `lora+lwf+replay`, without its distillation) learns the new
+facts and keeps most of the old. The facts are invented (a code per vault), so nothing of them is
+in the pretrained weights.
 
 Measured (2 CPU threads shared with other work, 8.5 min): LoRA learns the first facts (exact match
 1.00, answer loss 0.001); fine-tuning at 1e-3 answers the second 1.00 and the first 0.00, a rise of

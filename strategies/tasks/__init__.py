@@ -63,12 +63,12 @@ TASKS: dict[str, TaskInfo] = {
     # LoRA by default: adapter-only versions of a model whose whole weights are hundreds of MB; with
     # replay and LwF (distillation to the champion on the prompts), which ended below lora+replay on
     # every chat run measured (two seeds of eight files, one of four: 0.08-0.42 nats of answer loss
-    # lower, for the same tokens and 5% more wall time); the forgetting tolerance is in nats
-    # per answer token (BENCHMARKS.md, the chat stream). No extra
-    # steps for a batch not yet learned (min_steps 0): on the chat stream held-out answers of new
-    # facts cannot be learned from their batch, so the extra epochs only overfit it (one update
-    # trained 8 epochs and raised its own and the earlier trivia loss by about a nat) and cost a
-    # 30% more tokens for the same final model (BENCHMARKS.md, "Learning quality: chat (quick8)")
+    # lower, for the same tokens and 5% more wall time); the forgetting tolerance is in nats per
+    # answer token (BENCHMARKS.md, the chat stream). No extra steps for a batch not yet learned
+    # (min_steps 0): on the chat stream a batch of new facts does not teach its held-out answers, so
+    # the extra epochs overfit it (one update trained 8 epochs, raised its own and the earlier trivia
+    # loss by about a nat and was rejected), costing 30% more tokens for lora+replay's same final
+    # model and 0.39 nats of final loss for lora+lwf+replay's (BENCHMARKS.md, "chat (quick8)")
     "causal_lm": TaskInfo(name="causal_lm", columns=("prompt", "completion"),
                           metrics={"answer_loss": "lower", "exact_match": "higher"}, labelled=False,
                           figures=("perplexity", "exact_match_rows", "generated", "stopped", "looping"),
