@@ -271,6 +271,41 @@ def test_the_loop_counts_the_tokens_it_trained_on_without_padding(plain: Path) -
     assert stats["train_tokens"] == 3 * per_epoch
 
 
+def test_the_tasks_own_strategy_replays_and_distils_over_two_updates(champion: tuple[Path, dict, dict],
+                                                                    tmp_path: Path) -> None:
+    """causal_lm's default, lora+lwf+replay: the first update keeps rows for the next, which
+    replays them beside its new rows and distils from its starting model."""
+    from strategies.tasks import TASKS
+
+    name = TASKS["causal_lm"].strategy
+    assert set(name.split("+")) == {"lora", "lwf", "replay"}
+    model, tokenizer = TASK.load(str(champion[0]), [])
+    first = Context(task=TASK, model=model, tokenizer=tokenizer, labels=[], device=CPU, new=FIRST)
+    strategy = build(name, sections(lora={"lr": 1e-2}))
+    train(first, strategy, settings(epochs=2))
+    strategy.save_state(first, tmp_path / "state")
+    assert (tmp_path / "state" / "replay.arrow").is_file()
+    model, tokenizer = TASK.load(str(champion[0]), [])
+    second = Context(task=TASK, model=model, tokenizer=tokenizer, labels=[], device=CPU, new=SECOND,
+                     previous_state=tmp_path / "state")
+    again = build(name, sections(lora={"lr": 1e-2}))
+    distilled: list[float] = []
+    lwf = next(part for part in again.parts if part.name == "lwf")  # type: ignore[attr-defined]
+    plain_loss = lwf.loss
+
+    def recorded(ctx, batch, logits, loss):  # type: ignore[no-untyped-def]
+        out = plain_loss(ctx, batch, logits, loss)
+        distilled.append(float((out - loss).detach()))
+        return out
+
+    lwf.loss = recorded  # type: ignore[method-assign]
+    stats = train(second, again, settings(epochs=2))
+    # every new row twice, and 0.75 replayed rows per new row beside them (the validation slice aside)
+    assert stats["train_samples"] > 2 * len(SECOND) * 1.5
+    assert distilled and all(d >= 0 for d in distilled) and any(d > 0 for d in distilled)  # the KL term ran
+    assert second.lora and any(p.requires_grad for n, p in second.model.named_parameters() if "lora_" in n)
+
+
 def test_lora_with_lwf_distils_from_the_champion_under_its_adapters_without_a_copy(champion: tuple[Path, dict, dict]) -> None:
     """The teacher of lora+lwf is the adapted model with its adapters off, in evaluation mode: the
     champion's own outputs however far the adapters have moved, and no second model in memory."""

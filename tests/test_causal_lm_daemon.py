@@ -130,14 +130,15 @@ def test_a_lora_update_stores_an_adapter_only_and_serves_the_merged_model(home_r
               "split": "eval" if i % 4 == 0 else "train"} for i, key in enumerate(KEYS[:8])]
     (home_root / "inbox" / "first.jsonl").write_text(jsonl(first))
     assert cli("update", "--home", str(home_root), "--now", "--wait").exit_code == 0
-    write_config(home_root, strategy={"name": "lora+replay", "epochs": 2, "lr": 1e-2, "min_steps": 0, "batch_size": 8})
+    # the task's own strategy (lora+lwf+replay) and min_steps (0)
+    write_config(home_root, strategy={"name": "", "epochs": 2, "lr": 1e-2, "batch_size": 8})
     second = [{"messages": [{"role": "user", "content": f"Colour of the {key}?"},
                             {"role": "assistant", "content": VALUES[(i + 3) % len(VALUES)]}],
                "split": "eval" if i % 4 == 0 else "train"} for i, key in enumerate(KEYS[8:])]
     (home_root / "inbox" / "second.jsonl").write_text(jsonl(second))
     assert cli("update", "--home", str(home_root), "--now", "--wait").exit_code == 0
     shown = json.loads(cli("show", "v0002", "--home", str(home_root), "--json").stdout)
-    assert shown["strategy"] == "lora+replay" and shown["decision"] in ("promoted", "rejected"), shown
+    assert shown["strategy"] == "lora+lwf+replay" and shown["decision"] in ("promoted", "rejected"), shown
     version = home_root / "registry" / "versions" / "v0002"
     assert (version / "adapter").is_dir() and not (version / "model").exists()
     from safetensors.torch import load_file
