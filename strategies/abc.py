@@ -54,6 +54,9 @@ class Context:
     # set by replay with budget = "shared": the new rows an epoch's steps are counted from, so the
     # rows mixed in take a share of the update's steps instead of adding to them (strategies/loop.py)
     budget_rows: int | None = None
+    # set by replay: the training rows from this index on are replayed ones (a batch's `index` says
+    # which rows it holds); None: no row is
+    replayed_from: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,10 +2,12 @@
 
 The loss adds alpha * T^2 * KL(teacher || student) on the labels the champion knew, with both
 softmaxes at temperature T, over the task's predictive outputs: one per row for a classifier; for
-token classification the tokens the batch marks `O`. Before training, what the new rows leave
-unlabelled is filled from the champion's predictions (the task's `pseudo_label`): a batch labelling
-only new entity types marks the old ones `O`, and a hard `O` there would outweigh any distillation
-(at alpha 1 the two pull a token half each way); a classifier's rows are left as they are.
+token classification the tokens the batch marks `O`; for a language model the prompt positions,
+and the answer positions of the rows replay mixed in (`Context.replayed_from`: the champion's
+answers to earlier batches). Before training, what the new rows leave unlabelled is filled from the
+champion's predictions (the task's `pseudo_label`): a batch labelling only new entity types marks
+the old ones `O`, and a hard `O` there would outweigh any distillation (at alpha 1 the two pull a
+token half each way); a classifier's rows are left as they are.
 
 The teacher is the model the update starts from. Combined with `lora`, that is the adapted model with
 its adapters switched off, run in evaluation mode: the weights under the adapters, and the original of
@@ -75,9 +77,10 @@ class LwF(Strategy):
     def loss(self, ctx: Context, batch: dict[str, torch.Tensor], logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         if not self.distil:
             return loss
+        replayed = None if ctx.replayed_from is None else batch["index"] >= ctx.replayed_from
         with torch.no_grad(), self._champion() as model:
-            teacher = ctx.task.outputs(ctx.task.forward(model, batch).float(), batch, self.known)
-        student = ctx.task.outputs(logits, batch, self.known)
+            teacher = ctx.task.outputs(ctx.task.forward(model, batch).float(), batch, self.known, replayed)
+        student = ctx.task.outputs(logits, batch, self.known, replayed)
         if not student.shape[0]:
             return loss  # no position to distil in this batch (a batch of sentences tagged all through)
         t = self.temperature

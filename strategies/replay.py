@@ -50,6 +50,7 @@ class Replay(Strategy):
 
     def examples(self, ctx: Context, examples: list[Row]) -> list[Row]:
         ctx.budget_rows = len(examples) if self.options.budget == "shared" else None
+        ctx.replayed_from = len(examples)
         if not self.buffer or self.ratio <= 0:
             return examples
         wanted = int(round(self.ratio * len(examples)))

@@ -303,7 +303,38 @@ def test_the_tasks_own_strategy_replays_and_distils_over_two_updates(champion: t
     # every new row twice, and 0.75 replayed rows per new row beside them (the validation slice aside)
     assert stats["train_samples"] > 2 * len(SECOND) * 1.5
     assert distilled and all(d >= 0 for d in distilled) and any(d > 0 for d in distilled)  # the KL term ran
+    # the rows from `replayed_from` on are the replayed ones: the new training rows come first
+    new_rows = second.replayed_from
+    assert new_rows is not None and 0 < new_rows <= len(SECOND)
+    assert stats["train_samples"] - 2 * new_rows == 2 * round(0.75 * new_rows)
     assert second.lora and any(p.requires_grad for n, p in second.model.named_parameters() if "lora_" in n)
+
+
+def test_lwf_distils_prompts_and_the_answers_of_replayed_rows_only(champion: tuple[Path, dict, dict]) -> None:
+    """Distillation covers every prompt position and, on rows replay mixed in, the answer positions
+    (their end token included); a new row's answer is left to the cross-entropy."""
+    model, tokenizer = TASK.load(str(champion[0]), [])
+    rows = SECOND[:2]
+    batch = TASK.encode(rows, tokenizer, [], 64).collate([0, 1])
+    targets, attention = batch["labels"][:, 1:], batch["attention_mask"][:, 1:]
+    prompts = int(((targets == IGNORE) & (attention == 1)).sum())
+    answers = (targets != IGNORE).sum(-1)
+    logits = torch.randn(2, batch["input_ids"].shape[1], 7)
+    assert TASK.outputs(logits, batch, 0).shape == (prompts, 7)
+    second_replayed = torch.tensor([False, True])
+    assert TASK.outputs(logits, batch, 0, second_replayed).shape == (prompts + int(answers[1]), 7)
+    # the student moves an answer token only: the term sees it on a replayed row alone
+    ctx = Context(task=TASK, model=model, tokenizer=tokenizer, labels=[], device=CPU, new=rows)
+    strategy = build("lwf", sections())
+    strategy.prepare(ctx)
+    with torch.no_grad():
+        student = TASK.forward(model.eval(), batch).clone()
+    row, position = 1, int(torch.nonzero(targets[1] != IGNORE)[-1])  # where the second row's end token is predicted
+    student[row, position] += torch.randn(student.shape[-1]) * 5
+    zero = torch.zeros(())
+    assert float(strategy.loss(ctx, batch, student, zero)) == pytest.approx(0.0, abs=1e-5)  # not replayed
+    ctx.replayed_from = 1  # the second row on are replayed
+    assert float(strategy.loss(ctx, batch, student, zero)) > 1e-3
 
 
 def test_lora_with_lwf_distils_from_the_champion_under_its_adapters_without_a_copy(champion: tuple[Path, dict, dict]) -> None:

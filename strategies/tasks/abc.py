@@ -96,9 +96,10 @@ class Task:
         share of its most common target: strategies/loop.py `learned`)."""
         raise NotImplementedError
 
-    def outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], known: int) -> torch.Tensor:
+    def outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], known: int,
+                replayed: torch.Tensor | None = None) -> torch.Tensor:
         """The predictive distributions to distil, as (positions, classes) logits over the `known`
-        labels the teacher had."""
+        labels the teacher had; `replayed` marks the batch's rows replayed from earlier batches."""
         raise NotImplementedError
 
     def pseudo_label(self, teacher: torch.nn.Module, tokenizer: Any, rows: Sequence[Row], known: list[str],

@@ -21,8 +21,11 @@ up to CHECK_ROWS others), how many `stopped` with the end token and how many wer
 
 LoRA wraps every linear projection of the decoder layers, never the embeddings or the output head
 (with tied embeddings they are one matrix: an adapter on it would store it whole, and a merge could
-untie it). Distillation (`lwf`) is on the prompt positions: the champion's next-token distribution
-where the rows (with replay, the replayed ones too) do not say what comes next.
+untie it). Distillation (`lwf`) is on the prompt positions, the champion's next-token distribution
+where the rows do not say what comes next, and on the answer positions of replayed rows: there the
+champion's distribution is what the model knew of an earlier batch's answers, its end token
+included (a model learning longer answers otherwise ends short earlier ones less surely). A new
+row's answer positions are left to the cross-entropy, which must move them.
 """
 
 from __future__ import annotations
@@ -106,9 +109,14 @@ class CausalLM(Task):
         mask = targets != IGNORE
         return logits[:, :-1].argmax(-1)[mask], targets[mask]
 
-    def outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], known: int) -> torch.Tensor:
-        """Next-token logits at the prompt positions (those whose next token is not an answer token)."""
-        mask = (batch["labels"][:, 1:] == IGNORE) & (batch["attention_mask"][:, 1:] == 1)
+    def outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], known: int,
+                replayed: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits at the prompt positions (those whose next token is not an answer token)
+        and, on replayed rows, at the answer positions too."""
+        targets = batch["labels"][:, 1:]
+        mask = (targets == IGNORE) & (batch["attention_mask"][:, 1:] == 1)
+        if replayed is not None:
+            mask |= (targets != IGNORE) & replayed[:, None]
         return logits[:, :-1][mask]
 
     def class_weights(self, encoded: Encoded, count: int, device: torch.device) -> torch.Tensor | None:

@@ -58,7 +58,8 @@ class SequenceClassification(Task):
     def targets(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return logits.argmax(-1), batch["labels"]
 
-    def outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], known: int) -> torch.Tensor:
+    def outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], known: int,
+                replayed: torch.Tensor | None = None) -> torch.Tensor:
         return logits[:, :known]
 
     def class_weights(self, encoded: Encoded, count: int, device: torch.device) -> torch.Tensor | None:

@@ -92,7 +92,8 @@ class TokenClassification(Task):
         mask = batch["labels"] != IGNORE
         return logits.argmax(-1)[mask], batch["labels"][mask]
 
-    def outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], known: int) -> torch.Tensor:
+    def outputs(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], known: int,
+                replayed: torch.Tensor | None = None) -> torch.Tensor:
         return logits[batch["labels"] == 0][:, :known]  # tag 0 is O (bio.tag_labels)
 
     def pseudo_label(self, teacher: torch.nn.Module, tokenizer: Any, rows: Sequence[Row], known: list[str],
