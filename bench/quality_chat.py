@@ -222,7 +222,8 @@ def publish(results: dict[str, Any], out: Path, section: str | None) -> None:
     write_section(section, "\n".join([
         f"## Learning quality: chat ({results['profile']})", "",
         f"Command: `{results['command']}`  ",
-        *(f"and `{v['command']}` ({v['wall_seconds'] / 60:.0f} min), its rows merged into this table  "
+        *(f"and `{v['command']}` ({v['wall_seconds'] / 60:.0f} min"
+          + (f", from a checkout of {v['checkout']}" if v.get("checkout") else "") + "), its rows merged into this table  "
           for v in results.get("variants", [])), "",
         f"Machine: {results['machine']}. Model {results['model']} (`model.task = \"causal_lm\"`); "
         f"{rows} chatterbot-corpus question/answer pairs in {files} files, one update each ({groups}); the seeds the table gives (a seed draws the stream's rows, their split and the training order; where a row ran several, each cell gives their mean, then each seed's figure, and the plot shows the first seed); max_length {settings['max_length']}, eval_fraction "
