@@ -18,6 +18,9 @@ default's method); their scores are the child's on the same held-out rows.
 The verdicts are those of the default (`--default`, causal_lm's own strategy unless named). The
 table, a plot (`matrices.png`: each contender's answer loss on every batch after each update) and
 the verdicts go to DIR and, with `--section`, into BENCHMARKS.md (plot copied to docs/img/).
+`--report` renders a results.json that may merge several runs: `per_seed` holds every contender's
+runs by seed, and `variants` lists the other runs' `command` and `wall_seconds` (and `checkout`,
+the source tree a run used where it was not the one rendering), each named under the table.
 """
 
 from __future__ import annotations

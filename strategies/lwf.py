@@ -2,12 +2,14 @@
 
 The loss adds alpha * T^2 * KL(teacher || student) on the labels the champion knew, with both
 softmaxes at temperature T, over the task's predictive outputs: one per row for a classifier; for
-token classification the tokens the batch marks `O`; for a language model the prompt positions,
-and the answer positions of the rows replay mixed in (`Context.replayed_from`: the champion's
-answers to earlier batches). Before training, what the new rows leave unlabelled is filled from the
-champion's predictions (the task's `pseudo_label`): a batch labelling only new entity types marks
-the old ones `O`, and a hard `O` there would outweigh any distillation (at alpha 1 the two pull a
-token half each way); a classifier's rows are left as they are.
+token classification the tokens the batch marks `O`; for a language model the prompt positions, and
+the answer positions of the rows replay mixed in (`Context.replayed_from`: the champion's answers to
+earlier batches; rows of a batch given up after failed attempts, which replay mixes in too, are
+distilled as well though the champion never trained on them: their cross-entropy still teaches
+them). The KL is a mean over the positions distilled. Before training, what the new rows leave
+unlabelled is filled from the champion's predictions (the task's `pseudo_label`): a batch labelling
+only new entity types marks the old ones `O`, and a hard `O` there would outweigh any distillation
+(at alpha 1 the two pull a token half each way); a classifier's rows are left as they are.
 
 The teacher is the model the update starts from. Combined with `lora`, that is the adapted model with
 its adapters switched off, run in evaluation mode: the weights under the adapters, and the original of
@@ -46,7 +48,8 @@ class LwF(Strategy):
         self.temperature = float(self.options.temperature)
         self.known = ctx.old_label_count
         # a task without labels (causal_lm) distils the model it starts from (champion or base) over
-        # its whole vocabulary, on the positions its `outputs` names (the prompts, replayed ones too)
+        # its whole vocabulary, on the positions its `outputs` names (the prompts, and replayed rows'
+        # answers)
         self.distil = bool(self.known or not TASKS[ctx.task.name].labelled)
         self.teacher, self.adapted = None, None
         if self.distil and ctx.lora:

@@ -62,9 +62,10 @@ TASKS: dict[str, TaskInfo] = {
     # {"prompt", "completion"} row is one user message) and the answer (`completion`); no labels.
     # LoRA by default: adapter-only versions of a model whose whole weights are hundreds of MB; with
     # replay and LwF (distillation to the champion on the prompts and on replayed rows' answers),
-    # which ended below lora+replay on every chat run measured (two seeds of eight files, one of
-    # four: 0.08-0.42 nats of answer loss lower, for the same tokens and 5% more wall time; the
-    # replayed answers' part lowered it or left it level on three seeds); the forgetting tolerance
+    # which ended below lora+replay on every chat run measured (two seeds of eight files: 0.18 and
+    # 0.42 nats of answer loss lower, for the same tokens and 4% more wall time; with distillation on
+    # the prompts alone, 0.08 on four files), the replayed answers lowering it or leaving it level on
+    # each of three seeds (BENCHMARKS.md, "chat (quick8)"); the forgetting tolerance
     # is in nats per answer token (BENCHMARKS.md, the chat stream). No extra steps for a batch not yet learned
     # (min_steps 0): on the chat stream a batch of new facts does not teach its held-out answers, so
     # the extra epochs overfit it (one update trained 8 epochs, raised its own and the earlier trivia

@@ -25,7 +25,9 @@ untie it). Distillation (`lwf`) is on the prompt positions, the champion's next-
 where the rows do not say what comes next, and on the answer positions of replayed rows: there the
 champion's distribution is what the model knew of an earlier batch's answers, its end token
 included (a model learning longer answers otherwise ends short earlier ones less surely). A new
-row's answer positions are left to the cross-entropy, which must move them.
+row's answer positions are left to the cross-entropy, which must move them. (Replay also mixes in
+rows of batches given up after failed attempts, which the champion never learned; they are
+distilled too, beside their cross-entropy.)
 """
 
 from __future__ import annotations
