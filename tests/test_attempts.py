@@ -70,6 +70,7 @@ def test_a_batch_failing_max_attempts_times_is_given_up_and_the_next_batch_is_de
     assert line.startswith("failed       batch 1 gave up after 2 attempts: training failed") and len(line) < 140
 
 
+@pytest.mark.slow  # ~20-30 s on 2 cores: in `make test-slow` (make test's 15-minute budget)
 def test_an_update_interrupted_by_sigterm_is_not_an_attempt(home_root: Path, tiny_model: Path) -> None:
     configure(home_root, tiny_model)
     write_config(home_root, schedule={"max_attempts": 2}, train=BROKEN)
@@ -97,6 +98,7 @@ def test_an_update_interrupted_by_sigterm_is_not_an_attempt(home_root: Path, tin
         assert store.undecided_batch() is None and [g["batch"] for g in store.given_up()] == [1]
 
 
+@pytest.mark.slow  # ~20-30 s on 2 cores: in `make test-slow` (make test's 15-minute budget)
 def test_backoff_doubles_between_attempts_of_a_batch_and_ends_when_it_is_given_up(
         home_root: Path, tiny_model: Path) -> None:
     configure(home_root, tiny_model)

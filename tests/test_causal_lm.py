@@ -290,12 +290,16 @@ def test_the_tasks_own_strategy_replays_and_distils_over_two_updates(champion: t
                      previous_state=tmp_path / "state")
     again = build(name, sections(lora={"lr": 1e-2}))
     distilled: list[float] = []
+    replayed_answers = 0  # answer positions of replayed rows in the batches the term saw
     lwf = next(part for part in again.parts if part.name == "lwf")  # type: ignore[attr-defined]
     plain_loss = lwf.loss
 
     def recorded(ctx, batch, logits, loss):  # type: ignore[no-untyped-def]
+        nonlocal replayed_answers
         out = plain_loss(ctx, batch, logits, loss)
         distilled.append(float((out - loss).detach()))
+        replayed = batch["index"] >= ctx.replayed_from
+        replayed_answers += int(((batch["labels"][:, 1:] != IGNORE) & replayed[:, None]).sum())
         return out
 
     lwf.loss = recorded  # type: ignore[method-assign]
@@ -307,6 +311,7 @@ def test_the_tasks_own_strategy_replays_and_distils_over_two_updates(champion: t
     new_rows = second.replayed_from
     assert new_rows is not None and 0 < new_rows <= len(SECOND)
     assert stats["train_samples"] - 2 * new_rows == 2 * round(0.75 * new_rows)
+    assert replayed_answers > 0  # the term saw replayed rows' answers
     assert second.lora and any(p.requires_grad for n, p in second.model.named_parameters() if "lora_" in n)
 
 
@@ -315,7 +320,7 @@ def test_lwf_distils_prompts_and_the_answers_of_replayed_rows_only(champion: tup
     (their end token included); a new row's answer is left to the cross-entropy."""
     model, tokenizer = TASK.load(str(champion[0]), [])
     rows = SECOND[:2]
-    batch = TASK.encode(rows, tokenizer, [], 64).collate([0, 1])
+    batch = TASK.encode(rows, tokenizer, [], 64).collate([1, 0])  # batch position 0 holds row 1
     targets, attention = batch["labels"][:, 1:], batch["attention_mask"][:, 1:]
     prompts = int(((targets == IGNORE) & (attention == 1)).sum())
     answers = (targets != IGNORE).sum(-1)
@@ -323,17 +328,20 @@ def test_lwf_distils_prompts_and_the_answers_of_replayed_rows_only(champion: tup
     assert TASK.outputs(logits, batch, 0).shape == (prompts, 7)
     second_replayed = torch.tensor([False, True])
     assert TASK.outputs(logits, batch, 0, second_replayed).shape == (prompts + int(answers[1]), 7)
-    # the student moves an answer token only: the term sees it on a replayed row alone
+    # the student moves an answer token of row 0 only: the term sees it once row 0 is replayed
     ctx = Context(task=TASK, model=model, tokenizer=tokenizer, labels=[], device=CPU, new=rows)
     strategy = build("lwf", sections())
     strategy.prepare(ctx)
     with torch.no_grad():
         student = TASK.forward(model.eval(), batch).clone()
-    row, position = 1, int(torch.nonzero(targets[1] != IGNORE)[-1])  # where the second row's end token is predicted
-    student[row, position] += torch.randn(student.shape[-1]) * 5
+    row = 1  # batch position 1 is rows[0]: where its end token is predicted
+    position = int(torch.nonzero(targets[row] != IGNORE)[-1])
+    student[row, position] += torch.randn(student.shape[-1], generator=torch.Generator().manual_seed(0)) * 5
     zero = torch.zeros(())
-    assert float(strategy.loss(ctx, batch, student, zero)) == pytest.approx(0.0, abs=1e-5)  # not replayed
-    ctx.replayed_from = 1  # the second row on are replayed
+    assert float(strategy.loss(ctx, batch, student, zero)) == pytest.approx(0.0, abs=1e-5)  # no replay
+    ctx.replayed_from = 1  # rows[1] on are replayed: rows[0], the moved one, is new
+    assert float(strategy.loss(ctx, batch, student, zero)) == pytest.approx(0.0, abs=1e-5)
+    ctx.replayed_from = 0  # every row is replayed
     assert float(strategy.loss(ctx, batch, student, zero)) > 1e-3
 
 

@@ -76,6 +76,7 @@ def interrupt_after_first_step(spec: Path, timeout: float = 60, standby: Standby
     return max(e["step"] for e in events if e["event"] == "step")
 
 
+@pytest.mark.slow  # ~20-30 s on 2 cores: in `make test-slow` (make test's 15-minute budget)
 def test_sigterm_checkpoints_and_the_next_run_resumes(tmp_path: Path, tiny_model: Path) -> None:
     spec = make_spec(tmp_path, tiny_model, strategy="finetune", epochs=8, rows=150)
     stopped_at = interrupt_after_first_step(spec)
@@ -120,6 +121,7 @@ def test_lr_auto_tries_a_grid_and_keeps_the_best(tmp_path: Path, tiny_model: Pat
     assert results["train"]["lr"] == chosen
 
 
+@pytest.mark.slow  # ~20-30 s on 2 cores: in `make test-slow` (make test's 15-minute budget)
 def test_kept_predictions_stand_in_for_the_champion_exactly(tmp_path: Path, tiny_model: Path) -> None:
     """A version keeps its predictions; as champion they replace scoring it again, with the same figures."""
     for folder in "abc":

@@ -173,6 +173,7 @@ def test_exit_codes(home_root: Path, split_model: Path, tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.output)
 
 
+@pytest.mark.slow  # ~20-30 s on 2 cores: in `make test-slow` (make test's 15-minute budget)
 def test_eval_and_predict_work_while_the_daemon_runs(home_root: Path, split_model: Path, tmp_path: Path,
                                                       daemon) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     from tests.tiny import tiny_lora_version

@@ -8,6 +8,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import cli, spawn, write_config
 from tests.test_cycle import configure
 from tests.test_end_to_end import drop, scrape
@@ -46,6 +48,7 @@ def test_sigterm_during_training_checkpoints_exits_0_and_resumes(home_root: Path
         assert proc.wait(timeout=60) == 0
 
 
+@pytest.mark.slow  # ~20-30 s on 2 cores: in `make test-slow` (make test's 15-minute budget)
 def test_a_killed_child_is_a_failed_update_and_the_daemon_carries_on(home_root: Path, tiny_model: Path) -> None:
     configure(home_root, tiny_model)
     drop(home_root, "b1.jsonl", toy(["sport", "food"], 120, seed=1))
