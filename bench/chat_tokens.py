@@ -8,9 +8,10 @@ merged into a scratch folder). For every version after the first, against the mo
 from (its parent), on each earlier batch's held-out rows (the daemon's own split): the change in
 answer loss, in nats per answer token as the gate reads it, split into what the end token
 contributes and what the answer's other tokens do; the end token's mean loss before and after; how
-many rows' end token got worse (a row whose answer `model.max_length` cut has no end token). A short
-answer's end token is a large share of its tokens, so a model that stops ending short answers shows
-here as a rise on the short-answer batches. The table goes to stdout and, with `--section`, into
+many rows' end token got worse (a row whose answer `model.max_length` cut has no end token); and,
+where the answer ends, what each model would rather emit there (greedy): the rows where it stops, and
+the commonest other choice. A short answer's end token is a large share of its tokens, so a model
+that stops ending short answers shows here as a rise on the short-answer batches. The table goes to stdout and, with `--section`, into
 BENCHMARKS.md.
 """
 
@@ -20,15 +21,20 @@ import argparse
 import json
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 from bench.report import machine, write_section
 
 
-def token_losses(model_dir: Path, rows: dict[int, list[dict[str, Any]]], max_length: int) -> dict[int, list[list[float | None]]]:
-    """Each row's cross-entropy on each of its answer tokens, the end token last (None in its place
-    where `max_length` cut the answer before its end), by batch."""
+Scored = tuple[list[list[float | None]], list[str | None]]
+
+
+def token_losses(model_dir: Path, rows: dict[int, list[dict[str, Any]]], max_length: int) -> dict[int, Scored]:
+    """By batch: each row's cross-entropy on each of its answer tokens, the end token last (None in
+    its place where `max_length` cut the answer before its end); and the token the model ranks first
+    where the answer ends (the end token's text when it would stop; None where the answer was cut)."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -39,11 +45,11 @@ def token_losses(model_dir: Path, rows: dict[int, list[dict[str, Any]]], max_len
     task = CausalLM()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    found: dict[int, list[list[float | None]]] = {}
+    found: dict[int, Scored] = {}
     with torch.no_grad():
         for batch, batch_rows in rows.items():
             encoded = task.encode(batch_rows, tokenizer, [], max_length)
-            found[batch] = []
+            found[batch] = ([], [])
             for start in range(0, len(encoded), EVAL_BATCH):
                 inputs = encoded.collate(range(start, min(start + EVAL_BATCH, len(encoded))))
                 logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1]
@@ -52,12 +58,18 @@ def token_losses(model_dir: Path, rows: dict[int, list[dict[str, Any]]], max_len
                 for i in range(len(targets)):
                     kept = targets[i] != IGNORE
                     ends = bool(targets[i][kept][-1] == tokenizer.eos_token_id)  # not when max_length cut the answer
-                    found[batch].append(each[i][kept].tolist() + ([] if ends else [None]))
+                    found[batch][0].append(each[i][kept].tolist() + ([] if ends else [None]))
+                    last = int(kept.nonzero()[-1])
+                    found[batch][1].append(tokenizer.decode([int(logits[i, last].argmax())]) if ends else None)
     return found
 
 
-def split(before: list[list[float | None]], after: list[list[float | None]]) -> dict[str, Any]:
-    """The change from `before` to `after` on one batch's rows, per answer token, and its two parts."""
+def split(before: Scored, after: Scored, stop: str) -> dict[str, Any]:
+    """The change from `before` to `after` on one batch's rows, per answer token, and its two parts;
+    where the answers end, the rows whose greedy choice is `stop` (the end token) under each model, and
+    the commonest other choice under `after` with its count."""
+    (before, chose_before), (after, chose_after) = before, after
+    others = Counter(c for c in chose_after if c is not None and c != stop).most_common(1)
     ended = [(b[-1], a[-1]) for b, a in zip(before, after) if b[-1] is not None]
     tokens = sum(len(row) for row in before) - (len(before) - len(ended))
     end = sum(a - b for b, a in ended)
@@ -66,7 +78,8 @@ def split(before: list[list[float | None]], after: list[list[float | None]]) -> 
             "end": end / tokens, "content": content / tokens,
             "end_before": sum(b for b, _ in ended) / len(ended) if ended else None,
             "end_after": sum(a for _, a in ended) / len(ended) if ended else None,
-            "end_worse": sum(a > b for b, a in ended)}
+            "end_worse": sum(a > b for b, a in ended), "stops_before": chose_before.count(stop),
+            "stops_after": chose_after.count(stop), "instead": others[0] if others else None}
 
 
 def measure(home: Path, batches: list[int] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -86,15 +99,18 @@ def measure(home: Path, batches: list[int] | None = None) -> tuple[list[dict[str
         with Store(home / "state" / "rows.sqlite", readonly=True) as store:
             rows = {j: [{"prompt": p, "completion": c} for p, c in store.iter_rows(j, "eval", ("prompt", "completion"))]
                     for j in wanted}
-        losses: dict[str, dict[int, list[list[float | None]]]] = {}
+        losses: dict[str, dict[int, Scored]] = {}
         scratch = tempfile.TemporaryDirectory(prefix="chat-tokens-")
         model_dir = merged(registry, Path(scratch.name))
 
-        def of(version: str) -> dict[int, list[list[float | None]]]:
+        def of(version: str) -> dict[int, Scored]:
             if version not in losses:
                 losses[version] = token_losses(model_dir(version), {j: r for j, r in rows.items() if r}, max_length)
             return losses[version]
 
+        from transformers import AutoTokenizer
+
+        end = AutoTokenizer.from_pretrained(model_dir(records[0].version)).eos_token
         found = []
         for record in records:
             earlier = [j for j in wanted if j < batch_of[record.version]]
@@ -104,7 +120,7 @@ def measure(home: Path, batches: list[int] | None = None) -> tuple[list[dict[str
             before, after = of(record.parent), of(record.version)
             found.append({"version": record.version, "batch": batch_of[record.version], "parent": record.parent,
                           "decision": decision.decision if decision else None,
-                          "earlier": {j: split(before[j], after[j]) for j in earlier if rows[j]}})
+                          "earlier": {j: split(before[j], after[j], end) for j in earlier if rows[j]}})
     scratch.cleanup()
     return found, run
 
@@ -132,15 +148,20 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _instead(choice: tuple[str, int] | None) -> str:
+    return "-" if choice is None else f"{json.dumps(choice[0])} ({choice[1]})".replace("|", "\\|")
+
+
 def table(found: list[dict[str, Any]]) -> str:
     lines = ["| candidate (batch, decision) | against | earlier batch | rows / answer tokens | change | from the end token | "
-             "from the other tokens | end token's loss | rows whose end token got worse |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "from the other tokens | end token's loss | rows whose end token got worse | rows that stop there | "
+             "else, most often |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for f in found:
         for j, s in f["earlier"].items():
             lines.append(f"| {f['version']} ({f['batch']}, {f['decision']}) | {f['parent']} | {j} | {s['rows']} / {s['tokens']} | "
                          f"{s['change']:+.3f} | {s['end']:+.3f} | {s['content']:+.3f} | {_fmt(s['end_before'])} -> {_fmt(s['end_after'])} | "
-                         f"{s['end_worse']} of {s['ended']} |")
+                         f"{s['end_worse']} of {s['ended']} | {s['stops_before']} -> {s['stops_after']} | {_instead(s['instead'])} |")
     return "\n".join(lines)
 
 
