@@ -9,8 +9,8 @@ from (its parent), on each earlier batch's held-out rows (the daemon's own split
 answer loss, in nats per answer token as the gate reads it, split into what the end token
 contributes and what the answer's other tokens do; the end token's mean loss before and after; how
 many rows' end token got worse (a row whose answer `model.max_length` cut has no end token); and,
-where the answer ends, what each model would rather emit there (greedy): the rows where it stops, and
-the commonest other choice. A short answer's end token is a large share of its tokens, so a model
+where the answers end, the rows where each model's greedy choice is to stop, and the token that
+took most of the end token's probability there. A short answer's end token is a large share of its tokens, so a model
 that stops ending short answers shows here as a rise on the short-answer batches. The table goes to stdout and, with `--section`, into
 BENCHMARKS.md.
 """
@@ -21,20 +21,19 @@ import argparse
 import json
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 from bench.report import machine, write_section
 
 
-Scored = tuple[list[list[float | None]], list[str | None]]
+Scored = tuple[list[list[float | None]], list[Any]]  # per row: its answer tokens' losses; its next-token probabilities at the end
 
 
 def token_losses(model_dir: Path, rows: dict[int, list[dict[str, Any]]], max_length: int) -> dict[int, Scored]:
     """By batch: each row's cross-entropy on each of its answer tokens, the end token last (None in
-    its place where `max_length` cut the answer before its end); and the token the model ranks first
-    where the answer ends (the end token's text when it would stop; None where the answer was cut)."""
+    its place where `max_length` cut the answer before its end); and where the answer ends, the
+    model's next-token probabilities there, over the whole vocabulary (None where it was cut)."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -60,26 +59,35 @@ def token_losses(model_dir: Path, rows: dict[int, list[dict[str, Any]]], max_len
                     ends = bool(targets[i][kept][-1] == tokenizer.eos_token_id)  # not when max_length cut the answer
                     found[batch][0].append(each[i][kept].tolist() + ([] if ends else [None]))
                     last = int(kept.nonzero()[-1])
-                    found[batch][1].append(tokenizer.decode([int(logits[i, last].argmax())]) if ends else None)
+                    found[batch][1].append(logits[i, last].float().softmax(-1) if ends else None)
     return found
 
 
-def split(before: Scored, after: Scored, stop: str) -> dict[str, Any]:
-    """The change from `before` to `after` on one batch's rows, per answer token, and its two parts;
-    where the answers end, the rows whose greedy choice is `stop` (the end token) under each model, and
-    the commonest other choice under `after` with its count."""
-    (before, chose_before), (after, chose_after) = before, after
-    others = Counter(c for c in chose_after if c is not None and c != stop).most_common(1)
+def split(before: Scored, after: Scored, stop: int, name: Callable[[int], str] = str) -> dict[str, Any]:
+    """The change from `before` to `after` on one batch's rows, per answer token, and its two parts.
+    Where the answers end: the rows whose greedy choice there is `stop` (the end token's id) under each
+    model, and the token (`name`d) whose probability there rose most on average, with its mean
+    probability under each."""
+    (before, p_before), (after, p_after) = before, after
     ended = [(b[-1], a[-1]) for b, a in zip(before, after) if b[-1] is not None]
     tokens = sum(len(row) for row in before) - (len(before) - len(ended))
     end = sum(a - b for b, a in ended)
     content = sum(sum(a[:-1]) - sum(b[:-1]) for b, a in zip(before, after))
-    return {"rows": len(before), "ended": len(ended), "tokens": tokens, "change": (end + content) / tokens,
-            "end": end / tokens, "content": content / tokens,
-            "end_before": sum(b for b, _ in ended) / len(ended) if ended else None,
-            "end_after": sum(a for _, a in ended) / len(ended) if ended else None,
-            "end_worse": sum(a > b for b, a in ended), "stops_before": chose_before.count(stop),
-            "stops_after": chose_after.count(stop), "instead": others[0] if others else None}
+    found = {"rows": len(before), "ended": len(ended), "tokens": tokens, "change": (end + content) / tokens,
+             "end": end / tokens, "content": content / tokens,
+             "end_before": sum(b for b, _ in ended) / len(ended) if ended else None,
+             "end_after": sum(a for _, a in ended) / len(ended) if ended else None,
+             "end_worse": sum(a > b for b, a in ended), "rival": None,
+             "stops_before": sum(int(p.argmax()) == stop for p in p_before if p is not None),
+             "stops_after": sum(int(p.argmax()) == stop for p in p_after if p is not None)}
+    pairs = [(b, a) for b, a in zip(p_before, p_after) if b is not None]
+    if pairs:
+        gain = sum(a - b for b, a in pairs) / len(pairs)
+        gain[stop] = float("-inf")
+        token = int(gain.argmax())
+        found["rival"] = (name(token), sum(float(b[token]) for b, _ in pairs) / len(pairs),
+                          sum(float(a[token]) for _, a in pairs) / len(pairs))
+    return found
 
 
 def measure(home: Path, batches: list[int] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -110,7 +118,8 @@ def measure(home: Path, batches: list[int] | None = None) -> tuple[list[dict[str
 
         from transformers import AutoTokenizer
 
-        end = AutoTokenizer.from_pretrained(model_dir(records[0].version)).eos_token
+        tokenizer = AutoTokenizer.from_pretrained(model_dir(records[0].version))
+        stop, name = tokenizer.eos_token_id, lambda token: tokenizer.decode([token])
         found = []
         for record in records:
             earlier = [j for j in wanted if j < batch_of[record.version]]
@@ -120,7 +129,7 @@ def measure(home: Path, batches: list[int] | None = None) -> tuple[list[dict[str
             before, after = of(record.parent), of(record.version)
             found.append({"version": record.version, "batch": batch_of[record.version], "parent": record.parent,
                           "decision": decision.decision if decision else None,
-                          "earlier": {j: split(before[j], after[j], end) for j in earlier if rows[j]}})
+                          "earlier": {j: split(before[j], after[j], stop, name) for j in earlier if rows[j]}})
     scratch.cleanup()
     return found, run
 
@@ -148,20 +157,22 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _instead(choice: tuple[str, int] | None) -> str:
-    return "-" if choice is None else f"{json.dumps(choice[0])} ({choice[1]})".replace("|", "\\|")
+def _rival(rival: tuple[str, float, float] | None) -> str:
+    if rival is None:
+        return "-"
+    return f"{json.dumps(rival[0])} ({rival[1]:.2f} -> {rival[2]:.2f})".replace("|", "\\|")
 
 
 def table(found: list[dict[str, Any]]) -> str:
     lines = ["| candidate (batch, decision) | against | earlier batch | rows / answer tokens | change | from the end token | "
-             "from the other tokens | end token's loss | rows whose end token got worse | rows that stop there | "
-             "else, most often |",
+             "from the other tokens | end token's loss | rows whose end token got worse | rows that stop there (greedy) | "
+             "the token gaining most there (mean probability) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for f in found:
         for j, s in f["earlier"].items():
             lines.append(f"| {f['version']} ({f['batch']}, {f['decision']}) | {f['parent']} | {j} | {s['rows']} / {s['tokens']} | "
                          f"{s['change']:+.3f} | {s['end']:+.3f} | {s['content']:+.3f} | {_fmt(s['end_before'])} -> {_fmt(s['end_after'])} | "
-                         f"{s['end_worse']} of {s['ended']} | {s['stops_before']} -> {s['stops_after']} | {_instead(s['instead'])} |")
+                         f"{s['end_worse']} of {s['ended']} | {s['stops_before']} -> {s['stops_after']} of {s['ended']} | {_rival(s['rival'])} |")
     return "\n".join(lines)
 
 

@@ -148,7 +148,7 @@ def test_the_chat_token_split_reads_the_gates_answer_loss_and_adds_up(tmp_path: 
 
     model_dir = tiny_causal_lm(tmp_path / "model")
     rows = [*FIRST[:5], {"prompt": [{"role": "user", "content": "tell me everything"}], "completion": "and so on " * 40}]
-    found, chosen = token_losses(model_dir, {1: rows}, 48)[1]
+    found, ends = token_losses(model_dir, {1: rows}, 48)[1]
     model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
     scored = CausalLM().predict(model, tokenizer, rows, [], torch.device("cpu"), 48)
     for row, prediction in zip(found, scored):  # the same per-token losses the gate's answer loss averages
@@ -156,22 +156,30 @@ def test_the_chat_token_split_reads_the_gates_answer_loss_and_adds_up(tmp_path: 
         assert len(known) == prediction["answer_tokens"]
         assert sum(known) / len(known) == pytest.approx(prediction["answer_loss"], rel=1e-5)
     assert None not in found[0] and found[-1][-1] is None  # max_length cut the last answer before its end
-    # where an answer ends, the model's own greedy next token after it, as generation would pick it
+    # where an answer ends, the model's next-token probabilities after it: the end token's is its loss,
+    # and the likeliest token is what greedy generation picks there
+    assert float(-ends[0][tokenizer.eos_token_id].log()) == pytest.approx(found[0][-1], rel=1e-4)
     inputs = CausalLM().encode(rows[:1], tokenizer, [], 48).collate([0])
     end = int((inputs["labels"][0] == tokenizer.eos_token_id).nonzero()[-1])
     ids = inputs["input_ids"][:, :end]  # the prompt and the answer, up to its end token
     generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False,
                                pad_token_id=tokenizer.eos_token_id)
-    assert chosen[0] == tokenizer.decode([int(generated[0, -1])])
-    assert chosen[-1] is None
-    # two rows, one cut before its end: 3 answer tokens, the end token down 1 nat, the others up 1 in all
-    parts = split(([[1.0, 2.0], [3.0, None]], [".", None]), ([[1.5, 1.0], [3.5, None]], ["</s>", None]), "</s>")
+    assert int(ends[0].argmax()) == int(generated[0, -1])
+    assert ends[-1] is None
+    # two rows, one cut before its end: 3 answer tokens, the end token down 1 nat, the others up 1 in all;
+    # over a vocabulary of 3 with the end token 0, token 2 took the end token's probability
+    p = torch.tensor
+    parts = split(([[1.0, 2.0], [3.0, None]], [p([0.2, 0.7, 0.1]), None]),
+                  ([[1.5, 1.0], [3.5, None]], [p([0.3, 0.1, 0.6]), None]), 0, "abc".__getitem__)
     assert parts["tokens"] == 3 and parts["ended"] == 1 and parts["end_worse"] == 0
     assert parts["end"] == pytest.approx(-1 / 3) and parts["content"] == pytest.approx(1 / 3) and parts["change"] == 0
     assert (parts["end_before"], parts["end_after"]) == (2.0, 1.0)
-    assert (parts["stops_before"], parts["stops_after"], parts["instead"]) == (0, 1, None)
-    parts = split(([[1.0, 2.0], [1.0, 1.0]], ["</s>", "</s>"]), ([[1.0, 3.0], [1.0, 2.0]], [".", "."]), "</s>")
-    assert (parts["stops_before"], parts["stops_after"], parts["instead"]) == (2, 0, (".", 2))
+    assert (parts["stops_before"], parts["stops_after"]) == (0, 0)
+    assert parts["rival"][0] == "c" and parts["rival"][1:] == pytest.approx((0.1, 0.6))
+    parts = split(([[1.0, 2.0], [1.0, 1.0]], [p([0.8, 0.1, 0.1]), p([0.6, 0.3, 0.1])]),
+                  ([[1.0, 3.0], [1.0, 2.0]], [p([0.3, 0.6, 0.1]), p([0.5, 0.2, 0.3])]), 0, "abc".__getitem__)
+    assert (parts["stops_before"], parts["stops_after"]) == (2, 1)
+    assert parts["rival"][0] == "b" and parts["rival"][1:] == pytest.approx((0.2, 0.4))  # b gained 0.2 on average, c 0.1
 
 
 def test_the_chat_table_gives_each_contenders_mean_and_every_seeds_figure() -> None:
