@@ -62,9 +62,9 @@ TASKS: dict[str, TaskInfo] = {
     # {"prompt", "completion"} row is one user message) and the answer (`completion`); no labels.
     # LoRA by default: adapter-only versions of a model whose whole weights are hundreds of MB; with
     # replay and LwF (distillation to the champion on the prompts and on replayed rows' answers),
-    # which ended 0.2 nats of answer loss below lora+replay over three seeds of eight files (0.18
-    # and 0.42 lower where the gate refused most of lora+replay's updates, level where it promoted
-    # them all, with a smaller rise of trivia; the same tokens, about 1% more wall time; with
+    # which ended 0.2 nats of answer loss below lora+replay over four seeds of eight files (0.18,
+    # 0.42 and 0.23 lower where the gate refused most of lora+replay's updates, level where it promoted
+    # them all, with a smaller rise of trivia; the same tokens, about 2% more wall time; with
     # distillation on the prompts alone, 0.08 on four files), the replayed answers lowering it or
     # leaving it level on each of three seeds (BENCHMARKS.md, "chat (quick8)"); the forgetting
     # tolerance is in nats per answer token (BENCHMARKS.md, the chat stream). No extra steps for a batch not yet learned
