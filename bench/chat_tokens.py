@@ -9,10 +9,11 @@ from (its parent), on each earlier batch's held-out rows (the daemon's own split
 answer loss, in nats per answer token as the gate reads it, split into what the end token
 contributes and what the answer's other tokens do; the end token's mean loss before and after; how
 many rows' end token got worse (a row whose answer `model.max_length` cut has no end token); and,
-where the answers end, the rows where each model's greedy choice is to stop, and the token that
-took most of the end token's probability there. A short answer's end token is a large share of its tokens, so a model
-that stops ending short answers shows here as a rise on the short-answer batches. The table goes to stdout and, with `--section`, into
-BENCHMARKS.md.
+where the answers end (teacher-forced, after the reference answer): the rows where an end token is
+each model's likeliest next token, and the token whose probability there rose most on average. A
+short answer's end token is a large share of its tokens, so a model that stops ending short answers
+shows here as a rise on the short-answer batches. The table goes to stdout and, with `--section`,
+into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ import argparse
 import json
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 from bench.report import machine, write_section
 
 
-Scored = tuple[list[list[float | None]], list[Any]]  # per row: its answer tokens' losses; its next-token probabilities at the end
+# per row: its answer tokens' losses; its next-token probabilities where the answer ends
+Scored = tuple[list[list[float | None]], list[Any]]
 
 
 def token_losses(model_dir: Path, rows: dict[int, list[dict[str, Any]]], max_length: int) -> dict[int, Scored]:
@@ -63,35 +66,53 @@ def token_losses(model_dir: Path, rows: dict[int, list[dict[str, Any]]], max_len
     return found
 
 
-def split(before: Scored, after: Scored, stop: int, name: Callable[[int], str] = str) -> dict[str, Any]:
+def split(before: Scored, after: Scored, stops: set[int], decode: Callable[[int], str] = str) -> dict[str, Any]:
     """The change from `before` to `after` on one batch's rows, per answer token, and its two parts.
-    Where the answers end: the rows whose greedy choice there is `stop` (the end token's id) under each
-    model, and the token (`name`d) whose probability there rose most on average, with its mean
-    probability under each."""
-    (before, p_before), (after, p_after) = before, after
-    ended = [(b[-1], a[-1]) for b, a in zip(before, after) if b[-1] is not None]
-    tokens = sum(len(row) for row in before) - (len(before) - len(ended))
+    Where the answers end: the rows whose likeliest next token there is one of `stops` (the model's
+    end tokens) under each model, and the other token whose mean probability there rose most (its
+    `decode`d text and mean probability under each; None when none rose)."""
+    (losses_before, p_before), (losses_after, p_after) = before, after
+    ended = [(b[-1], a[-1]) for b, a in zip(losses_before, losses_after) if b[-1] is not None]
+    tokens = sum(len(row) for row in losses_before) - (len(losses_before) - len(ended))
     end = sum(a - b for b, a in ended)
-    content = sum(sum(a[:-1]) - sum(b[:-1]) for b, a in zip(before, after))
-    found = {"rows": len(before), "ended": len(ended), "tokens": tokens, "change": (end + content) / tokens,
+    content = sum(sum(a[:-1]) - sum(b[:-1]) for b, a in zip(losses_before, losses_after))
+    found = {"rows": len(losses_before), "ended": len(ended), "tokens": tokens, "change": (end + content) / tokens,
              "end": end / tokens, "content": content / tokens,
              "end_before": sum(b for b, _ in ended) / len(ended) if ended else None,
              "end_after": sum(a for _, a in ended) / len(ended) if ended else None,
              "end_worse": sum(a > b for b, a in ended), "rival": None,
-             "stops_before": sum(int(p.argmax()) == stop for p in p_before if p is not None),
-             "stops_after": sum(int(p.argmax()) == stop for p in p_after if p is not None)}
+             "stops_before": sum(int(p.argmax()) in stops for p in p_before if p is not None),
+             "stops_after": sum(int(p.argmax()) in stops for p in p_after if p is not None)}
     pairs = [(b, a) for b, a in zip(p_before, p_after) if b is not None]
     if pairs:
         gain = sum(a - b for b, a in pairs) / len(pairs)
-        gain[stop] = float("-inf")
+        gain[sorted(stops)] = float("-inf")
         token = int(gain.argmax())
-        found["rival"] = (name(token), sum(float(b[token]) for b, _ in pairs) / len(pairs),
-                          sum(float(a[token]) for _, a in pairs) / len(pairs))
+        if gain[token] > 0:
+            found["rival"] = (decode(token), sum(float(b[token]) for b, _ in pairs) / len(pairs),
+                              sum(float(a[token]) for _, a in pairs) / len(pairs))
     return found
+
+
+def stop_tokens(model_dir: Path) -> set[int]:
+    """The ids that end an answer for the model in `model_dir`, as the daemon's generation reads them."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from strategies.tasks.causal_lm import end_tokens
+
+    try:
+        config = GenerationConfig.from_pretrained(model_dir)
+    except OSError:  # no generation_config.json: the tokenizer's end token alone
+        config = None
+    return end_tokens(SimpleNamespace(generation_config=config), AutoTokenizer.from_pretrained(model_dir))
 
 
 def measure(home: Path, batches: list[int] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every candidate's `split` on each earlier batch, and the run's strategy and seed."""
+    from transformers import AutoTokenizer
+
     from daemon.ingest.store import Store
     from registry.registry import Registry
 
@@ -116,20 +137,26 @@ def measure(home: Path, batches: list[int] | None = None) -> tuple[list[dict[str
                 losses[version] = token_losses(model_dir(version), {j: r for j, r in rows.items() if r}, max_length)
             return losses[version]
 
-        from transformers import AutoTokenizer
+        first = model_dir(records[0].version)
+        stops, tokenizer = stop_tokens(first), AutoTokenizer.from_pretrained(first)
 
-        tokenizer = AutoTokenizer.from_pretrained(model_dir(records[0].version))
-        stop, name = tokenizer.eos_token_id, lambda token: tokenizer.decode([token])
+        def decode(token: int) -> str:
+            return tokenizer.decode([token])
+
         found = []
+        children = Counter(r.parent for r in records)  # a version's figures are kept until its last child's turn
         for record in records:
             earlier = [j for j in wanted if j < batch_of[record.version]]
-            if record.parent not in batch_of or not earlier:
-                continue
-            decision = decisions[record.version]
-            before, after = of(record.parent), of(record.version)
-            found.append({"version": record.version, "batch": batch_of[record.version], "parent": record.parent,
-                          "decision": decision.decision if decision else None,
-                          "earlier": {j: split(before[j], after[j], stop, name) for j in earlier if rows[j]}})
+            if record.parent in batch_of and earlier:
+                decision = decisions[record.version]
+                before, after = of(record.parent), of(record.version)
+                found.append({"version": record.version, "batch": batch_of[record.version], "parent": record.parent,
+                              "decision": decision.decision if decision else None,
+                              "earlier": {j: split(before[j], after[j], stops, decode) for j in earlier if rows[j]}})
+            children[record.parent] -= 1
+            for version in (record.parent, record.version):
+                if children[version] <= 0:
+                    losses.pop(version, None)
     scratch.cleanup()
     return found, run
 
@@ -158,15 +185,18 @@ def _fmt(value: float | None) -> str:
 
 
 def _rival(rival: tuple[str, float, float] | None) -> str:
+    """A token as a code span in a table cell, with its mean probability before and after."""
     if rival is None:
         return "-"
-    return f"{json.dumps(rival[0])} ({rival[1]:.2f} -> {rival[2]:.2f})".replace("|", "\\|")
+    text = json.dumps(rival[0], ensure_ascii=False).replace("|", "\\|")
+    fence = "``" if "`" in text else "`"
+    return f"{fence}{text}{fence} ({rival[1]:.2f} -> {rival[2]:.2f})"
 
 
 def table(found: list[dict[str, Any]]) -> str:
     lines = ["| candidate (batch, decision) | against | earlier batch | rows / answer tokens | change | from the end token | "
-             "from the other tokens | end token's loss | rows whose end token got worse | rows that stop there (greedy) | "
-             "the token gaining most there (mean probability) |",
+             "from the other tokens | end token's loss | rows whose end token got worse | "
+             "rows an end token is likeliest at the end | the token gaining most there (mean probability) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for f in found:
         for j, s in f["earlier"].items():

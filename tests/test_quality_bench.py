@@ -142,7 +142,7 @@ def test_the_chat_token_split_reads_the_gates_answer_loss_and_adds_up(tmp_path: 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bench.chat_tokens import split, token_losses
+    from bench.chat_tokens import _rival, split, token_losses
     from strategies.tasks.causal_lm import CausalLM
     from tests.test_causal_lm import FIRST, tiny_causal_lm
 
@@ -167,19 +167,25 @@ def test_the_chat_token_split_reads_the_gates_answer_loss_and_adds_up(tmp_path: 
     assert int(ends[0].argmax()) == int(generated[0, -1])
     assert ends[-1] is None
     # two rows, one cut before its end: 3 answer tokens, the end token down 1 nat, the others up 1 in all;
-    # over a vocabulary of 3 with the end token 0, token 2 took the end token's probability
+    # over a vocabulary of 3 with the end token 0, token 2 gained most where the answer ends
     p = torch.tensor
     parts = split(([[1.0, 2.0], [3.0, None]], [p([0.2, 0.7, 0.1]), None]),
-                  ([[1.5, 1.0], [3.5, None]], [p([0.3, 0.1, 0.6]), None]), 0, "abc".__getitem__)
+                  ([[1.5, 1.0], [3.5, None]], [p([0.3, 0.1, 0.6]), None]), {0}, "abc".__getitem__)
     assert parts["tokens"] == 3 and parts["ended"] == 1 and parts["end_worse"] == 0
     assert parts["end"] == pytest.approx(-1 / 3) and parts["content"] == pytest.approx(1 / 3) and parts["change"] == 0
     assert (parts["end_before"], parts["end_after"]) == (2.0, 1.0)
     assert (parts["stops_before"], parts["stops_after"]) == (0, 0)
     assert parts["rival"][0] == "c" and parts["rival"][1:] == pytest.approx((0.1, 0.6))
-    parts = split(([[1.0, 2.0], [1.0, 1.0]], [p([0.8, 0.1, 0.1]), p([0.6, 0.3, 0.1])]),
-                  ([[1.0, 3.0], [1.0, 2.0]], [p([0.3, 0.6, 0.1]), p([0.5, 0.2, 0.3])]), 0, "abc".__getitem__)
-    assert (parts["stops_before"], parts["stops_after"]) == (2, 1)
-    assert parts["rival"][0] == "b" and parts["rival"][1:] == pytest.approx((0.2, 0.4))  # b gained 0.2 on average, c 0.1
+    # two end tokens (0 and 3): either counts as stopping and neither is a rival, though 3 gained most
+    parts = split(([[1.0, 2.0], [1.0, 1.0]], [p([0.8, 0.1, 0.1, 0.0]), p([0.5, 0.3, 0.1, 0.1])]),
+                  ([[1.0, 3.0], [1.0, 2.0]], [p([0.1, 0.2, 0.1, 0.6]), p([0.3, 0.3, 0.0, 0.4])]), {0, 3}, "abcd".__getitem__)
+    assert (parts["stops_before"], parts["stops_after"]) == (2, 2)
+    assert parts["rival"][0] == "b" and parts["rival"][1:] == pytest.approx((0.2, 0.25))
+    # no token but an end token gained: no rival
+    parts = split(([[1.0]], [p([0.5, 0.3, 0.2])]), ([[0.5]], [p([0.9, 0.05, 0.05])]), {0}, "abc".__getitem__)
+    assert parts["rival"] is None and (parts["stops_before"], parts["stops_after"]) == (1, 1)
+    # a table cell: the token as a code span, a pipe escaped for the table
+    assert _rival(("a|b", 0.1, 0.25)) == '`"a\\|b"` (0.10 -> 0.25)' and _rival(None) == "-"
 
 
 def test_the_chat_table_gives_each_contenders_mean_and_every_seeds_figure() -> None:
