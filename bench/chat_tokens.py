@@ -29,24 +29,27 @@ from typing import Any, Callable
 from bench.report import machine, write_section
 
 
-# per row: its answer tokens' losses; its next-token probabilities where the answer ends
+# per row: its answer tokens' losses; where the answer ends, (an end token is the likeliest next token,
+# the next-token probabilities of every other token)
 Scored = tuple[list[list[float | None]], list[Any]]
 
 
 def token_losses(model_dir: Path, rows: dict[int, list[dict[str, Any]]], max_length: int) -> dict[int, Scored]:
     """By batch: each row's cross-entropy on each of its answer tokens, the end token last (None in
-    its place where `max_length` cut the answer before its end); and where the answer ends, the
-    model's next-token probabilities there, over the whole vocabulary (None where it was cut)."""
+    its place where `max_length` cut the answer before its end); and where the answer ends, whether
+    one of the model's end tokens (as its generation reads them) is the likeliest next token there,
+    and the probabilities of the other tokens, the end tokens' set to 0 (None where it was cut)."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from strategies.data import IGNORE
-    from strategies.tasks.causal_lm import EVAL_BATCH, CausalLM
+    from strategies.tasks.causal_lm import EVAL_BATCH, CausalLM, end_tokens
 
     task = CausalLM()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    stops = sorted(end_tokens(model, tokenizer))
     found: dict[int, Scored] = {}
     with torch.no_grad():
         for batch, batch_rows in rows.items():
@@ -61,16 +64,21 @@ def token_losses(model_dir: Path, rows: dict[int, list[dict[str, Any]]], max_len
                     kept = targets[i] != IGNORE
                     ends = bool(targets[i][kept][-1] == tokenizer.eos_token_id)  # not when max_length cut the answer
                     found[batch][0].append(each[i][kept].tolist() + ([] if ends else [None]))
-                    last = int(kept.nonzero()[-1])
-                    found[batch][1].append(logits[i, last].float().softmax(-1) if ends else None)
+                    if not ends:
+                        found[batch][1].append(None)
+                        continue
+                    probabilities = logits[i, int(kept.nonzero()[-1])].float().softmax(-1)
+                    stopped = int(probabilities.argmax()) in stops
+                    probabilities[stops] = 0.0
+                    found[batch][1].append((stopped, probabilities))
     return found
 
 
-def split(before: Scored, after: Scored, stops: set[int], decode: Callable[[int], str] = str) -> dict[str, Any]:
+def split(before: Scored, after: Scored, decode: Callable[[int], str] = str) -> dict[str, Any]:
     """The change from `before` to `after` on one batch's rows, per answer token, and its two parts.
-    Where the answers end: the rows whose likeliest next token there is one of `stops` (the model's
-    end tokens) under each model, and the other token whose mean probability there rose most (its
-    `decode`d text and mean probability under each; None when none rose)."""
+    Where the answers end: the rows whose likeliest next token there is an end token under each
+    model, and the other token whose mean probability there rose most (its `decode`d text and mean
+    probability under each; None when none rose)."""
     (losses_before, p_before), (losses_after, p_after) = before, after
     ended = [(b[-1], a[-1]) for b, a in zip(losses_before, losses_after) if b[-1] is not None]
     tokens = sum(len(row) for row in losses_before) - (len(losses_before) - len(ended))
@@ -81,32 +89,16 @@ def split(before: Scored, after: Scored, stops: set[int], decode: Callable[[int]
              "end_before": sum(b for b, _ in ended) / len(ended) if ended else None,
              "end_after": sum(a for _, a in ended) / len(ended) if ended else None,
              "end_worse": sum(a > b for b, a in ended), "rival": None,
-             "stops_before": sum(int(p.argmax()) in stops for p in p_before if p is not None),
-             "stops_after": sum(int(p.argmax()) in stops for p in p_after if p is not None)}
-    pairs = [(b, a) for b, a in zip(p_before, p_after) if b is not None]
+             "stops_before": sum(p[0] for p in p_before if p is not None),
+             "stops_after": sum(p[0] for p in p_after if p is not None)}
+    pairs = [(b[1], a[1]) for b, a in zip(p_before, p_after) if b is not None]
     if pairs:
-        gain = sum(a - b for b, a in pairs) / len(pairs)
-        gain[sorted(stops)] = float("-inf")
+        gain = sum(a - b for b, a in pairs) / len(pairs)  # an end token's is 0: never above a gain
         token = int(gain.argmax())
         if gain[token] > 0:
             found["rival"] = (decode(token), sum(float(b[token]) for b, _ in pairs) / len(pairs),
                               sum(float(a[token]) for _, a in pairs) / len(pairs))
     return found
-
-
-def stop_tokens(model_dir: Path) -> set[int]:
-    """The ids that end an answer for the model in `model_dir`, as the daemon's generation reads them."""
-    from types import SimpleNamespace
-
-    from transformers import AutoTokenizer, GenerationConfig
-
-    from strategies.tasks.causal_lm import end_tokens
-
-    try:
-        config = GenerationConfig.from_pretrained(model_dir)
-    except OSError:  # no generation_config.json: the tokenizer's end token alone
-        config = None
-    return end_tokens(SimpleNamespace(generation_config=config), AutoTokenizer.from_pretrained(model_dir))
 
 
 def measure(home: Path, batches: list[int] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -137,8 +129,7 @@ def measure(home: Path, batches: list[int] | None = None) -> tuple[list[dict[str
                 losses[version] = token_losses(model_dir(version), {j: r for j, r in rows.items() if r}, max_length)
             return losses[version]
 
-        first = model_dir(records[0].version)
-        stops, tokenizer = stop_tokens(first), AutoTokenizer.from_pretrained(first)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir(records[0].version))
 
         def decode(token: int) -> str:
             return tokenizer.decode([token])
@@ -152,7 +143,7 @@ def measure(home: Path, batches: list[int] | None = None) -> tuple[list[dict[str
                 before, after = of(record.parent), of(record.version)
                 found.append({"version": record.version, "batch": batch_of[record.version], "parent": record.parent,
                               "decision": decision.decision if decision else None,
-                              "earlier": {j: split(before[j], after[j], stops, decode) for j in earlier if rows[j]}})
+                              "earlier": {j: split(before[j], after[j], decode) for j in earlier if rows[j]}})
             children[record.parent] -= 1
             for version in (record.parent, record.version):
                 if children[version] <= 0:

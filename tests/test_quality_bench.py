@@ -139,6 +139,8 @@ def test_a_wait_on_a_daemon_that_exited_fails_at_once() -> None:
 
 
 def test_the_chat_token_split_reads_the_gates_answer_loss_and_adds_up(tmp_path: Path) -> None:
+    import json
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -156,33 +158,42 @@ def test_the_chat_token_split_reads_the_gates_answer_loss_and_adds_up(tmp_path: 
         assert len(known) == prediction["answer_tokens"]
         assert sum(known) / len(known) == pytest.approx(prediction["answer_loss"], rel=1e-5)
     assert None not in found[0] and found[-1][-1] is None  # max_length cut the last answer before its end
-    # where an answer ends, the model's next-token probabilities after it: the end token's is its loss,
-    # and the likeliest token is what greedy generation picks there
-    assert float(-ends[0][tokenizer.eos_token_id].log()) == pytest.approx(found[0][-1], rel=1e-4)
+    # where an answer ends, the model's next-token distribution after it, as greedy generation reads it:
+    # whether an end token is the likeliest, and every other token's probability (an end token's 0)
     inputs = CausalLM().encode(rows[:1], tokenizer, [], 48).collate([0])
     end = int((inputs["labels"][0] == tokenizer.eos_token_id).nonzero()[-1])
     ids = inputs["input_ids"][:, :end]  # the prompt and the answer, up to its end token
     generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False,
-                               pad_token_id=tokenizer.eos_token_id)
-    assert int(ends[0].argmax()) == int(generated[0, -1])
+                               pad_token_id=tokenizer.eos_token_id, output_scores=True, return_dict_in_generate=True)
+    chosen, expected = int(generated.sequences[0, -1]), generated.scores[0][0].float().softmax(-1)
+    assert float(expected[tokenizer.eos_token_id].log().neg()) == pytest.approx(found[0][-1], rel=1e-4)
+    expected[tokenizer.eos_token_id] = 0.0
+    assert ends[0][0] == (chosen == tokenizer.eos_token_id) and torch.allclose(ends[0][1], expected, atol=1e-7)
     assert ends[-1] is None
+    # the model's configured end tokens count as well: the greedy choice made one stops there
+    config_path = model_dir / "generation_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "eos_token_id": [tokenizer.eos_token_id, chosen]}))
+    stopped, others = token_losses(model_dir, {1: rows[:1]}, 48)[1][1][0]
+    assert stopped and float(others[chosen]) == 0.0 and float(others.sum()) > 0
     # two rows, one cut before its end: 3 answer tokens, the end token down 1 nat, the others up 1 in all;
-    # over a vocabulary of 3 with the end token 0, token 2 gained most where the answer ends
+    # over a vocabulary of 3 with the end token 0 (its probability 0 as token_losses gives it), token 2
+    # gained most where the answer ends
     p = torch.tensor
-    parts = split(([[1.0, 2.0], [3.0, None]], [p([0.2, 0.7, 0.1]), None]),
-                  ([[1.5, 1.0], [3.5, None]], [p([0.3, 0.1, 0.6]), None]), {0}, "abc".__getitem__)
+    parts = split(([[1.0, 2.0], [3.0, None]], [(False, p([0.0, 0.7, 0.1])), None]),
+                  ([[1.5, 1.0], [3.5, None]], [(False, p([0.0, 0.1, 0.6])), None]), "abc".__getitem__)
     assert parts["tokens"] == 3 and parts["ended"] == 1 and parts["end_worse"] == 0
     assert parts["end"] == pytest.approx(-1 / 3) and parts["content"] == pytest.approx(1 / 3) and parts["change"] == 0
     assert (parts["end_before"], parts["end_after"]) == (2.0, 1.0)
     assert (parts["stops_before"], parts["stops_after"]) == (0, 0)
     assert parts["rival"][0] == "c" and parts["rival"][1:] == pytest.approx((0.1, 0.6))
-    # two end tokens (0 and 3): either counts as stopping and neither is a rival, though 3 gained most
-    parts = split(([[1.0, 2.0], [1.0, 1.0]], [p([0.8, 0.1, 0.1, 0.0]), p([0.5, 0.3, 0.1, 0.1])]),
-                  ([[1.0, 3.0], [1.0, 2.0]], [p([0.1, 0.2, 0.1, 0.6]), p([0.3, 0.3, 0.0, 0.4])]), {0, 3}, "abcd".__getitem__)
-    assert (parts["stops_before"], parts["stops_after"]) == (2, 2)
+    parts = split(([[1.0, 2.0], [1.0, 1.0]], [(True, p([0.0, 0.1, 0.1, 0.0])), (True, p([0.0, 0.3, 0.1, 0.0]))]),
+                  ([[1.0, 3.0], [1.0, 2.0]], [(True, p([0.0, 0.2, 0.1, 0.0])), (False, p([0.0, 0.3, 0.0, 0.0]))]),
+                  "abcd".__getitem__)
+    assert (parts["stops_before"], parts["stops_after"]) == (2, 1)
     assert parts["rival"][0] == "b" and parts["rival"][1:] == pytest.approx((0.2, 0.25))
     # no token but an end token gained: no rival
-    parts = split(([[1.0]], [p([0.5, 0.3, 0.2])]), ([[0.5]], [p([0.9, 0.05, 0.05])]), {0}, "abc".__getitem__)
+    parts = split(([[1.0]], [(True, p([0.0, 0.3, 0.2]))]), ([[0.5]], [(True, p([0.0, 0.05, 0.05]))]), "abc".__getitem__)
     assert parts["rival"] is None and (parts["stops_before"], parts["stops_after"]) == (1, 1)
     # a table cell: the token as a code span, a pipe escaped for the table
     assert _rival(("a|b", 0.1, 0.25)) == '`"a\\|b"` (0.10 -> 0.25)' and _rival(None) == "-"
