@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import threading
 import time
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from daemon.ingest.store import Store
 from daemon.service.metrics import Metrics
 from daemon.service.notify import Notifier
 from daemon.service.role import POLL, Role, settle_decided
+from daemon.service.signals import StopSignals
 from daemon.update.launcher import Standby
 from registry.errors import ArtifactStoreUnavailable, LifelongError, MetadataUnavailable, Stopping
 from registry.fsutil import atomic_write
@@ -105,26 +105,25 @@ class Service:
         self.lock.acquire(timeout=0)
         server = None
         try:
-            signal.signal(signal.SIGTERM, self.stop)
-            signal.signal(signal.SIGINT, self.stop)
-            requests_dir(self.home).mkdir(exist_ok=True)
-            from daemon.home import open_registry
+            with StopSignals(self.stop):
+                requests_dir(self.home).mkdir(exist_ok=True)
+                from daemon.home import open_registry
 
-            # a remote object store that would let a version be overwritten is refused here (exit 2)
-            open_registry(self.home, probe=True, recover=False).close()
-            server = self._serve()
-            while self._wait_for_lease():  # a standby until it holds the lease; again if it loses it
-                try:
-                    self._active()
-                except (MetadataUnavailable, ArtifactStoreUnavailable) as exc:
-                    if self.role.lease is None:
-                        raise  # a daemon alone stops, as at start
-                    log.error("taking over failed (%s); the lease is given back and tried for again", exc)
-                    self.role.release()
-                    self.stopping.wait(POLL)
-            self.notifier.stopping()
-            log.info("lifelong stopped")
-            return 0
+                # a remote object store that would let a version be overwritten is refused here (exit 2)
+                open_registry(self.home, probe=True, recover=False).close()
+                server = self._serve()
+                while self._wait_for_lease():  # a standby until it holds the lease; again if it loses it
+                    try:
+                        self._active()
+                    except (MetadataUnavailable, ArtifactStoreUnavailable) as exc:
+                        if self.role.lease is None:
+                            raise  # a daemon alone stops, as at start
+                        log.error("taking over failed (%s); the lease is given back and tried for again", exc)
+                        self.role.release()
+                        self.stopping.wait(POLL)
+                self.notifier.stopping()
+                log.info("lifelong stopped")
+                return 0
         finally:
             if server is not None:
                 server.stop()

@@ -1,0 +1,73 @@
+"""SIGTERM and SIGINT turned into a call made on a thread of their own.
+
+A Python signal handler runs in the main thread between two of its bytecodes, possibly while that
+thread holds a lock the handler needs. `Event.set()` from a handler is such a case: a signal that
+lands while the main thread is inside `Event.wait()` on the same event (between taking the event's
+lock and letting it go) blocks the handler on a lock its own thread holds, for good, and every later
+SIGTERM with it. Here the Python-level handler does nothing; the interpreter's C-level handler
+writes the signal's number to a pipe (`signal.set_wakeup_fd`) and a reader thread makes the call,
+waiting like any other thread for the main thread to let a lock go.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Callable
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _noop(_signum: int, _frame: object) -> None:
+    """Installed so the signal does not kill the process; the call happens on the reader thread."""
+
+
+class StopSignals:
+    """`with StopSignals(on_stop):` calls `on_stop(signum)` for each SIGTERM or SIGINT received,
+    on a reader thread. Used from the main thread (as `signal.signal` requires); on exit the
+    earlier handlers and wakeup fd are put back."""
+
+    def __init__(self, on_stop: Callable[[int], None], signals: tuple[int, ...] = STOP_SIGNALS) -> None:
+        self.on_stop = on_stop
+        self.signals = tuple(int(s) for s in signals)
+        self._handlers: dict[int, object] = {}
+        self._previous_fd = -1
+        self._pipe: tuple[int, int] | None = None
+        self._reader: threading.Thread | None = None
+
+    def __enter__(self) -> StopSignals:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)  # the C handler must never block; a full pipe drops bytes
+        self._pipe = (read_fd, write_fd)
+        self._reader = threading.Thread(target=self._read, args=(read_fd,), name="stop-signals", daemon=True)
+        self._reader.start()
+        self._previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for signum in self.signals:
+            self._handlers[signum] = signal.signal(signum, _noop)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        self._handlers.clear()
+        signal.set_wakeup_fd(self._previous_fd)
+        if self._pipe is not None:
+            read_fd, write_fd = self._pipe
+            os.close(write_fd)  # the reader sees end of file and returns
+            if self._reader is not None:
+                self._reader.join(timeout=5)
+            os.close(read_fd)
+            self._pipe = None
+
+    def _read(self, read_fd: int) -> None:
+        while True:
+            try:
+                data = os.read(read_fd, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            for signum in data:  # one byte per signal received, any signal with a Python handler
+                if signum in self.signals:
+                    self.on_stop(signum)
