@@ -1,6 +1,6 @@
-"""SIGTERM/SIGINT reach the daemon's stop call even when the signal lands while the main thread holds
-a lock that call needs (the daemon's own `Event.wait`): each case runs in a fresh interpreter, so a
-handler that deadlocks fails the test by its timeout instead of hanging the run."""
+"""daemon/service/signals.py: SIGTERM/SIGINT reach the stop call whatever lock the main thread holds
+when they land. Each such case runs in a fresh interpreter, so a handler that deadlocks fails the
+test by its timeout instead of hanging the run."""
 
 from __future__ import annotations
 
@@ -94,3 +94,23 @@ def test_other_signals_do_not_stop_and_the_earlier_handlers_come_back() -> None:
         assert reader is not None and not reader.is_alive()
     finally:
         signal.signal(signal.SIGUSR1, before_usr1)
+
+
+def test_a_failing_stop_call_does_not_end_the_reader() -> None:
+    done = run_script("""
+        calls = []
+        def on_stop(signum):
+            calls.append(signum)
+            if len(calls) == 1:
+                raise RuntimeError("first call fails")
+        with StopSignals(on_stop):
+            for expected in (1, 2):
+                os.kill(os.getpid(), signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while len(calls) < expected and time.monotonic() < deadline:
+                    time.sleep(0.01)
+        print(len(calls))
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2"
+    assert "first call fails" in done.stderr  # logged, with its traceback

@@ -103,32 +103,37 @@ class Service:
 
     def run(self) -> int:
         self.lock.acquire(timeout=0)
+        try:
+            with StopSignals(self.stop):  # held through the cleanup: a second SIGTERM changes nothing
+                return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> int:
         server = None
         try:
-            with StopSignals(self.stop):
-                requests_dir(self.home).mkdir(exist_ok=True)
-                from daemon.home import open_registry
+            requests_dir(self.home).mkdir(exist_ok=True)
+            from daemon.home import open_registry
 
-                # a remote object store that would let a version be overwritten is refused here (exit 2)
-                open_registry(self.home, probe=True, recover=False).close()
-                server = self._serve()
-                while self._wait_for_lease():  # a standby until it holds the lease; again if it loses it
-                    try:
-                        self._active()
-                    except (MetadataUnavailable, ArtifactStoreUnavailable) as exc:
-                        if self.role.lease is None:
-                            raise  # a daemon alone stops, as at start
-                        log.error("taking over failed (%s); the lease is given back and tried for again", exc)
-                        self.role.release()
-                        self.stopping.wait(POLL)
-                self.notifier.stopping()
-                log.info("lifelong stopped")
-                return 0
+            # a remote object store that would let a version be overwritten is refused here (exit 2)
+            open_registry(self.home, probe=True, recover=False).close()
+            server = self._serve()
+            while self._wait_for_lease():  # a standby until it holds the lease; again if it loses it
+                try:
+                    self._active()
+                except (MetadataUnavailable, ArtifactStoreUnavailable) as exc:
+                    if self.role.lease is None:
+                        raise  # a daemon alone stops, as at start
+                    log.error("taking over failed (%s); the lease is given back and tried for again", exc)
+                    self.role.release()
+                    self.stopping.wait(POLL)
+            self.notifier.stopping()
+            log.info("lifelong stopped")
+            return 0
         finally:
             if server is not None:
                 server.stop()
             self.role.release()
-            self.lock.release()
 
     def _wait_for_lease(self) -> bool:
         """As a standby: try for the lease every few seconds, answer requests by naming the active

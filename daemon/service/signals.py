@@ -11,63 +11,78 @@ waiting like any other thread for the main thread to let a lock go.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
 from typing import Callable
 
+log = logging.getLogger(__name__)
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _noop(_signum: int, _frame: object) -> None:
-    """Installed so the signal does not kill the process; the call happens on the reader thread."""
+    """The Python-level handler: it only keeps the signal's default action away."""
 
 
 class StopSignals:
     """`with StopSignals(on_stop):` calls `on_stop(signum)` for each SIGTERM or SIGINT received,
     on a reader thread. Used from the main thread (as `signal.signal` requires); on exit the
-    earlier handlers and wakeup fd are put back."""
+    earlier handlers and wakeup fd are put back. A process has one wakeup fd: nothing else in it may
+    set one (an asyncio loop's `add_signal_handler` in the main thread would)."""
 
     def __init__(self, on_stop: Callable[[int], None], signals: tuple[int, ...] = STOP_SIGNALS) -> None:
         self.on_stop = on_stop
         self.signals = tuple(int(s) for s in signals)
         self._handlers: dict[int, object] = {}
         self._previous_fd = -1
-        self._pipe: tuple[int, int] | None = None
+        self._wakeup_set = False
+        self._write_fd: int | None = None
         self._reader: threading.Thread | None = None
 
     def __enter__(self) -> StopSignals:
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)  # the C handler must never block; a full pipe drops bytes
-        self._pipe = (read_fd, write_fd)
-        self._reader = threading.Thread(target=self._read, args=(read_fd,), name="stop-signals", daemon=True)
-        self._reader.start()
-        self._previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        for signum in self.signals:
-            self._handlers[signum] = signal.signal(signum, _noop)
+        try:
+            self._reader = threading.Thread(target=self._read, args=(read_fd,), name="stop-signals", daemon=True)
+            self._reader.start()
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        self._write_fd = write_fd
+        try:
+            self._previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+            self._wakeup_set = True
+            for signum in self.signals:
+                self._handlers[signum] = signal.signal(signum, _noop)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *_exc: object) -> None:
         for signum, handler in self._handlers.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
         self._handlers.clear()
-        signal.set_wakeup_fd(self._previous_fd)
-        if self._pipe is not None:
-            read_fd, write_fd = self._pipe
-            os.close(write_fd)  # the reader sees end of file and returns
-            if self._reader is not None:
-                self._reader.join(timeout=5)
-            os.close(read_fd)
-            self._pipe = None
+        if self._wakeup_set:
+            signal.set_wakeup_fd(self._previous_fd)
+            self._wakeup_set = False
+        if self._write_fd is not None:
+            os.close(self._write_fd)  # the reader sees end of file, closes its end and returns
+            self._write_fd = None
+        if self._reader is not None:
+            self._reader.join(timeout=5)
 
     def _read(self, read_fd: int) -> None:
-        while True:
-            try:
-                data = os.read(read_fd, 64)
-            except OSError:
-                return
-            if not data:
-                return
-            for signum in data:  # one byte per signal received, any signal with a Python handler
-                if signum in self.signals:
-                    self.on_stop(signum)
+        try:
+            while data := os.read(read_fd, 64):
+                for signum in data:  # a byte per handler call (signals still pending merge)
+                    if signum in self.signals:
+                        try:
+                            self.on_stop(signum)
+                        except Exception:  # the next SIGTERM must still get through
+                            log.exception("handling signal %d failed", signum)
+        finally:
+            os.close(read_fd)
