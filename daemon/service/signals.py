@@ -37,41 +37,28 @@ class StopSignals:
         self.signals = tuple(int(s) for s in signals)
         self._handlers: dict[int, object] = {}
         self._previous_fd = -1
-        self._wakeup_set = False
-        self._write_fd: int | None = None
+        self._write_fd = -1
         self._reader: threading.Thread | None = None
 
     def __enter__(self) -> StopSignals:
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(write_fd, False)  # the C handler must never block; a full pipe drops bytes
+        read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)  # the C handler must never block; a full pipe drops bytes
         try:
-            self._reader = threading.Thread(target=self._read, args=(read_fd,), name="stop-signals", daemon=True)
-            self._reader.start()
-        except BaseException:
+            self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)  # main thread only
+        except ValueError:
             os.close(read_fd)
-            os.close(write_fd)
+            os.close(self._write_fd)
             raise
-        self._write_fd = write_fd
-        try:
-            self._previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-            self._wakeup_set = True
-            for signum in self.signals:
-                self._handlers[signum] = signal.signal(signum, _noop)
-        except BaseException:
-            self.__exit__()
-            raise
+        self._handlers = {signum: signal.signal(signum, _noop) for signum in self.signals}
+        self._reader = threading.Thread(target=self._read, args=(read_fd,), name="stop-signals", daemon=True)
+        self._reader.start()  # a signal before it reads waits in the pipe
         return self
 
     def __exit__(self, *_exc: object) -> None:
         for signum, handler in self._handlers.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
-        self._handlers.clear()
-        if self._wakeup_set:
-            signal.set_wakeup_fd(self._previous_fd)
-            self._wakeup_set = False
-        if self._write_fd is not None:
-            os.close(self._write_fd)  # the reader sees end of file, closes its end and returns
-            self._write_fd = None
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self._write_fd)  # the reader sees end of file, closes its end and returns
         if self._reader is not None:
             self._reader.join(timeout=5)
 
