@@ -204,6 +204,20 @@ def test_recheck_applies_the_rules_to_recorded_metrics_old_and_new() -> None:
     assert recheck(one | {"batch_labels": 1, "model_labels": 4}, "3", DEFAULT).passed
 
 
+def test_recheck_refuses_scores_recorded_in_another_metric() -> None:
+    # answer losses that passed nothing (batch 1 up 0.5 nats), re-checked by a home whose config names
+    # another metric (or task): read as accuracies they would pass; they are refused, naming both
+    metrics = {"candidate": {"per_experience": {"1": 3.0, "2": 1.0}}, "champion": {"per_experience": {"1": 2.5, "2": 2.0}},
+               "rows": {"1": 200, "2": 10}, "metric": "answer_loss"}
+    loss = GateConfig(metric="answer_loss", max_forgetting=0.05, min_eval_rows=100)
+    assert not recheck(metrics, "2", loss).passed  # its own metric: the rise fails it
+    other = recheck(metrics, "2", CONFIG)
+    assert not other.passed and other.reasons == other.failures
+    assert other.reasons == ["its scores were recorded in answer_loss and gate.metric is accuracy: the gate cannot be "
+                             're-checked in another metric (set gate.metric = "answer_loss", or use --force)']
+    assert recheck({k: v for k, v in metrics.items() if k != "metric"}, "2", CONFIG).passed  # no metric recorded: as before
+
+
 def test_the_floor_can_ask_for_evidence_beyond_chance() -> None:
     from daemon.update import gate
 

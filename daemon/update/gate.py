@@ -393,7 +393,15 @@ def majority_share(labels: list[str]) -> float | None:
 
 
 def recheck(metrics: dict, new: str, config: GateConfig) -> GateResult:
-    """The gate again, under the current config, over the score tables a decision recorded."""
+    """The gate again, under the current config, over the score tables a decision recorded. The tables
+    hold one metric, the one judged then (`metric`): under another `gate.metric` (or another task's),
+    their figures would be read as what they are not (a loss as an accuracy), so the re-check fails,
+    saying why."""
+    recorded = metrics.get("metric")
+    if recorded and recorded != config.metric:
+        return _refused(f"its scores were recorded in {recorded} and gate.metric is {config.metric}: the gate cannot "
+                        f"be re-checked in another metric (set gate.metric = \"{recorded}\", or use --force)")
+
     def scores(who: str) -> Scores | None:
         table = metrics.get(who)
         if not table:
