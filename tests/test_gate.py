@@ -214,7 +214,7 @@ def test_recheck_refuses_scores_recorded_in_another_metric() -> None:
     other = recheck(metrics, "2", CONFIG)
     assert not other.passed and other.reasons == other.failures
     assert other.reasons == ["its scores were recorded in answer_loss and gate.metric is accuracy: the gate cannot be "
-                             're-checked in another metric (set gate.metric = "answer_loss", or use --force)']
+                             're-checked in another metric (set gate.metric = "answer_loss")']
     assert recheck({k: v for k, v in metrics.items() if k != "metric"}, "2", CONFIG).passed  # no metric recorded: as before
 
 

@@ -400,7 +400,7 @@ def recheck(metrics: dict, new: str, config: GateConfig) -> GateResult:
     recorded = metrics.get("metric")
     if recorded and recorded != config.metric:
         return _refused(f"its scores were recorded in {recorded} and gate.metric is {config.metric}: the gate cannot "
-                        f"be re-checked in another metric (set gate.metric = \"{recorded}\", or use --force)")
+                        f"be re-checked in another metric (set gate.metric = \"{recorded}\")")
 
     def scores(who: str) -> Scores | None:
         table = metrics.get(who)
